@@ -1,0 +1,38 @@
+"""heterograd: heterosynaptic circuits that learn by local two-signal plasticity.
+
+See THEORY.md for the science (Ziyin, Chuang, Poggio, arXiv:2505.02248).
+"""
+
+__version__ = "0.1.0"
+
+from .circuits import Circuit, Trace
+from .data import Dataset, load_dataset
+from .errors import HeterogradError
+from .losses import get_loss
+from .optim import make_motif
+from .rules import RULES, Deltas, Rule, Signals, make_rule, register_rule
+from .train import RunResult, TrainConfig, Trainer, apply_steps, evaluate, local_step, train
+
+__all__ = [
+    "RULES",
+    "Circuit",
+    "Dataset",
+    "Deltas",
+    "HeterogradError",
+    "Rule",
+    "RunResult",
+    "Signals",
+    "Trace",
+    "TrainConfig",
+    "Trainer",
+    "__version__",
+    "apply_steps",
+    "evaluate",
+    "get_loss",
+    "load_dataset",
+    "local_step",
+    "make_motif",
+    "make_rule",
+    "register_rule",
+    "train",
+]

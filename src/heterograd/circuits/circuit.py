@@ -1,0 +1,236 @@
+"""The layered heterosynaptic circuit: forward weights ``W``, separate feedback weights ``B``.
+
+A circuit holds state only (weights, biases, feedback matrices and their fixed
+masks). It computes the two signals of THEORY.md section 1:
+
+* time t (forward): ``p_l = h_{l-1} W_lᵀ + b_l``, ``h_l = σ_l(p_l)``;
+* time t' (feedback): ``u_L = e`` and ``u_l = σ_l'(p_l) ⊙ Σ_{src} u_src B_{src→l}ᵀ``.
+
+It never changes its own weights: the training step (:mod:`heterograd.train`)
+is the one place that does. All tensors are batch-first: ``x`` is ``(n, n_0)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import HeterogradError, unknown_choice
+from .activations import get_activation
+from .topology import FeedbackEdge, build_edges
+
+FEEDBACK_INITS: tuple[str, ...] = ("random", "transpose", "anti")
+"""``random``: i.i.d. uniform with the scale of the matching forward weights.
+``transpose``: ``B = Wᵀ`` (backprop's starting point). ``anti``: ``B = -Wᵀ``.
+Non-adjacent edges (direct / amorphous skip edges) have no ``Wᵀ`` and start random."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Signals of one forward pass at time t.
+
+    Attributes:
+        h: ``L+1`` tensors; ``h[0] = x`` ``(n, n_0)``, ``h[l]`` ``(n, n_l)``.
+        p: ``L+1`` entries; ``p[0]`` is ``None``, ``p[l] = h[l-1] W_lᵀ + b_l`` ``(n, n_l)``.
+    """
+
+    h: tuple[Tensor, ...]
+    p: tuple[Tensor | None, ...]
+
+    @property
+    def output(self) -> Tensor:
+        """The circuit's output ``h_L = σ_L(p_L)`` ``(n, n_L)`` (logits with the identity output)."""
+        return self.h[-1]
+
+
+def parse_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
+    """Validate layer widths ``(n_0, ..., n_L)``: at least input and output, all positive ints."""
+    sizes = tuple(sizes)
+    if len(sizes) < 2:
+        raise HeterogradError(f"a circuit needs at least an input and an output size, got {list(sizes)}")
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
+            raise HeterogradError(f"layer sizes must be positive integers, got {list(sizes)}")
+    return sizes
+
+
+class Circuit(nn.Module):
+    """A layered heterosynaptic circuit.
+
+    Args:
+        sizes: widths ``(n_0, n_1, ..., n_L)``; ``n_0`` input, ``n_L`` output.
+        activation: hidden nonlinearity (``tanh``, ``relu``, ``sigmoid``, ``identity``).
+        output_activation: nonlinearity of layer ``L`` (``identity`` gives logits).
+        topology: feedback wiring, see :data:`heterograd.circuits.topology.TOPOLOGIES`.
+        density: mask density for ``sparse`` / ``amorphous`` feedback.
+        feedback_init: ``random``, ``transpose`` or ``anti`` (see :data:`FEEDBACK_INITS`).
+        bias: give every forward layer a bias ``b_l`` ``(n_l,)``.
+        seed / generator: randomness for weights and masks (one of them; default seed 0).
+        dtype, device: of all tensors.
+
+    Parameters (``requires_grad=False``: learning is local, never autograd):
+        ``W[l-1]``: ``(n_l, n_{l-1})``; ``b[l-1]``: ``(n_l,)``; ``B[k]``: ``(n_dst, n_src)`` for ``edges[k]``.
+
+    Example:
+        >>> c = Circuit([64, 128, 10], seed=0)
+        >>> c(torch.zeros(5, 64)).shape
+        torch.Size([5, 10])
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "tanh",
+        *,
+        output_activation: str = "identity",
+        topology: str = "layered",
+        density: float = 1.0,
+        feedback_init: str = "random",
+        bias: bool = True,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.sizes = parse_sizes(sizes)
+        self.activation = get_activation(activation)
+        self.output_activation = get_activation(output_activation)
+        if feedback_init not in FEEDBACK_INITS:
+            raise unknown_choice("feedback init", feedback_init, FEEDBACK_INITS)
+        self.topology = topology
+        self.density = float(density)
+        self.feedback_init = feedback_init
+        if generator is None:
+            generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        L = self.depth
+        W, b = [], []
+        for l in range(1, L + 1):
+            bound = 1.0 / math.sqrt(self.sizes[l - 1])
+            w = (torch.rand(self.sizes[l], self.sizes[l - 1], generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            W.append(w)
+            bb = (torch.rand(self.sizes[l], generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            b.append(bb if bias else torch.zeros(self.sizes[l], dtype=torch.float64))
+        edges = build_edges(topology, self.sizes, self.density, generator)
+        B = []
+        for edge in edges:
+            if edge.adjacent and feedback_init != "random":
+                sign = 1.0 if feedback_init == "transpose" else -1.0
+                m = sign * W[edge.src - 1].t().clone()
+            else:
+                bound = 1.0 / math.sqrt(self.sizes[edge.dst])
+                shape = (self.sizes[edge.dst], self.sizes[edge.src])
+                m = (torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            if edge.mask is not None:
+                m = m * edge.mask.to(torch.float64)
+            B.append(m)
+        self.has_bias = bias
+        self.edges: tuple[FeedbackEdge, ...] = tuple(FeedbackEdge(e.src, e.dst, None) for e in edges)
+        kw = {"dtype": dtype, "device": device}
+        self.W = nn.ParameterList([nn.Parameter(w.to(**kw), requires_grad=False) for w in W])
+        self.b = nn.ParameterList([nn.Parameter(x.to(**kw), requires_grad=False) for x in b])
+        self.B = nn.ParameterList([nn.Parameter(m.to(**kw), requires_grad=False) for m in B])
+        for k, e in enumerate(edges):
+            mask = e.mask.to(**kw) if e.mask is not None else torch.ones(0, **kw)
+            self.register_buffer(f"mask{k}", mask)
+        # edges grouped by destination, in the order the feedback pass needs them
+        self._by_dst: dict[int, list[int]] = {}
+        for k, e in enumerate(self.edges):
+            self._by_dst.setdefault(e.dst, []).append(k)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def depth(self) -> int:
+        """Number of forward layers ``L``."""
+        return len(self.sizes) - 1
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        """Indices ``1..L-1`` of the hidden layers."""
+        return tuple(range(1, self.depth))
+
+    def mask(self, k: int) -> Tensor | None:
+        """Fixed 0/1 mask ``(n_dst, n_src)`` of feedback edge ``k``, or ``None`` if dense."""
+        m = getattr(self, f"mask{k}")
+        return m if m.numel() else None
+
+    def plastic_tensors(self) -> list[Tensor]:
+        """All plastic tensors in the canonical order ``W_1..W_L, b_1..b_L, B_0..B_{K-1}``."""
+        return [*self.W, *self.b, *self.B]
+
+    def extra_repr(self) -> str:
+        return (
+            f"sizes={list(self.sizes)}, activation={self.activation.name}, topology={self.topology}, "
+            f"density={self.density}, feedback_init={self.feedback_init}, edges={[e.name for e in self.edges]}"
+        )
+
+    # ------------------------------------------------------------------ signals
+    def run_forward(self, x: Tensor) -> Trace:
+        """Time t: forward potentials and activities.
+
+        Args:
+            x: ``(n, n_0)`` input batch.
+
+        Returns:
+            A :class:`Trace` with ``h[l]`` and ``p[l]`` for every layer.
+        """
+        if x.dim() != 2 or x.shape[1] != self.sizes[0]:
+            raise HeterogradError(
+                f"input has shape {tuple(x.shape)} but the circuit expects (batch, {self.sizes[0]}); "
+                "flatten inputs and match sizes[0]"
+            )
+        hs: list[Tensor] = [x]
+        ps: list[Tensor | None] = [None]
+        h = x
+        L = self.depth
+        for l in range(1, L + 1):
+            p = torch.addmm(self.b[l - 1], h, self.W[l - 1].t()) if self.has_bias else h @ self.W[l - 1].t()
+            act = self.output_activation if l == L else self.activation
+            h = act.fn(p)
+            ps.append(p)
+            hs.append(h)
+        return Trace(tuple(hs), tuple(ps))
+
+    def output_error(self, trace: Trace, dloss_dout: Tensor) -> Tensor:
+        """Teaching signal ``e = ∂ℓ/∂p_L = σ_L'(p_L) ⊙ ∂ℓ/∂h_L`` ``(n, n_L)``."""
+        if self.output_activation.name == "identity":
+            return dloss_dout
+        p = trace.p[-1]
+        assert p is not None
+        return self.output_activation.grad(p, trace.h[-1]) * dloss_dout
+
+    def run_feedback(self, trace: Trace, e: Tensor) -> list[Tensor]:
+        """Time t': feedback potentials through the ``B`` pathway.
+
+        Args:
+            trace: the forward trace of the same batch.
+            e: ``(n, n_L)`` teaching signal at the output, ``∂ℓ_i/∂p_L`` per sample.
+
+        Returns:
+            ``u`` as a list of ``L+1`` entries: ``u[0]`` is an empty tensor (the input has no
+            feedback compartment), ``u[l]`` ``(n, n_l)``, ``u[L] = e``.
+        """
+        L = self.depth
+        u: list[Tensor] = [e.new_empty(0)] * (L + 1)
+        u[L] = e
+        for l in range(L - 1, 0, -1):
+            total: Tensor | None = None
+            for k in self._by_dst.get(l, ()):
+                edge = self.edges[k]
+                term = u[edge.src] @ self.B[k].t()
+                total = term if total is None else total + term
+            p = trace.p[l]
+            assert p is not None
+            if total is None:  # a hidden layer that receives no feedback
+                u[l] = torch.zeros_like(p)
+            else:
+                u[l] = self.activation.grad(p, trace.h[l]) * total
+        return u
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Inference: ``x`` ``(n, n_0)`` -> output ``h_L`` ``(n, n_L)``."""
+        return self.run_forward(x).output

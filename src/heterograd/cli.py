@@ -1,0 +1,183 @@
+"""``heterograd`` command line (Typer), thin over the library.
+
+User errors print one line ``error: ...`` naming the problem and the fix and
+exit with code 2; a diverging run is a result (exit 0, ``diverged: true``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import HeterogradError
+
+app = typer.Typer(
+    name="heterograd",
+    help="Heterosynaptic circuits: learning by local two-signal plasticity, measured against backprop.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise HeterogradError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def results_table(summaries: list[dict[str, Any]], title: str = "") -> str:
+    """Plain-text comparison table: rule, test accuracy/loss, per-layer phi and align, DC, seconds."""
+    header = ["rule", "test acc", "test loss", "phi (per layer)", "align (per layer)", "DC", "seconds"]
+    lines = []
+    for s in summaries:
+        acc = s.get("test_accuracy")
+        lines.append([
+            str(s.get("label", s.get("rule"))) + (" (diverged)" if s.get("diverged") else ""),
+            _fmt(acc) if acc is not None else "-",
+            _fmt(s.get("test_loss")),
+            " ".join(_fmt(v, 2) for v in s.get("phi", [])) or "-",
+            " ".join(_fmt(v, 2) for v in s.get("align", [])) or "-",
+            _fmt(s.get("dc_score"), 2),
+            _fmt(s.get("wall_seconds"), 1),
+        ])
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    out = [title] if title else []
+    out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines]
+    return "\n".join(out)
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir>")] = "digits",
+    rule: Annotated[str, typer.Option(help="bp | fa | hsp | poly (or any registered rule)")] = "hsp",
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
+    seed: Annotated[int, typer.Option(help="seed for weights, masks, data order")] = 0,
+    out: Annotated[Path | None, typer.Option(help="results folder (default runs/<data>-<rule>-s<seed>)")] = None,
+    hidden: Annotated[str, typer.Option(help="hidden widths, e.g. 128,128 ('none' for no hidden layer)")] = "128,128",
+    activation: Annotated[str, typer.Option(help="tanh | relu | sigmoid | identity")] = "tanh",
+    lr: Annotated[float, typer.Option(help="learning rate η")] = 0.05,
+    batch_size: Annotated[int, typer.Option(help="minibatch size n")] = 32,
+    weight_decay: Annotated[float, typer.Option(help="weight decay λ on W, b and B")] = 1e-4,
+    feedback_gain: Annotated[float, typer.Option(help="feedback plasticity gain c (hsp, poly default)")] = 1.0,
+    topology: Annotated[str, typer.Option(help="layered | sparse | direct | amorphous")] = "layered",
+    density: Annotated[float, typer.Option(help="feedback mask density for sparse/amorphous, in (0, 1]")] = 1.0,
+    feedback_init: Annotated[str, typer.Option(help="random | transpose (B=Wᵀ) | anti (B=-Wᵀ)")] = "random",
+    loss: Annotated[str | None, typer.Option(help="ce | mse (default: ce for classes, mse for regression)")] = None,
+    optimizer: Annotated[str, typer.Option(help="synapse-local optimiser motif")] = "sgd",
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32 | float64 | bfloat16")] = "float32",
+    log_every: Annotated[int | None, typer.Option(help="steps between logged rows (default: 4 per epoch)")] = None,
+    probes: Annotated[bool, typer.Option(help="measure phi/align/DC at logged steps")] = True,
+    n_train: Annotated[int | None, typer.Option(help="use only the first N training samples")] = None,
+    n_test: Annotated[int | None, typer.Option(help="use only the first N test samples")] = None,
+    theta_w: Annotated[str | None, typer.Option(help="poly: 8 coefficients for W (u·h,p·h,u,h,u²h,uh²,W,1)")] = None,
+    theta_b: Annotated[str | None, typer.Option(help="poly: 8 coefficients for B (h·u,p·u,h,u,h²u,hu²,B,1)")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train one circuit with a local rule; write config.json, metrics.csv, summary.json and figures."""
+    from .train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        data=data, rule=rule, epochs=epochs, seed=seed, hidden=hidden, activation=activation, lr=lr,  # type: ignore[arg-type]
+        batch_size=batch_size, weight_decay=weight_decay, feedback_gain=feedback_gain, topology=topology,
+        density=density, feedback_init=feedback_init, loss=loss, optimizer=optimizer, device=device, dtype=dtype,
+        log_every=log_every, probes=probes, n_train=n_train, n_test=n_test,
+        theta_w=_floats(theta_w, "--theta-w"), theta_b=_floats(theta_b, "--theta-b"),
+    )
+    out_dir = out or Path("runs") / f"{data.replace(':', '_').replace('/', '_')}-{rule}-s{seed}"
+    result = Trainer(cfg).fit(out_dir, progress=progress)
+    s = result.summary
+    typer.echo(results_table([s], title=f"{rule} on {data}, seed {seed}"))
+    if s["diverged"]:
+        typer.echo(
+            f"diverged at step {s['diverged_step']} (non-finite loss or exploding weights); "
+            f"metrics and figures up to that step are kept in {out_dir}"
+        )
+    else:
+        typer.echo(f"results written to {out_dir}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="results folder; one subfolder per rule")] = Path("results/demo"),
+    epochs: Annotated[int, typer.Option(help="epochs per rule")] = 20,
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes."""
+    from .data import load_dataset
+    from .results import write_json
+    from .train import TrainConfig, Trainer
+
+    ds = load_dataset("digits")
+    summaries = []
+    for rule in ("bp", "fa", "hsp"):
+        res = Trainer(TrainConfig(data="digits", rule=rule, epochs=epochs, seed=seed), ds).fit(
+            out / rule, progress=progress
+        )
+        summaries.append(res.summary)
+    table = results_table(summaries, title=f"digits, 64-128-128-10 tanh, {epochs} epochs, seed {seed}")
+    typer.echo(table)
+    write_json(out / "demo.json", {"runs": summaries})
+    (out / "demo.md").write_text("```\n" + table + "\n```\n", encoding="utf-8")
+    typer.echo(f"per-rule results and figures in {out}/<rule>/")
+
+
+# Further command groups register themselves here (one import each).
+def _register_subcommands() -> None:
+    import importlib
+
+    for mod in ("heterograd.experiments.cli", "heterograd.evolve.cli", "heterograd.bench_cli"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod:
+                continue
+            raise
+        m.register(app)
+
+
+_register_subcommands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except HeterogradError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.TyperException as exc:  # usage errors (unknown option, bad number, ...)
+        if not exc.format_message():  # bare `heterograd`: help was shown
+            sys.exit(0)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The :class:`Dataset` container and a seeded minibatch iterator."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from heterograd.errors import HeterogradError
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test pair of tensors, ready for training.
+
+    Attributes:
+        name: the name the dataset was loaded under (e.g. ``"digits"``).
+        x_train: inputs, shape ``(N_train, D)``, floating point (float32 from the loaders).
+        y_train: class labels, shape ``(N_train,)`` int64 in ``[0, n_classes)``, for classification;
+            targets, shape ``(N_train, K)`` floating point, for regression.
+        x_test: inputs, shape ``(N_test, D)``.
+        y_test: labels ``(N_test,)`` or targets ``(N_test, K)``, like ``y_train``.
+        n_classes: number of classes, or ``None`` for regression.
+
+    The shapes and dtypes are checked on construction. Instances compare by identity (tensors have no
+    single truth value), and ``repr`` shows shapes rather than data.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int | None
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x: torch.Tensor = getattr(self, f"x_{split}")
+            y: torch.Tensor = getattr(self, f"y_{split}")
+            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+                raise HeterogradError(
+                    f"dataset {self.name!r}: x_{split} and y_{split} must be torch tensors; "
+                    "convert them with torch.as_tensor"
+                )
+            if x.ndim != 2 or not x.is_floating_point():
+                raise HeterogradError(
+                    f"dataset {self.name!r}: x_{split} must be a 2-D floating-point tensor (N, D), got "
+                    f"shape {tuple(x.shape)} dtype {x.dtype}; flatten the inputs and cast them to float32"
+                )
+            if y.shape[:1] != x.shape[:1]:
+                raise HeterogradError(
+                    f"dataset {self.name!r}: x_{split} has {x.shape[0]} rows but y_{split} has "
+                    f"{y.shape[0] if y.ndim else 0}; give one target per input"
+                )
+        if self.x_train.shape[1] != self.x_test.shape[1]:
+            raise HeterogradError(
+                f"dataset {self.name!r}: x_train has {self.x_train.shape[1]} features but x_test has "
+                f"{self.x_test.shape[1]}; use the same feature layout for both splits"
+            )
+        if self.n_classes is None:
+            self._check_regression_targets()
+        else:
+            self._check_class_labels()
+
+    def _check_regression_targets(self) -> None:
+        for split, y in (("train", self.y_train), ("test", self.y_test)):
+            if y.ndim != 2 or not y.is_floating_point():
+                raise HeterogradError(
+                    f"dataset {self.name!r}: regression targets y_{split} must be a 2-D float tensor "
+                    f"(N, K), got shape {tuple(y.shape)} dtype {y.dtype}; reshape them or set n_classes"
+                )
+        if self.y_train.shape[1] != self.y_test.shape[1]:
+            raise HeterogradError(
+                f"dataset {self.name!r}: y_train has {self.y_train.shape[1]} targets per example but y_test "
+                f"has {self.y_test.shape[1]}; use the same targets for both splits"
+            )
+
+    def _check_class_labels(self) -> None:
+        n_classes = self.n_classes
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+            raise HeterogradError(
+                f"dataset {self.name!r}: n_classes must be a positive integer or None, got {n_classes!r}; "
+                "pass the number of classes (None for regression)"
+            )
+        for split, y in (("train", self.y_train), ("test", self.y_test)):
+            if y.ndim != 1 or y.dtype != torch.int64:
+                raise HeterogradError(
+                    f"dataset {self.name!r}: class labels y_{split} must be a 1-D int64 tensor, got shape "
+                    f"{tuple(y.shape)} dtype {y.dtype}; convert them with .long()"
+                )
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+                raise HeterogradError(
+                    f"dataset {self.name!r}: y_{split} has labels in [{int(y.min())}, {int(y.max())}] but "
+                    f"n_classes is {n_classes}; labels must lie in [0, n_classes)"
+                )
+
+    @property
+    def input_dim(self) -> int:
+        """Number of input features ``D``."""
+        return int(self.x_train.shape[1])
+
+    @property
+    def output_dim(self) -> int:
+        """Number of network outputs: ``n_classes`` for classification, ``K`` for regression."""
+        if self.n_classes is not None:
+            return self.n_classes
+        return int(self.y_train.shape[1])
+
+    @property
+    def task(self) -> Task:
+        """``"classification"`` when ``n_classes`` is set, otherwise ``"regression"``."""
+        return "regression" if self.n_classes is None else "classification"
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Dataset:
+        """Return a copy on ``device`` with inputs (and regression targets) cast to ``dtype``.
+
+        Class labels move to ``device`` but stay int64. With both arguments ``None`` the dataset is
+        returned unchanged.
+        """
+        if device is None and dtype is None:
+            return self
+        if dtype is not None and not dtype.is_floating_point:
+            raise HeterogradError(
+                f"Dataset.to: dtype must be a floating-point dtype, got {dtype}; use e.g. torch.float32"
+            )
+
+        def move_x(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype)
+
+        def move_y(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
+
+        return dataclasses.replace(
+            self,
+            x_train=move_x(self.x_train),
+            y_train=move_y(self.y_train),
+            x_test=move_x(self.x_test),
+            y_test=move_y(self.y_test),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, task={self.task!r}, x_train={tuple(self.x_train.shape)}, "
+            f"y_train={tuple(self.y_train.shape)}, x_test={tuple(self.x_test.shape)}, "
+            f"y_test={tuple(self.y_test.shape)}, n_classes={self.n_classes}, dtype={self.x_train.dtype}, "
+            f"device={self.x_train.device})"
+        )
+
+
+def iterate_minibatches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    generator: torch.Generator,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield one epoch of ``(xb, yb)`` minibatches.
+
+    Args:
+        x: inputs, shape ``(N, ...)``.
+        y: targets, shape ``(N, ...)``.
+        batch_size: examples per batch; the last batch is smaller unless ``drop_last``.
+        generator: source of the shuffling permutation (``torch.randperm``); the same generator state
+            gives the same batches. It is not used when ``shuffle`` is false.
+        shuffle: visit the examples in a random order (otherwise in storage order).
+        drop_last: skip a final batch smaller than ``batch_size``.
+
+    Yields:
+        ``(xb, yb)`` with shapes ``(B, ...)``; every example appears exactly once per epoch (bar the
+        dropped remainder).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise HeterogradError(f"batch_size must be a positive integer, got {batch_size!r}; pass e.g. 64")
+    n = int(x.shape[0]) if x.ndim else 0
+    if x.ndim == 0 or y.ndim == 0 or y.shape[0] != n:
+        raise HeterogradError(
+            f"iterate_minibatches: x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; "
+            "give both the same number of rows"
+        )
+    if shuffle:
+        order: torch.Tensor | None = torch.randperm(n, generator=generator, device=generator.device)
+        order = order.to(x.device)
+    else:
+        order = None
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        else:
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx.to(y.device)]

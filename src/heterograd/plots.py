@@ -1,0 +1,88 @@
+"""Figures of a run: loss and probes over training (PNG, matplotlib Agg, no screen needed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if v is None or v == "":
+            continue
+        v = float(v)
+        if math.isfinite(v):
+            xs.append(float(r["step"]))
+            ys.append(v)
+    return xs, ys
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path, title: str = "") -> list[Path]:
+    """Write ``loss.png`` and ``probes.png`` from metrics rows; returns the paths written."""
+    if not rows:
+        return []
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    x, y = _series(rows, "train_loss")
+    ax.plot(x, y, label="train loss", color="C0")
+    x, y = _series(rows, "test_loss")
+    if x:
+        ax.plot(x, y, "o-", label="test loss", color="C1", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if y and min(y) > 0:
+        ax.set_yscale("log")
+    x, acc = _series(rows, "test_accuracy")
+    if x:
+        ax2 = ax.twinx()
+        ax2.plot(x, acc, "s--", color="C2", ms=3, label="test accuracy")
+        ax2.set_ylabel("test accuracy")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="center right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title or "loss")
+    paths.append(out_dir / "loss.png")
+    _save(fig, paths[-1])
+
+    layers = sorted({int(k.split("_")[1]) for r in rows for k in r if k.startswith("phi_")})
+    if layers:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for l in layers:
+            axes[0].plot(*_series(rows, f"phi_{l}"), label=f"layer {l}")
+            axes[1].plot(*_series(rows, f"align_{l}"), label=f"layer {l}")
+        axes[0].axhline(0, color="k", lw=0.6)
+        axes[0].set_title("consistency score φ")
+        axes[1].axhline(0, color="k", lw=0.6)
+        axes[1].set_title("align = cos(u, ∇ₚℓ)")
+        axes[1].set_ylim(-1.05, 1.05)
+        axes[2].plot(*_series(rows, "dc_score"), color="k", label="DC score")
+        for l in layers:
+            xa, ya = _series(rows, f"angle_{l}")
+            if xa:
+                axes[2].plot(xa, [v / 180 for v in ya], "--", label=f"∠(B,Wᵀ)/180°, layer {l}")
+        axes[2].set_ylim(-0.05, 1.05)
+        axes[2].set_title("DC score and feedback angle")
+        for a in axes:
+            a.set_xlabel("step")
+            a.legend(fontsize=7)
+        if title:
+            fig.suptitle(title)
+        paths.append(out_dir / "probes.png")
+        _save(fig, paths[-1])
+    return paths

@@ -1,0 +1,86 @@
+"""Run directories: atomic writes of ``config.json``, ``metrics.csv`` and ``summary.json``.
+
+Every file is written to a temporary sibling and moved into place with
+``os.replace``, so a run killed at any moment leaves either the previous
+complete file or the new complete file, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import HeterogradError
+
+
+def _clean(obj: Any) -> Any:
+    """Make floats JSON-safe (NaN/inf -> None) recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Atomically write ``data`` as indented JSON (NaN/inf become ``null``)."""
+    atomic_write_text(path, json.dumps(_clean(dict(data)), indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Atomically write rows as CSV; columns are the union of row keys in first-seen order."""
+    if columns is None:
+        cols: dict[str, None] = {}
+        for r in rows:
+            for k in r:
+                cols.setdefault(k, None)
+        columns = list(cols)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Read a CSV written by :func:`write_csv` (values as strings)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def prepare_out_dir(out: str | os.PathLike[str]) -> Path:
+    """Create the output folder (parents included); error clearly if it is a file."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise HeterogradError(f"--out {p} exists and is not a folder; pass a folder path")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HeterogradError(f"cannot create output folder {p}: {exc.strerror}; pass a writable --out") from None
+    return p

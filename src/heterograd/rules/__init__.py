@@ -1,0 +1,34 @@
+"""Plasticity rules: pure functions of local signals that return deltas.
+
+Registered rules (by name): ``bp``, ``fa``, ``hsp``, ``poly``. Add your own with
+:func:`register_rule`; the training loop needs no change.
+"""
+
+from .base import Deltas, FeedbackSignals, ForwardSignals, Params, Rule, Signals
+
+# Registration side effects: importing the modules fills RULES.
+from .classic import BP, FA, HSP
+from .poly import B_FEATURES, N_FEATURES, W_FEATURES, Poly, bilinear_theta, format_poly, poly_delta
+from .registry import RULES, make_rule, register_rule
+
+__all__ = [
+    "BP",
+    "B_FEATURES",
+    "FA",
+    "HSP",
+    "N_FEATURES",
+    "RULES",
+    "W_FEATURES",
+    "Deltas",
+    "FeedbackSignals",
+    "ForwardSignals",
+    "Params",
+    "Poly",
+    "Rule",
+    "Signals",
+    "bilinear_theta",
+    "format_poly",
+    "make_rule",
+    "poly_delta",
+    "register_rule",
+]

@@ -1,0 +1,163 @@
+"""The rule contract: pure functions of local signals that return deltas.
+
+A rule sees, for every forward layer, the presynaptic activity at time t and
+the postsynaptic feedback potential at time t' (:class:`ForwardSignals`), and
+for every feedback edge the postsynaptic activity at t and the presynaptic
+feedback potential at t' (:class:`FeedbackSignals`). It returns
+:class:`Deltas`: the change per unit learning rate, so plain SGD applies
+``W ← W + η ΔW``. Rules never mutate their inputs and never call autograd
+(the ``bp`` baseline is the one documented exception; it sets
+``uses_autograd = True``).
+
+Sign convention: ``ΔW = -F(...)`` with ``F`` as in THEORY.md, so the bilinear
+rule returns ``ΔW_l = -(u_lᵀ h_{l-1} / n + λ W_l)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..circuits import Circuit, Trace
+    from ..losses import Loss
+
+
+@dataclass(frozen=True)
+class ForwardSignals:
+    """Local signals at the synapses ``W_l`` of forward layer ``l``.
+
+    Attributes:
+        h_pre: ``(n, n_{l-1})`` presynaptic activity at time t.
+        p: ``(n, n_l)`` postsynaptic forward potential at time t.
+        h: ``(n, n_l)`` postsynaptic activity at time t.
+        u: ``(n, n_l)`` postsynaptic feedback potential at time t'.
+    """
+
+    h_pre: Tensor
+    p: Tensor
+    h: Tensor
+    u: Tensor
+
+
+@dataclass(frozen=True)
+class FeedbackSignals:
+    """Local signals at the synapses ``B`` of a feedback edge ``src -> dst``.
+
+    Attributes:
+        h_post: ``(n, n_dst)`` postsynaptic (lower-layer) activity at time t.
+        p_post: ``(n, n_dst)`` postsynaptic forward potential at time t.
+        u_pre: ``(n, n_src)`` presynaptic (upper-layer) feedback potential at time t'.
+        adjacent: True when the edge mirrors ``W_src`` (``src == dst + 1``); then
+            ``h_post`` is the very tensor ``h_pre`` of forward layer ``src`` and
+            ``u_pre`` its ``u``, so a rule may reuse that layer's outer product.
+        src, dst: layer indices of the edge.
+    """
+
+    h_post: Tensor
+    p_post: Tensor
+    u_pre: Tensor
+    adjacent: bool
+    src: int
+    dst: int
+
+
+@dataclass(frozen=True)
+class Params:
+    """Read-only view of the plastic tensors a rule may look at.
+
+    Attributes:
+        W: ``L`` tensors ``(n_l, n_{l-1})``.
+        b: ``L`` tensors ``(n_l,)``.
+        B: one tensor ``(n_dst, n_src)`` per feedback edge.
+    """
+
+    W: tuple[Tensor, ...]
+    b: tuple[Tensor, ...]
+    B: tuple[Tensor, ...]
+
+    @classmethod
+    def of(cls, circuit: Circuit) -> Params:
+        return cls(tuple(circuit.W), tuple(circuit.b), tuple(circuit.B))
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Everything local that a rule may use in one step.
+
+    Attributes:
+        forward: one :class:`ForwardSignals` per forward layer ``1..L`` (index ``l-1``).
+        feedback: one :class:`FeedbackSignals` per feedback edge (same order as ``circuit.B``).
+    """
+
+    forward: tuple[ForwardSignals, ...]
+    feedback: tuple[FeedbackSignals, ...]
+
+    @classmethod
+    def collect(cls, circuit: Circuit, trace: Trace, u: list[Tensor]) -> Signals:
+        """Gather the signals from a forward trace and the feedback potentials ``u``."""
+        fwd = []
+        for l in range(1, circuit.depth + 1):
+            p = trace.p[l]
+            assert p is not None
+            fwd.append(ForwardSignals(trace.h[l - 1], p, trace.h[l], u[l]))
+        fb = []
+        for e in circuit.edges:
+            p = trace.p[e.dst]
+            assert p is not None
+            fb.append(FeedbackSignals(trace.h[e.dst], p, u[e.src], e.adjacent, e.src, e.dst))
+        return cls(tuple(fwd), tuple(fb))
+
+
+@dataclass
+class Deltas:
+    """Per-unit-learning-rate changes; ``None`` means "this tensor does not change".
+
+    Attributes:
+        W: ``L`` tensors ``(n_l, n_{l-1})``.
+        b: ``L`` tensors ``(n_l,)`` or ``None``.
+        B: one ``(n_dst, n_src)`` tensor or ``None`` per feedback edge.
+    """
+
+    W: list[Tensor | None]
+    b: list[Tensor | None]
+    B: list[Tensor | None]
+
+    def flat(self) -> list[Tensor | None]:
+        """Deltas in the canonical order of :meth:`Circuit.plastic_tensors`."""
+        return [*self.W, *self.b, *self.B]
+
+
+class Rule(ABC):
+    """A plasticity rule.
+
+    Subclasses are dataclasses holding hyperparameters; register them with
+    :func:`heterograd.rules.register_rule` to make them available by name in the
+    CLI and the training loop (which never needs to change for a new rule).
+    """
+
+    name: ClassVar[str]
+    uses_autograd: ClassVar[bool] = False
+    plastic_feedback: ClassVar[bool] = False
+
+    def init(self, circuit: Circuit) -> Any:
+        """Create the rule's own state (default: none)."""
+        return None
+
+    def teaching(self, circuit: Circuit, trace: Trace, x: Tensor, y: Tensor, loss: Loss) -> list[Tensor] | None:
+        """Optionally supply the feedback potentials ``u`` instead of the ``B`` pathway.
+
+        Returns ``None`` (the default) to use ``circuit.run_feedback``.
+        """
+        return None
+
+    @abstractmethod
+    def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
+        """Compute the deltas of one step. Must not mutate ``signals``, ``params`` or ``state``."""
+
+    def describe(self) -> str:
+        """A readable equation of the rule."""
+        return self.name

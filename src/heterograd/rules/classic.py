@@ -1,0 +1,116 @@
+"""The reference rules: ``bp`` (autograd baseline), ``fa`` (frozen feedback) and ``hsp`` (bilinear)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor
+
+from ..errors import HeterogradError
+from .base import Deltas, Params, Rule, Signals
+from .bilinear import feedback_delta, forward_delta, outer_mean
+from .registry import register_rule
+
+if TYPE_CHECKING:
+    from ..circuits import Circuit, Trace
+    from ..losses import Loss
+
+
+def _check_decay(weight_decay: float) -> None:
+    if not weight_decay >= 0:
+        raise HeterogradError(f"weight decay must be >= 0, got {weight_decay}; pass e.g. --weight-decay 1e-4")
+
+
+@register_rule
+@dataclass(frozen=True)
+class BP(Rule):
+    """Backpropagation baseline: ``u_l = ∇_{p_l} ℓ`` computed by autograd, ``ΔW = -(u hᵀ/n + λW)``.
+
+    The one rule allowed to use autograd; ``B`` is ignored. Equals
+    ``torch.optim.SGD(weight_decay=λ)`` step for step.
+    """
+
+    name: ClassVar[str] = "bp"
+    uses_autograd: ClassVar[bool] = True
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_decay(self.weight_decay)
+
+    def teaching(self, circuit: Circuit, trace: Trace, x: Tensor, y: Tensor, loss: Loss) -> list[Tensor]:
+        from ..autodiff import potential_gradients
+
+        return potential_gradients(circuit, x, y, loss)
+
+    def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
+        dW, db = [], []
+        for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
+            w, bb = forward_delta(sig, W, b, self.weight_decay)
+            dW.append(w)
+            db.append(bb)
+        return Deltas(dW, db, [None] * len(params.B)), state
+
+    def describe(self) -> str:
+        return f"ΔW = -η(∇_W ℓ + {self.weight_decay:g} W)  [autograd]"
+
+
+@register_rule
+@dataclass(frozen=True)
+class FA(Rule):
+    """Feedback alignment: the bilinear forward rule with frozen random ``B`` (``G ≡ 0``)."""
+
+    name: ClassVar[str] = "fa"
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_decay(self.weight_decay)
+
+    def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
+        dW, db = [], []
+        for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
+            w, bb = forward_delta(sig, W, b, self.weight_decay)
+            dW.append(w)
+            db.append(bb)
+        return Deltas(dW, db, [None] * len(params.B)), state
+
+    def describe(self) -> str:
+        return f"ΔW = -η(u·h + {self.weight_decay:g} W),  ΔB = 0"
+
+
+@register_rule
+@dataclass(frozen=True)
+class HSP(Rule):
+    """Bilinear heterosynaptic plasticity (the Kolen–Pollack motif, THEORY.md section 1).
+
+    ``ΔW_l = -(u_l h_{l-1}ᵀ/n + λ W_l)``,  ``ΔB = -(c · h_post u_preᵀ/n + λ B)``.
+    On an adjacent edge ``ΔB_l = c ΔW_lᵀ`` up to decay, computed by transposing the
+    outer product already formed for ``W`` (same matrix products as backprop).
+    ``c = 1`` is Kolen–Pollack; ``B - c Wᵀ`` decays as ``(1 - ηλ)^t``.
+    """
+
+    name: ClassVar[str] = "hsp"
+    plastic_feedback: ClassVar[bool] = True
+    weight_decay: float = 0.0
+    feedback_gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_decay(self.weight_decay)
+
+    def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
+        dW, db, outers = [], [], []
+        for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
+            G = outer_mean(sig.u, sig.h_pre)
+            w, bb = forward_delta(sig, W, b, self.weight_decay, G=G)
+            dW.append(w)
+            db.append(bb)
+            outers.append(G)
+        dB: list[Tensor | None] = []
+        for sig, B in zip(signals.feedback, params.B, strict=True):
+            G_fwd = outers[sig.src - 1] if sig.adjacent else None
+            dB.append(feedback_delta(sig, B, self.feedback_gain, self.weight_decay, G_fwd))
+        return Deltas(dW, db, dB), state
+
+    def describe(self) -> str:
+        lam, c = self.weight_decay, self.feedback_gain
+        return f"ΔW = -η(u·h + {lam:g} W),  ΔB = -η({c:g} h·u + {lam:g} B)"
