@@ -325,9 +325,7 @@ def test_idx_missing_file(tmp_path: Path) -> None:
     with pytest.raises(HeterogradError) as excinfo:
         load_dataset(f"idx:{tmp_path}")
     message = error_line(excinfo)
-    assert (
-        "t10k-labels-idx1-ubyte" in message and "README" in message and "train-images-idx3-ubyte" in message
-    )
+    assert "t10k-labels-idx1-ubyte" in message and "README" in message and "train-images-idx3-ubyte" in message
 
 
 def test_idx_wrong_magic(tmp_path: Path) -> None:
@@ -439,9 +437,7 @@ def test_dataset_validates_labels() -> None:
         Dataset("toy", x, torch.tensor([0, 1, 2, 5]), x, torch.zeros(4, dtype=torch.int64), n_classes=3)
     assert "n_classes is 3" in error_line(excinfo)
     with pytest.raises(HeterogradError) as excinfo:
-        Dataset(
-            "toy", x, torch.zeros(3, dtype=torch.int64), x, torch.zeros(4, dtype=torch.int64), n_classes=3
-        )
+        Dataset("toy", x, torch.zeros(3, dtype=torch.int64), x, torch.zeros(4, dtype=torch.int64), n_classes=3)
     error_line(excinfo)
 
 

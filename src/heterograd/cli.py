@@ -47,15 +47,17 @@ def results_table(summaries: list[dict[str, Any]], title: str = "") -> str:
     lines = []
     for s in summaries:
         acc = s.get("test_accuracy")
-        lines.append([
-            str(s.get("label", s.get("rule"))) + (" (diverged)" if s.get("diverged") else ""),
-            _fmt(acc) if acc is not None else "-",
-            _fmt(s.get("test_loss")),
-            " ".join(_fmt(v, 2) for v in s.get("phi", [])) or "-",
-            " ".join(_fmt(v, 2) for v in s.get("align", [])) or "-",
-            _fmt(s.get("dc_score"), 2),
-            _fmt(s.get("wall_seconds"), 1),
-        ])
+        lines.append(
+            [
+                str(s.get("label", s.get("rule"))) + (" (diverged)" if s.get("diverged") else ""),
+                _fmt(acc) if acc is not None else "-",
+                _fmt(s.get("test_loss")),
+                " ".join(_fmt(v, 2) for v in s.get("phi", [])) or "-",
+                " ".join(_fmt(v, 2) for v in s.get("align", [])) or "-",
+                _fmt(s.get("dc_score"), 2),
+                _fmt(s.get("wall_seconds"), 1),
+            ]
+        )
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     out = [title] if title else []
     out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
@@ -96,11 +98,29 @@ def train(
     from .train import TrainConfig, Trainer
 
     cfg = TrainConfig(
-        data=data, rule=rule, epochs=epochs, seed=seed, hidden=hidden, activation=activation, lr=lr,  # type: ignore[arg-type]
-        batch_size=batch_size, weight_decay=weight_decay, feedback_gain=feedback_gain, topology=topology,
-        density=density, feedback_init=feedback_init, loss=loss, optimizer=optimizer, device=device, dtype=dtype,
-        log_every=log_every, probes=probes, n_train=n_train, n_test=n_test,
-        theta_w=_floats(theta_w, "--theta-w"), theta_b=_floats(theta_b, "--theta-b"),
+        data=data,
+        rule=rule,
+        epochs=epochs,
+        seed=seed,
+        hidden=hidden,
+        activation=activation,
+        lr=lr,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        feedback_gain=feedback_gain,
+        topology=topology,
+        density=density,
+        feedback_init=feedback_init,
+        loss=loss,
+        optimizer=optimizer,
+        device=device,
+        dtype=dtype,
+        log_every=log_every,
+        probes=probes,
+        n_train=n_train,
+        n_test=n_test,
+        theta_w=_floats(theta_w, "--theta-w"),
+        theta_b=_floats(theta_b, "--theta-b"),
     )
     out_dir = out or Path("runs") / f"{data.replace(':', '_').replace('/', '_')}-{rule}-s{seed}"
     result = Trainer(cfg).fit(out_dir, progress=progress)

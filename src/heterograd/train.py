@@ -175,11 +175,15 @@ class TrainConfig:
         self.hidden = parse_hidden(self.hidden)
         checks: list[tuple[bool, str]] = [
             (isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1,
-             f"--batch-size must be >= 1, got {self.batch_size}"),
+            (
+                isinstance(self.batch_size, int) and self.batch_size >= 1,
+                f"--batch-size must be >= 1, got {self.batch_size}",
+            ),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
-            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-             f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                f"--weight-decay must be >= 0, got {self.weight_decay}",
+            ),
             (math.isfinite(self.feedback_gain), f"--feedback-gain must be finite, got {self.feedback_gain}"),
             (0 < self.density <= 1, f"--density must be in (0, 1], got {self.density}"),
             (self.log_every is None or self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}"),
@@ -284,9 +288,7 @@ class Trainer:
         """One local learning step on a batch; returns the batch loss before the update (0-d)."""
         out = local_step(self.circuit, self.rule, self.rule_state, self.loss, x, y)
         self.rule_state = out.rule_state
-        steps, self.motif_state = self.motif.update(
-            out.deltas.flat(), self.motif_state, self.circuit.plastic_tensors()
-        )
+        steps, self.motif_state = self.motif.update(out.deltas.flat(), self.motif_state, self.circuit.plastic_tensors())
         apply_steps(self.circuit, steps)
         self.step_count += 1
         return out.loss
@@ -295,9 +297,7 @@ class Trainer:
         """Probes on the fixed probe batch (first ``probe_size`` training samples), nothing applied."""
         with torch.no_grad():
             out = local_step(self.circuit, self.rule, self.rule_state, self.loss, self.probe_x, self.probe_y)
-        return measure(
-            self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, self.config.weight_decay
-        )
+        return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, self.config.weight_decay)
 
     def weights_finite(self) -> bool:
         lim = self.config.divergence_threshold
@@ -326,20 +326,31 @@ class Trainer:
         c = self.config
         out = prepare_out_dir(out_dir) if out_dir is not None else None
         if out is not None:
-            write_json(out / "config.json", {**c.to_dict(), "environment": environment(),
-                                             "rule_equation": self.rule.describe()})
+            write_json(
+                out / "config.json",
+                {**c.to_dict(), "environment": environment(), "rule_equation": self.rule.describe()},
+            )
         start = time.perf_counter()
         diverged, diverged_step = False, None
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
         n_acc = 0
         total_steps = c.epochs * self.steps_per_epoch
-        bar = tqdm(total=total_steps, disable=not progress, desc=f"{c.rule} on {c.data}", unit="step",
-                   leave=False, file=sys.stderr)
+        bar = tqdm(
+            total=total_steps,
+            disable=not progress,
+            desc=f"{c.rule} on {c.data}",
+            unit="step",
+            leave=False,
+            file=sys.stderr,
+        )
         last_train_loss = math.nan
         try:
             for epoch in range(c.epochs):
                 batches = iterate_minibatches(
-                    self.data.x_train, self.data.y_train, c.batch_size, generator=self.generator,
+                    self.data.x_train,
+                    self.data.y_train,
+                    c.batch_size,
+                    generator=self.generator,
                     drop_last=self.data.x_train.shape[0] >= c.batch_size,
                 )
                 for i, (xb, yb) in enumerate(batches):
@@ -414,8 +425,14 @@ class Trainer:
         }
 
 
-def train(config: TrainConfig | None = None, out_dir: str | Path | None = None, *, progress: bool = False,
-          dataset: Dataset | None = None, **overrides: Any) -> RunResult:
+def train(
+    config: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = False,
+    dataset: Dataset | None = None,
+    **overrides: Any,
+) -> RunResult:
     """Convenience: ``train(TrainConfig(...), "runs/x")`` or ``train(rule="fa", epochs=5)``."""
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     return Trainer(cfg, dataset).fit(out_dir, progress=progress)

@@ -53,8 +53,7 @@ def _read_bytes(path: Path) -> bytes:
         raise HeterogradError(f"IDX path {path} is a directory, not a file; pass the file itself") from None
     except OSError as exc:
         raise HeterogradError(
-            f"cannot read IDX file {path} ({_one_line(exc.strerror or exc)}); "
-            "check the path and its permissions"
+            f"cannot read IDX file {path} ({_one_line(exc.strerror or exc)}); check the path and its permissions"
         ) from None
     if not raw.startswith(_GZIP_MAGIC):
         return raw
@@ -62,8 +61,7 @@ def _read_bytes(path: Path) -> bytes:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
         raise HeterogradError(
-            f"corrupt gzip file {path} ({_one_line(exc)}); download it again or replace it with the "
-            "uncompressed file"
+            f"corrupt gzip file {path} ({_one_line(exc)}); download it again or replace it with the uncompressed file"
         ) from None
 
 
@@ -85,8 +83,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     data = _read_bytes(path)
     if len(data) < 4:
         raise HeterogradError(
-            f"truncated IDX file {path}: expected at least 4 header bytes, found {len(data)}; "
-            "download it again"
+            f"truncated IDX file {path}: expected at least 4 header bytes, found {len(data)}; download it again"
         )
     zero0, zero1, code, ndim = data[:4]
     if zero0 != 0 or zero1 != 0 or code not in IDX_DTYPES or ndim == 0:
@@ -145,15 +142,13 @@ def find_idx_files(directory: str | os.PathLike[str]) -> dict[str, Path]:
         )
     if not directory.is_dir():
         raise HeterogradError(
-            f"dataset path {directory} is not a folder; pass idx:<dir> naming the folder that holds the "
-            "four IDX files"
+            f"dataset path {directory} is not a folder; pass idx:<dir> naming the folder that holds the four IDX files"
         )
     try:
         present = {p.name.lower(): p for p in sorted(directory.iterdir()) if p.is_file()}
     except OSError as exc:
         raise HeterogradError(
-            f"cannot list dataset folder {directory} ({_one_line(exc.strerror or exc)}); "
-            "check its permissions"
+            f"cannot list dataset folder {directory} ({_one_line(exc.strerror or exc)}); check its permissions"
         ) from None
     found: dict[str, Path] = {}
     missing: list[str] = []

@@ -52,9 +52,7 @@ _MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
 # Public entry point
 
 
-def load_dataset(
-    name: str, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None
-) -> Dataset:
+def load_dataset(name: str, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None) -> Dataset:
     """Load a dataset by name.
 
     Args:
@@ -144,9 +142,7 @@ def _check_count(value: object, what: str) -> int | None:
     return int(value)
 
 
-def _take(
-    name: str, split: str, x: np.ndarray, y: np.ndarray, n: int | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _take(name: str, split: str, x: np.ndarray, y: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` examples of ``(x, y)`` (all of them when ``n`` is None)."""
     if n is None:
         return x, y
