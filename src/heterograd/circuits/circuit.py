@@ -183,6 +183,11 @@ class Circuit(nn.Module):
                 f"input has shape {tuple(x.shape)} but the circuit expects (batch, {self.sizes[0]}); "
                 "flatten inputs and match sizes[0]"
             )
+        if x.dtype != self.W[0].dtype:
+            raise HeterogradError(
+                f"input dtype {x.dtype} differs from the circuit's {self.W[0].dtype}; "
+                "convert with x.to(circuit.W[0].dtype) or build the circuit with that dtype"
+            )
         hs: list[Tensor] = [x]
         ps: list[Tensor | None] = [None]
         h = x

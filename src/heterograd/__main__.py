@@ -1,0 +1,5 @@
+"""``python -m heterograd`` == ``heterograd``."""
+
+from .cli import main
+
+main()

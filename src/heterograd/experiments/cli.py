@@ -1,0 +1,41 @@
+"""``heterograd repro NAME|all --out DIR [--quick] [--seed S]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``repro`` command to the main app."""
+
+    @app.command()
+    def repro(
+        name: Annotated[str, typer.Argument(help="experiment name, or 'all'")],
+        out: Annotated[Path, typer.Option(help="results folder; each experiment writes out/NAME/")] = Path(
+            "results/repro"
+        ),
+        quick: Annotated[bool, typer.Option(help="CI-sized run (each experiment under ~60 s on 2 cores)")] = False,
+        seed: Annotated[int, typer.Option(help="base seed")] = 0,
+        progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    ) -> None:
+        """Reproduce a claim of THEORY.md as a figure, the measured numbers and a verdict."""
+        from . import load_all
+        from .base import run_experiment
+        from .report import write_report
+
+        names = list(load_all()) if name == "all" else [name]
+        summaries = []
+        for n in names:
+            typer.echo(f"[repro] {n} ...", err=True)
+            s = run_experiment(n, out, quick=quick, seed=seed, progress=progress)
+            summaries.append(s)
+            verdict = "HOLDS" if s["holds"] else ("ERROR" if "error" in s else "DOES NOT HOLD")
+            typer.echo(f"{n:14s} {verdict:14s} {s['seconds']:7.1f}s  {s['claim']}")
+            if "error" in s:
+                typer.echo(f"    error: {s['error']}")
+        if name == "all":
+            path = write_report(summaries, out, quick=quick)
+            typer.echo(f"report: {path}")

@@ -1,0 +1,50 @@
+"""House rule: learning never calls autograd (only probes and the bp baseline may)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import heterograd
+from heterograd import TrainConfig, Trainer, make_rule
+from heterograd.rules import RULES
+
+SRC = Path(heterograd.__file__).parent
+
+
+@pytest.fixture
+def autograd_forbidden(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("autograd was called during learning")
+
+    monkeypatch.setattr(torch.autograd, "grad", boom)
+    monkeypatch.setattr(torch.autograd, "backward", boom)
+    monkeypatch.setattr(torch.Tensor, "backward", boom)
+    with torch.autograd.set_grad_enabled(False):
+        yield
+
+
+@pytest.mark.parametrize("rule", sorted(r for r in RULES if not make_rule(r).uses_autograd))
+@pytest.mark.parametrize("topology", ["layered", "direct"])
+def test_training_works_with_autograd_disabled(digits, autograd_forbidden, rule, topology):
+    tr = Trainer(TrainConfig(rule=rule, topology=topology, epochs=2, probes=False, n_train=256), digits)
+    res = tr.fit(None, progress=False)
+    assert not res.summary["diverged"]
+    assert res.summary["test_accuracy"] > 0.3
+    for t in res.circuit.plastic_tensors():
+        assert not t.requires_grad
+
+
+def test_bp_is_the_only_base_rule_declaring_autograd():
+    assert {n for n in ("bp", "fa", "hsp", "poly") if make_rule(n).uses_autograd} == {"bp"}
+
+
+def test_learning_code_has_no_autograd_calls():
+    pattern = re.compile(r"torch\.autograd|\.backward\(|autograd\.grad|requires_grad_\(True\)")
+    learning = [*(SRC / "rules").glob("*.py"), *(SRC / "circuits").glob("*.py"), *(SRC / "optim").glob("*.py"),
+                SRC / "train.py"]
+    offenders = [str(p) for p in learning if pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
