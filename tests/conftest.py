@@ -7,6 +7,9 @@ import torch
 
 from heterograd.data import Dataset, load_dataset
 
+# The test networks are tiny: one intra-op thread avoids thread thrashing on small, shared CPUs.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def digits() -> Dataset:

@@ -1,89 +1,56 @@
-"""Synapse-local state motifs that turn a rule's deltas into weight changes.
+"""Synapse-local state motifs that turn a rule's deltas into weight changes (THEORY.md section 4.5).
 
 A motif is a pair ``init(tensors) -> state`` and
 ``update(deltas, state, tensors) -> (steps, state)``; the training step adds
 each step to its tensor. The state lives with the synapse (one entry per
-plastic tensor) and is saved with checkpoints. Motifs never call autograd.
+plastic tensor) and is saved with checkpoints (:func:`state_dict`,
+:meth:`Motif.load_state_dict`). Motifs never call autograd.
 
-``sgd``:  ``ΔW = η δ``  where ``δ`` is the rule's delta.
+With ``δ`` the rule's delta (``δ = -g``), ``η`` the learning rate and ``s`` the step:
+
+* ``sgd``:      ``s = η δ``
+* ``momentum``: ``m ← μ m + (1-d) δ``; ``s = η m`` (heavy ball) or ``η (δ + μ m)`` (Nesterov)
+* ``rmsprop``:  ``v ← α v + (1-α) δ²``; ``s = η δ / (√v + ε)``
+* ``adam``:     ``m ← β₁ m + (1-β₁) δ``, ``v ← β₂ v + (1-β₂) δ²``; ``s = η m̂ / (√v̂ + ε)``
+* ``adamw``:    Adam plus decoupled decay ``-η ω W``
+
+Each equals the ``torch.optim`` optimiser of the same name on the ``bp`` rule (and on
+``hsp`` with ``B(0) = W(0)ᵀ``, ``c = 1``), step for step.
+
+>>> make_motif("adam", lr=1e-3, betas=(0.9, 0.999)).betas
+(0.9, 0.999)
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from .base import (
+    MOTIFS,
+    Motif,
+    State,
+    cli_options,
+    load_state_dict,
+    make_motif,
+    motif_options,
+    parse_options,
+    register_motif,
+    state_dict,
+)
+from .motifs import SGD, Adam, AdamW, Momentum, RMSProp
 
-from torch import Tensor
-
-from ..errors import HeterogradError, unknown_choice
-
-State = dict[str, Any]
-
-
-class Motif(ABC):
-    """Synapse-local optimiser motif.
-
-    ``deltas`` and ``tensors`` are in the circuit's canonical order
-    (:meth:`heterograd.Circuit.plastic_tensors`); a ``None`` delta means the tensor is frozen.
-    """
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def init(self, tensors: Sequence[Tensor]) -> State:
-        """Create the per-synapse state."""
-
-    @abstractmethod
-    def update(
-        self, deltas: Sequence[Tensor | None], state: State, tensors: Sequence[Tensor]
-    ) -> tuple[list[Tensor | None], State]:
-        """Return the changes to add to each tensor (``None``: no change) and the new state."""
-
-
-M = TypeVar("M", bound=type[Motif])
-MOTIFS: dict[str, type[Motif]] = {}
-
-
-def register_motif(cls: M) -> M:
-    """Class decorator: make a motif available by its ``name``."""
-    MOTIFS[cls.name] = cls
-    return cls
-
-
-@register_motif
-@dataclass(frozen=True)
-class SGD(Motif):
-    """Plain heterosynaptic update: ``W ← W + η δ`` (``δ`` the rule's delta)."""
-
-    name: ClassVar[str] = "sgd"
-    lr: float = 0.05
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise HeterogradError(f"learning rate must be > 0, got {self.lr}; pass e.g. --lr 0.05")
-
-    def init(self, tensors: Sequence[Tensor]) -> State:
-        return {"step": 0}
-
-    def update(
-        self, deltas: Sequence[Tensor | None], state: State, tensors: Sequence[Tensor]
-    ) -> tuple[list[Tensor | None], State]:
-        steps = [None if d is None else d.mul_(self.lr) for d in deltas]
-        return steps, {"step": state["step"] + 1}
-
-
-def make_motif(name: str, **hyper: Any) -> Motif:
-    """Build a motif by name; hyperparameters it does not take are ignored, ``None`` means default."""
-    import dataclasses
-
-    try:
-        cls = MOTIFS[name]
-    except KeyError:
-        raise unknown_choice("optimizer", name, MOTIFS) from None
-    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    return cls(**{k: v for k, v in hyper.items() if k in fields and v is not None})
-
-
-__all__ = ["MOTIFS", "SGD", "Motif", "State", "make_motif", "register_motif"]
+__all__ = [
+    "MOTIFS",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Momentum",
+    "Motif",
+    "RMSProp",
+    "State",
+    "cli_options",
+    "load_state_dict",
+    "make_motif",
+    "motif_options",
+    "parse_options",
+    "register_motif",
+    "state_dict",
+]

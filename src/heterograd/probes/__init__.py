@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .preconditioner import PreconditionerEstimate, estimate_preconditioner, preconditioner
+
 if TYPE_CHECKING:
     from ..circuits import Circuit
     from ..losses import Loss
@@ -137,12 +139,15 @@ def measure(
 
 
 __all__ = [
+    "PreconditionerEstimate",
     "align",
     "cosine",
     "dc_score",
+    "estimate_preconditioner",
     "hebbian_alignment",
     "matrix_angle",
     "measure",
     "neuron_phi",
     "phi",
+    "preconditioner",
 ]
