@@ -1,0 +1,1 @@
+"""Benchmarks of heterograd against baselines; run ``python -m benchmarks.run --out DIR``."""
