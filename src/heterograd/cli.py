@@ -68,6 +68,7 @@ def results_table(summaries: list[dict[str, Any]], title: str = "") -> str:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir>")] = "digits",
     rule: Annotated[str, typer.Option(help="bp | fa | hsp | poly (or any registered rule)")] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
@@ -83,7 +84,15 @@ def train(
     density: Annotated[float, typer.Option(help="feedback mask density for sparse/amorphous, in (0, 1]")] = 1.0,
     feedback_init: Annotated[str, typer.Option(help="random | transpose (B=Wᵀ) | anti (B=-Wᵀ)")] = "random",
     loss: Annotated[str | None, typer.Option(help="ce | mse (default: ce for classes, mse for regression)")] = None,
-    optimizer: Annotated[str, typer.Option(help="synapse-local optimiser motif")] = "sgd",
+    optimizer: Annotated[str, typer.Option(help="optimiser motif: sgd | momentum | rmsprop | adam | adamw")] = "sgd",
+    momentum: Annotated[float | None, typer.Option(help="momentum μ (momentum, rmsprop)")] = None,
+    nesterov: Annotated[bool, typer.Option("--nesterov", help="Nesterov momentum (momentum)")] = False,
+    betas: Annotated[str | None, typer.Option(help="Adam betas β₁,β₂, e.g. 0.9,0.999 (adam, adamw)")] = None,
+    eps: Annotated[float | None, typer.Option(help="ε of the divisive normalisation (rmsprop, adam, adamw)")] = None,
+    optimizer_weight_decay: Annotated[float | None, typer.Option(help="decoupled weight decay ω (adamw)")] = None,
+    optimizer_options: Annotated[
+        str | None, typer.Option(help="other motif options, e.g. dampening=0.1,amsgrad=true,alpha=0.9,centered=true")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 | float64 | bfloat16")] = "float32",
     log_every: Annotated[int | None, typer.Option(help="steps between logged rows (default: 4 per epoch)")] = None,
@@ -93,13 +102,32 @@ def train(
     theta_w: Annotated[str | None, typer.Option(help="poly: 8 coefficients for W (u·h,p·h,u,h,u²h,uh²,W,1)")] = None,
     theta_b: Annotated[str | None, typer.Option(help="poly: 8 coefficients for B (h·u,p·u,h,u,h²u,hu²,B,1)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="write checkpoint.pt every K steps and at the end (Ctrl-C/SIGTERM always do)")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="continue the run in this folder from its checkpoint.pt; other options must match"),
+    ] = None,
+    compile_step: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the local step (first step compiles, ~tens of s)")
+    ] = False,
+    distributed: Annotated[
+        bool, typer.Option("--distributed", help="data-parallel rank under torchrun (gloo on CPU, nccl on GPU)")
+    ] = False,
 ) -> None:
-    """Train one circuit with a local rule; write config.json, metrics.csv, summary.json and figures."""
-    from .train import TrainConfig, Trainer
+    """Train one circuit with a local rule; write config.json, metrics.csv, summary.json and figures.
+
+    Ctrl-C or SIGTERM stops at the next step, writes checkpoint.pt and exits 130 / 143;
+    `heterograd train --resume DIR` then finishes the run exactly as if never interrupted.
+    """
+    from .optim import cli_options
+    from .train import TrainConfig, Trainer, TrainingInterrupted
 
     cfg = TrainConfig(
         data=data,
         rule=rule,
+        checkpoint_every=checkpoint_every,
         epochs=epochs,
         seed=seed,
         hidden=hidden,
@@ -113,6 +141,14 @@ def train(
         feedback_init=feedback_init,
         loss=loss,
         optimizer=optimizer,
+        optimizer_options=cli_options(
+            momentum=momentum,
+            nesterov=nesterov,
+            betas=betas,
+            eps=eps,
+            optimizer_weight_decay=optimizer_weight_decay,
+            extra=optimizer_options,
+        ),
         device=device,
         dtype=dtype,
         log_every=log_every,
@@ -121,18 +157,73 @@ def train(
         n_test=n_test,
         theta_w=_floats(theta_w, "--theta-w"),
         theta_b=_floats(theta_b, "--theta-b"),
+        compile=compile_step,
     )
-    out_dir = out or Path("runs") / f"{data.replace(':', '_').replace('/', '_')}-{rule}-s{seed}"
-    result = Trainer(cfg).fit(out_dir, progress=progress)
+    if distributed and resume is not None:
+        raise HeterogradError("--distributed cannot --resume yet; start a fresh run or resume without --distributed")
+    if resume is not None:
+        if out is not None and out.resolve() != resume.resolve():
+            raise HeterogradError(
+                f"--out {out} and --resume {resume} name different folders; a resumed run continues in its own "
+                "folder, drop --out"
+            )
+        trainer = Trainer.resume(resume, **_explicit_overrides(ctx, cfg))
+        out_dir = resume
+        data, rule, seed = trainer.config.data, trainer.config.rule, trainer.config.seed
+    else:
+        out_dir = out or Path("runs") / f"{data.replace(':', '_').replace('/', '_')}-{rule}-s{seed}"
+        if distributed:
+            from .distributed import DistributedTrainer
+
+            trainer = DistributedTrainer(cfg)
+            if trainer.rank != 0:  # only rank 0 writes and reports
+                trainer.fit(None, progress=False)
+                return
+        else:
+            trainer = Trainer(cfg)
+    try:
+        result = trainer.fit(out_dir, progress=progress)
+    except TrainingInterrupted as exc:
+        import signal
+
+        typer.echo(
+            f"interrupted by {signal.Signals(exc.signum).name} after step {exc.step}; checkpoint written to "
+            f"{exc.checkpoint}; continue with: heterograd train --resume {out_dir}",
+            err=True,
+        )
+        sys.exit(128 + exc.signum)
     s = result.summary
     typer.echo(results_table([s], title=f"{rule} on {data}, seed {seed}"))
     if s["diverged"]:
         typer.echo(
-            f"diverged at step {s['diverged_step']} (non-finite loss or exploding weights); "
-            f"metrics and figures up to that step are kept in {out_dir}"
+            f"diverged at step {s['diverged_step']} ({s.get('diverged_reason')}); the run stopped there and "
+            f"metrics and figures up to that step are kept in {out_dir}; try a smaller --lr"
         )
     else:
         typer.echo(f"results written to {out_dir}")
+
+
+_NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx"})
+_MOTIF_OPTIONS = frozenset({"momentum", "nesterov", "betas", "eps", "optimizer_weight_decay", "optimizer_options"})
+_OPTION_FIELD = {"compile_step": "compile"}  # CLI parameter -> TrainConfig field, where they differ
+
+
+def _explicit_overrides(ctx: typer.Context | None, cfg: Any) -> dict[str, Any]:
+    """Config fields whose option was given on the command line (``--resume`` checks them against the checkpoint)."""
+    import dataclasses
+
+    if ctx is None:
+        return {}
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    out: dict[str, Any] = {}
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if name in _NOT_CONFIG or source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        field = "optimizer_options" if name in _MOTIF_OPTIONS else _OPTION_FIELD.get(name, name)
+        if field in fields:
+            out[field] = getattr(cfg, field)
+    return out
 
 
 @app.command()
@@ -169,8 +260,8 @@ def _register_subcommands() -> None:
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
-            if exc.name == mod:
-                continue
+            if exc.name is not None and (mod == exc.name or mod.startswith(exc.name + ".")):
+                continue  # that command group is not part of this installation
             raise
         m.register(app)
 

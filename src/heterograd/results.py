@@ -19,6 +19,11 @@ from typing import Any
 
 from .errors import HeterogradError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+#: Mode of written files: what ``open()`` would give (0o666 minus the umask), not mkstemp's 0o600.
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def _clean(obj: Any) -> Any:
     """Make floats JSON-safe (NaN/inf -> None) recursively."""
@@ -40,6 +45,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -83,4 +89,6 @@ def prepare_out_dir(out: str | os.PathLike[str]) -> Path:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HeterogradError(f"cannot create output folder {p}: {exc.strerror}; pass a writable --out") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise HeterogradError(f"output folder {p} is not writable; pass a writable --out")
     return p

@@ -8,17 +8,25 @@ Functional core::
 
 and :class:`Trainer`, which runs epochs, logs probes, evaluates, detects
 divergence and writes the run directory (``config.json``, ``metrics.csv``,
-``summary.json``, ``loss.png``, ``probes.png``).
+``summary.json``, ``timing.json``, ``loss.png``, ``probes.png`` and, with
+checkpointing or on SIGINT/SIGTERM, ``checkpoint.pt``). ``summary.json`` is a
+pure function of config, data and machine (bit-identical on a rerun); wall-clock
+time lives in ``timing.json``. ``Trainer.resume(dir).fit(dir)`` continues an
+interrupted run to the same weights and metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import numbers
 import platform
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,14 @@ import torch
 from torch import Tensor
 
 from . import __version__
+from .checkpoint import (
+    checkpoint_path,
+    config_differences,
+    data_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+    to_device,
+)
 from .circuits import ACTIVATIONS, FEEDBACK_INITS, TOPOLOGIES, Circuit, Trace
 from .data import Dataset, iterate_minibatches, load_dataset
 from .errors import HeterogradError, unknown_choice
@@ -72,7 +88,9 @@ def local_step(circuit: Circuit, rule: Rule, rule_state: Any, loss: Loss, x: Ten
     if u is None:
         u = circuit.run_feedback(trace, circuit.output_error(trace, loss.error(out, y)))
     signals = Signals.collect(circuit, trace, u)
-    deltas, rule_state = rule.deltas(signals, Params.of(circuit), rule_state)
+    t, L = circuit.plastic_tensors(), circuit.depth  # = Params.of(circuit), without per-element ParameterList access
+    params = Params(tuple(t[:L]), tuple(t[L : 2 * L]), tuple(t[2 * L :]))
+    deltas, rule_state = rule.deltas(signals, params, rule_state)
     for k, d in enumerate(deltas.B):
         m = circuit.mask(k)
         if d is not None and m is not None:
@@ -80,12 +98,42 @@ def local_step(circuit: Circuit, rule: Rule, rule_state: Any, loss: Loss, x: Ten
     return StepOutput(batch_loss, trace, u, deltas, rule_state)
 
 
+def compile_local_step() -> Callable[[Circuit, Rule, Any, Loss, Tensor, Tensor], StepOutput]:
+    """:func:`local_step` (the pure part of a step: signals -> deltas, nothing mutated) under ``torch.compile``.
+
+    Same signature and result as :func:`local_step`; motif and :func:`apply_steps` stay eager. The first
+    call compiles (tens of seconds); a failure to compile raises :class:`HeterogradError` with the reason.
+    """
+    if not hasattr(torch, "compile"):
+        raise HeterogradError(f"torch {torch.__version__} has no torch.compile; upgrade torch or drop --compile")
+
+    def pure(circuit: Circuit, rule: Rule, rule_state: Any, loss: Loss, x: Tensor, y: Tensor) -> tuple[Any, ...]:
+        o = local_step(circuit, rule, rule_state, loss, x, y)
+        return o.loss, o.trace.h, o.trace.p, o.u, o.deltas.W, o.deltas.b, o.deltas.B, o.rule_state
+
+    compiled = torch.compile(pure, dynamic=False)
+
+    def step(circuit: Circuit, rule: Rule, rule_state: Any, loss: Loss, x: Tensor, y: Tensor) -> StepOutput:
+        try:
+            bl, h, p, u, dW, db, dB, state = compiled(circuit, rule, rule_state, loss, x, y)
+        except HeterogradError:
+            raise
+        except Exception as exc:  # dynamo / inductor / C compiler failures
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise HeterogradError(
+                f"torch.compile failed on this machine ({type(exc).__name__}: {first}); run without --compile"
+            ) from exc
+        return StepOutput(bl, Trace(tuple(h), tuple(p)), list(u), Deltas(list(dW), list(db), list(dB)), state)
+
+    return step
+
+
 @torch.no_grad()
 def apply_steps(circuit: Circuit, steps: Sequence[Tensor | None]) -> None:
     """Add each step to its plastic tensor (canonical order). The only weight mutation in heterograd."""
-    for t, s in zip(circuit.plastic_tensors(), steps, strict=True):
-        if s is not None:
-            t.add_(s)
+    pairs = [(t, s) for t, s in zip(circuit.plastic_tensors(), steps, strict=True) if s is not None]
+    if pairs:  # one fused call (as torch.optim's foreach path) instead of a Python loop of add_
+        torch._foreach_add_([t for t, _ in pairs], [s for _, s in pairs])
 
 
 @torch.no_grad()
@@ -105,6 +153,8 @@ def evaluate(circuit: Circuit, loss: Loss, x: Tensor, y: Tensor, chunk: int = 40
 # --------------------------------------------------------------------------- configuration
 def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"128,128"`` -> ``(128, 128)``; ``""`` or ``"none"`` -> no hidden layer."""
+    if isinstance(text, bool) or not isinstance(text, str | Sequence):
+        raise HeterogradError(f"hidden must be a list of widths or a string like '128,128', got {text!r}")
     if not isinstance(text, str):
         vals = tuple(text)
     else:
@@ -117,8 +167,9 @@ def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:
             raise HeterogradError(
                 f"--hidden {text!r} is not a comma-separated list of widths; write e.g. --hidden 128,128"
             ) from None
-    if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in vals):
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in vals):
         raise HeterogradError(f"--hidden widths must be positive integers, got {text!r}; e.g. --hidden 128,128")
+    vals = tuple(int(v) for v in vals)
     return vals
 
 
@@ -154,10 +205,18 @@ class TrainConfig:
     theta_w: list[float] | None = None
     theta_b: list[float] | None = None
     divergence_threshold: float = 1e6
+    checkpoint_every: int | None = None
     optimizer_options: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
+        for name in ("rule", "activation", "topology", "feedback_init", "optimizer", "dtype", "device"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise HeterogradError(f"{name} must be a name (str), got {v!r}; e.g. {name}={_EXAMPLES[name]!r}")
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise HeterogradError(f"data must be a dataset name, got {self.data!r}; e.g. data='digits' or 'idx:<dir>'")
         if self.rule not in RULES:
             raise unknown_choice("rule", self.rule, RULES)
         if self.activation not in ACTIVATIONS:
@@ -166,34 +225,57 @@ class TrainConfig:
             raise unknown_choice("topology", self.topology, TOPOLOGIES)
         if self.feedback_init not in FEEDBACK_INITS:
             raise unknown_choice("feedback init", self.feedback_init, FEEDBACK_INITS)
-        if self.loss is not None and self.loss not in LOSSES:
+        if self.loss is not None and (not isinstance(self.loss, str) or self.loss not in LOSSES):
             raise unknown_choice("loss", self.loss, LOSSES)
         if self.optimizer not in MOTIFS:
             raise unknown_choice("optimizer", self.optimizer, MOTIFS)
         if self.dtype not in DTYPES:
             raise unknown_choice("dtype", self.dtype, DTYPES)
         self.hidden = parse_hidden(self.hidden)
+        for name, lo in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("probe_size", 1)):
+            _check_int(name, getattr(self, name), lo)
+        if self.seed >= 2**63:
+            raise HeterogradError(f"--seed must be < 2**63, got {self.seed}; pass a smaller seed")
+        for name in ("log_every", "n_train", "n_test", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, optional=True)
+        for name in ("lr", "weight_decay", "feedback_gain", "density", "divergence_threshold"):
+            _check_real(name, getattr(self, name))
         checks: list[tuple[bool, str]] = [
-            (isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be a positive number, got {self.lr}; e.g. --lr 0.05"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}; e.g. --weight-decay 1e-4"),
+            (0 < self.density <= 1, f"--density must be in (0, 1], got {self.density}; e.g. --density 0.2"),
             (
-                isinstance(self.batch_size, int) and self.batch_size >= 1,
-                f"--batch-size must be >= 1, got {self.batch_size}",
+                self.divergence_threshold > 0,
+                f"divergence_threshold must be > 0, got {self.divergence_threshold}; e.g. 1e6",
             ),
-            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
+            (isinstance(self.probes, bool), f"probes must be True or False, got {self.probes!r}"),
             (
-                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-                f"--weight-decay must be >= 0, got {self.weight_decay}",
+                isinstance(self.optimizer_options, dict) and all(isinstance(k, str) for k in self.optimizer_options),
+                f"optimizer_options must be a dict of name -> value, got {self.optimizer_options!r}",
             ),
-            (math.isfinite(self.feedback_gain), f"--feedback-gain must be finite, got {self.feedback_gain}"),
-            (0 < self.density <= 1, f"--density must be in (0, 1], got {self.density}"),
-            (self.log_every is None or self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}"),
-            (self.probe_size >= 1, f"probe_size must be >= 1, got {self.probe_size}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise HeterogradError(msg)
-        if self.topology == "sparse" and self.density == 1.0:
-            pass  # sparse with density 1 is layered; allowed
+        for name in ("theta_w", "theta_b"):
+            theta = getattr(self, name)
+            if theta is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(theta, str) or not isinstance(theta, Sequence):
+                raise HeterogradError(
+                    f"{flag} must be a list of numbers, got {theta!r}; e.g. {flag} 1,0,0,0,0,0,1e-4,0"
+                )
+            try:
+                vals = [float(v) for v in theta]
+            except (TypeError, ValueError):
+                raise HeterogradError(
+                    f"{flag} must be a list of numbers, got {theta!r}; e.g. {flag} 1,0,0,0,0,0,1e-4,0"
+                ) from None
+            if not all(math.isfinite(v) for v in vals):
+                raise HeterogradError(f"{flag} must hold finite numbers, got {theta!r}")
+            setattr(self, name, vals)
         self.device = resolve_device(self.device)
         return self
 
@@ -201,6 +283,34 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+
+_EXAMPLES = {
+    "rule": "hsp",
+    "activation": "tanh",
+    "topology": "layered",
+    "feedback_init": "random",
+    "optimizer": "sgd",
+    "dtype": "float32",
+    "device": "cpu",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_int(name: str, value: Any, lo: int, optional: bool = False) -> None:
+    """``value`` must be an int (not bool) ``>= lo``; the error names the flag and an example."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < lo:
+        unset = " or leave it unset" if optional else ""
+        raise HeterogradError(f"{_flag(name)} must be an integer >= {lo}, got {value!r}; pass e.g. {max(lo, 1)}{unset}")
+
+
+def _check_real(name: str, value: Any) -> None:
+    """``value`` must be a finite real number (not bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise HeterogradError(f"{_flag(name)} must be a finite number, got {value!r}; pass e.g. {_flag(name)} 0.05")
 
 
 def resolve_device(name: str) -> str:
@@ -228,6 +338,49 @@ def environment() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- trainer
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped cleanly on SIGINT/SIGTERM at a step boundary (a ``KeyboardInterrupt``).
+
+    Attributes:
+        signum: the signal received; step: steps completed; checkpoint: the checkpoint written
+        (``None`` when the run had no output folder).
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"training interrupted by {signal.Signals(signum).name} after step {step}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+def _first_n(ds: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
+    """Apply ``n_train`` / ``n_test`` to a preloaded dataset (first N examples; clear error if too few)."""
+    for what, n, avail in (("n_train", n_train, ds.x_train.shape[0]), ("n_test", n_test, ds.x_test.shape[0])):
+        if n is not None and n > avail:
+            raise HeterogradError(
+                f"{what}={n} exceeds the {avail} examples of dataset {ds.name!r}; "
+                f"pass {what} <= {avail} or leave it unset"
+            )
+    if n_train is None and n_test is None:
+        return ds
+    ntr = ds.x_train.shape[0] if n_train is None else n_train
+    nte = ds.x_test.shape[0] if n_test is None else n_test
+    return dataclasses.replace(
+        ds, x_train=ds.x_train[:ntr], y_train=ds.y_train[:ntr], x_test=ds.x_test[:nte], y_test=ds.y_test[:nte]
+    )
+
+
+def _same_fingerprint(a: Any, b: Any) -> bool:
+    """Fingerprints from :func:`heterograd.checkpoint.data_fingerprint` agree (sums to 1e-9 relative)."""
+    if not isinstance(a, list) or len(a) != len(b):
+        return False
+    for (sa, s1a, s2a), (sb, s1b, s2b) in zip(a, b, strict=True):
+        if list(sa) != list(sb):
+            return False
+        for x, y in ((s1a, s1b), (s2a, s2b)):
+            if not math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-9):
+                return False
+    return True
+
+
 @dataclass
 class RunResult:
     """Outcome of :meth:`Trainer.fit`: the summary, the logged rows and the trained circuit."""
@@ -251,7 +404,14 @@ class Trainer:
         c = self.config
         self.dtype = DTYPES[c.dtype]
         self.device = torch.device(c.device)
-        ds = dataset if dataset is not None else load_dataset(c.data, seed=c.seed, n_train=c.n_train, n_test=c.n_test)
+        if dataset is None:
+            ds = load_dataset(c.data, seed=c.seed, n_train=c.n_train, n_test=c.n_test)
+        elif not isinstance(dataset, Dataset):
+            raise HeterogradError(
+                f"dataset must be a heterograd Dataset, got {type(dataset).__name__}; use load_dataset"
+            )
+        else:
+            ds = _first_n(dataset, c.n_train, c.n_test)
         self.data = ds.to(device=self.device, dtype=self.dtype)
         if c.loss is None:
             c.loss = "ce" if self.data.n_classes is not None else "mse"
@@ -273,6 +433,7 @@ class Trainer:
         )
         self.motif: Motif = make_motif(c.optimizer, lr=c.lr, **c.optimizer_options)
         self.rule_state = self.rule.init(self.circuit)
+        self.local_step = compile_local_step() if c.compile else local_step
         self.motif_state = self.motif.init(self.circuit.plastic_tensors())
         self.generator = torch.Generator().manual_seed(c.seed)
         n = self.data.x_train.shape[0]
@@ -282,11 +443,23 @@ class Trainer:
         self.probe_x, self.probe_y = self.data.x_train[:k], self.data.y_train[:k]
         self.step_count = 0
         self.rows: list[dict[str, Any]] = []
+        # position in the data stream: next batch `batch_index` of epoch `epoch`, whose shuffling
+        # permutation is drawn from `epoch_generator_state` (what a checkpoint needs to continue exactly)
+        self.epoch = 0
+        self.batch_index = 0
+        self.epoch_generator_state = self.generator.get_state()
+        self.loss_sum = 0.0
+        self.loss_count = 0
+        self.last_train_loss = math.nan
+        self.elapsed = 0.0
+        self.checkpoint_file: Path | None = None
+        self.resumed_from: Path | None = None
+        self._stop_signal: int | None = None
 
     # ..................................................................... steps
     def train_step(self, x: Tensor, y: Tensor) -> Tensor:
         """One local learning step on a batch; returns the batch loss before the update (0-d)."""
-        out = local_step(self.circuit, self.rule, self.rule_state, self.loss, x, y)
+        out = self.local_step(self.circuit, self.rule, self.rule_state, self.loss, x, y)
         self.rule_state = out.rule_state
         steps, self.motif_state = self.motif.update(out.deltas.flat(), self.motif_state, self.circuit.plastic_tensors())
         apply_steps(self.circuit, steps)
@@ -299,13 +472,159 @@ class Trainer:
             out = local_step(self.circuit, self.rule, self.rule_state, self.loss, self.probe_x, self.probe_y)
         return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, self.config.weight_decay)
 
-    def weights_finite(self) -> bool:
+    def divergence_reason(self, train_loss: float) -> str | None:
+        """Why the run counts as diverged (``None`` if it does not): a non-finite loss, non-finite
+        weights, or a weight beyond ``config.divergence_threshold`` in absolute value."""
+        if not math.isfinite(train_loss):
+            return "non-finite loss"
         lim = self.config.divergence_threshold
-        for t in self.circuit.plastic_tensors():
+        c = self.circuit
+        names = [f"W{l}" for l in range(1, c.depth + 1)] + [f"b{l}" for l in range(1, c.depth + 1)]
+        names += [e.name for e in c.edges]
+        for name, t in zip(names, c.plastic_tensors(), strict=True):
             m = float(t.detach().abs().max()) if t.numel() else 0.0
-            if not math.isfinite(m) or m > lim:
-                return False
-        return True
+            if not math.isfinite(m):
+                return f"non-finite weights in {name}"
+            if m > lim:
+                return f"weights exceeded {lim:g} (max |{name}| = {m:.3g})"
+        return None
+
+    def weights_finite(self) -> bool:
+        """True when every plastic tensor is finite and within ``divergence_threshold``."""
+        return self.divergence_reason(0.0) is None
+
+    # ..................................................................... checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (see :mod:`heterograd.checkpoint`)."""
+        return {
+            "config": self.config.to_dict(),
+            "circuit": {k: v.detach().cpu() for k, v in self.circuit.state_dict().items()},
+            "rule_state": to_device(self.rule_state, torch.device("cpu")),
+            "motif_state": to_device(self.motif_state, torch.device("cpu")),
+            "generator": self.epoch_generator_state.clone(),
+            "epoch": self.epoch,
+            "batch": self.batch_index,
+            "step": self.step_count,
+            "rows": [dict(r) for r in self.rows],
+            "loss_sum": float(self.loss_sum),
+            "loss_count": int(self.loss_count),
+            "last_train_loss": float(self.last_train_loss),
+            "data_fingerprint": data_fingerprint(self.data.x_train, self.data.y_train),
+            "wall_seconds": float(self.elapsed),
+            "versions": environment(),
+        }
+
+    def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
+        """Restore the state written by :meth:`state_dict` (config compatibility is checked by :meth:`resume`)."""
+        fp = data_fingerprint(self.data.x_train, self.data.y_train)
+        if not _same_fingerprint(ck["data_fingerprint"], fp):
+            raise HeterogradError(
+                f"cannot resume from {source}: the training data differ from the data it was trained on "
+                f"(dataset {self.config.data!r} changed on disk?); restore the data or start a new run"
+            )
+        try:
+            self.circuit.load_state_dict(ck["circuit"])
+        except (RuntimeError, KeyError, TypeError) as exc:
+            msg = " ".join(str(exc).split())[:200]
+            raise HeterogradError(f"{source} does not fit this circuit ({msg}); start a new run") from None
+        ints = {k: ck[k] for k in ("epoch", "batch", "step", "loss_count")}
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints.values()) or not (
+            ck["batch"] < self.steps_per_epoch
+        ):
+            raise HeterogradError(f"{source} holds an invalid training position {ints}; delete it and rerun")
+        gen = ck["generator"]
+        try:
+            self.generator.set_state(gen)
+        except (RuntimeError, TypeError) as exc:
+            raise HeterogradError(f"{source} holds an invalid generator state ({exc}); delete it and rerun") from None
+        self.epoch_generator_state = gen.clone()
+        self.rule_state = to_device(ck["rule_state"], self.device)
+        self.motif_state = to_device(ck["motif_state"], self.device)
+        self.epoch, self.batch_index, self.step_count = ck["epoch"], ck["batch"], ck["step"]
+        self.rows = [dict(r) for r in ck["rows"]]
+        self.loss_sum, self.loss_count = float(ck["loss_sum"]), ck["loss_count"]
+        self.last_train_loss = float(ck["last_train_loss"])
+        self.elapsed = float(ck.get("wall_seconds", 0.0))
+
+    def save_checkpoint(self, out_dir: str | Path) -> Path:
+        """Atomically write ``out_dir/checkpoint.pt``; returns its path."""
+        self.checkpoint_file = save_checkpoint(checkpoint_path(out_dir), self.state_dict())
+        return self.checkpoint_file
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, dataset: Dataset | None = None, **overrides: Any) -> Trainer:
+        """Rebuild a trainer from ``run_dir/checkpoint.pt``; continue it with ``.fit(run_dir)``.
+
+        ``overrides`` may change ``epochs`` (to train longer) and ``checkpoint_every``; any other
+        field must equal the checkpoint's, else a :class:`HeterogradError` names the field.
+        """
+        ck = load_checkpoint(run_dir)
+        src = str(checkpoint_path(run_dir))
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = dict(ck["config"])
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise HeterogradError(
+                f"{src} has config fields {', '.join(unknown)} this heterograd does not know; resume it with "
+                "the heterograd version that wrote it"
+            )
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise HeterogradError(f"unknown training option(s) {', '.join(bad)} for resume; see TrainConfig")
+        try:
+            base = TrainConfig(**saved).validate()
+        except TypeError as exc:
+            raise HeterogradError(f"{src} holds a malformed config ({exc}); delete it and rerun") from None
+        cfg = dataclasses.replace(base, **overrides).validate()
+        diffs = config_differences(base.to_dict(), cfg.to_dict())
+        if diffs:
+            raise HeterogradError(
+                f"cannot resume {run_dir}: {'; '.join(diffs)}; drop the differing option(s) or start a new run "
+                "in another --out folder"
+            )
+        done = ck["epoch"] + (1 if ck["batch"] > 0 else 0)
+        if cfg.epochs < done:
+            raise HeterogradError(
+                f"--epochs {cfg.epochs} is fewer than the {done} epoch(s) the checkpoint has started; "
+                f"pass --epochs >= {done}"
+            )
+        trainer = cls(cfg, dataset)
+        trainer.load_state_dict(ck, src)
+        trainer.resumed_from = checkpoint_path(run_dir)
+        return trainer
+
+    @contextlib.contextmanager
+    def _signals_stop_training(self, enabled: bool) -> Iterator[None]:
+        """While training, SIGINT/SIGTERM request a clean stop at the next step boundary.
+
+        A second signal stops at once (KeyboardInterrupt); previous handlers are restored afterwards.
+        Only active in the main thread (Python delivers signals there).
+        """
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+    def stop_requested(self) -> bool:
+        """True once SIGINT/SIGTERM asked for a stop; checked after every step.
+
+        Data-parallel subclasses override it to agree across ranks (e.g. all-reduce MAX of the flag,
+        then set ``self._stop_signal``) so that every rank stops at the same step.
+        """
+        return self._stop_signal is not None
 
     # ..................................................................... loop
     def fit(
@@ -314,12 +633,24 @@ class Trainer:
         *,
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
+        handle_signals: bool = True,
     ) -> RunResult:
-        """Train for ``config.epochs`` epochs; write the run directory if ``out_dir`` is given.
+        """Train until ``config.epochs`` epochs are done; write the run directory if ``out_dir`` is given.
 
         A diverging run (non-finite loss, or weights beyond ``divergence_threshold``) stops at the
         logged step where it is detected, keeps everything written so far and reports
-        ``diverged: true`` in the summary; it is a result, not an exception.
+        ``diverged: true``, ``diverged_step`` and ``diverged_reason`` in the summary; it is a result,
+        not an exception.
+
+        With ``config.checkpoint_every = K`` a checkpoint is written every K steps and at the end (only
+        when there is an ``out_dir``: checkpoints live in the run folder). With
+        ``handle_signals`` (default), SIGINT / SIGTERM stop training at the next step boundary: the
+        checkpoint, ``metrics.csv``, ``timing.json`` and figures are written and
+        :class:`TrainingInterrupted` is raised; ``Trainer.resume(out_dir).fit(out_dir)`` continues
+        and ends with the same weights and metrics as an uninterrupted run.
+
+        ``summary.json`` depends only on the configuration, data and machine (same seed, same file);
+        wall-clock time goes to ``timing.json`` (and ``RunResult.summary["wall_seconds"]``).
         """
         from tqdm.auto import tqdm
 
@@ -331,74 +662,135 @@ class Trainer:
                 {**c.to_dict(), "environment": environment(), "rule_equation": self.rule.describe()},
             )
         start = time.perf_counter()
-        diverged, diverged_step = False, None
-        loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
-        n_acc = 0
+        start_step = self.step_count
+        diverged, diverged_step, reason = False, None, None
+        loss_acc = torch.full((), self.loss_sum, dtype=torch.float64, device=self.device)
+        n_acc = self.loss_count
         total_steps = c.epochs * self.steps_per_epoch
         bar = tqdm(
             total=total_steps,
+            initial=self.step_count,
             disable=not progress,
             desc=f"{c.rule} on {c.data}",
             unit="step",
             leave=False,
             file=sys.stderr,
         )
-        last_train_loss = math.nan
+        self._stop_signal = None
+
+        def sync_acc() -> None:
+            self.loss_sum, self.loss_count = float(loss_acc), n_acc
+
         try:
-            for epoch in range(c.epochs):
-                batches = iterate_minibatches(
-                    self.data.x_train,
-                    self.data.y_train,
-                    c.batch_size,
-                    generator=self.generator,
-                    drop_last=self.data.x_train.shape[0] >= c.batch_size,
-                )
-                for i, (xb, yb) in enumerate(batches):
-                    loss_acc += self.train_step(xb, yb).double()
-                    n_acc += 1
-                    end_of_epoch = i == self.steps_per_epoch - 1
-                    if self.step_count % self.log_every == 0 or end_of_epoch:
-                        last_train_loss = float(loss_acc) / n_acc
-                        loss_acc.zero_()
-                        n_acc = 0
-                        row: dict[str, Any] = {
-                            "step": self.step_count,
-                            "epoch": round(epoch + (i + 1) / self.steps_per_epoch, 4),
-                            "train_loss": last_train_loss,
-                        }
-                        bad = not math.isfinite(last_train_loss) or not self.weights_finite()
-                        if not bad and c.probes:
-                            row.update(self.probe())
-                        if end_of_epoch and not bad:
-                            tl, ta = evaluate(self.circuit, self.loss, self.data.x_test, self.data.y_test)
-                            row["test_loss"] = tl
-                            row["test_accuracy"] = ta
-                        self.rows.append(row)
-                        bar.set_postfix(loss=f"{last_train_loss:.4g}")
-                        if on_log is not None:
-                            on_log(row)
-                        if out is not None:
-                            write_csv(out / "metrics.csv", self.rows)
-                        if bad:
-                            diverged, diverged_step = True, self.step_count
+            with self._signals_stop_training(handle_signals):
+                for epoch in range(self.epoch, c.epochs):
+                    if self.batch_index == 0:
+                        self.epoch_generator_state = self.generator.get_state()
+                    else:  # resumed mid-epoch: redraw the same permutation, skip the batches done
+                        self.generator.set_state(self.epoch_generator_state)
+                    skip = self.batch_index
+                    batches = iterate_minibatches(
+                        self.data.x_train,
+                        self.data.y_train,
+                        c.batch_size,
+                        generator=self.generator,
+                        drop_last=self.data.x_train.shape[0] >= c.batch_size,
+                    )
+                    for i, (xb, yb) in enumerate(batches):
+                        if i < skip:
+                            continue
+                        loss_acc += self.train_step(xb, yb).double()
+                        n_acc += 1
+                        end_of_epoch = i == self.steps_per_epoch - 1
+                        if end_of_epoch:
+                            self.epoch, self.batch_index = epoch + 1, 0
+                            self.epoch_generator_state = self.generator.get_state()
+                        else:
+                            self.epoch, self.batch_index = epoch, i + 1
+                        if self.step_count % self.log_every == 0 or end_of_epoch:
+                            self.last_train_loss = float(loss_acc) / n_acc
+                            loss_acc.zero_()
+                            n_acc = 0
+                            row: dict[str, Any] = {
+                                "step": self.step_count,
+                                "epoch": round(epoch + (i + 1) / self.steps_per_epoch, 4),
+                                "train_loss": self.last_train_loss,
+                            }
+                            reason = self.divergence_reason(self.last_train_loss)
+                            if reason is None and c.probes:
+                                row.update(self.probe())
+                            if end_of_epoch and reason is None:
+                                tl, ta = evaluate(self.circuit, self.loss, self.data.x_test, self.data.y_test)
+                                row["test_loss"] = tl
+                                row["test_accuracy"] = ta
+                            if reason is not None:
+                                row["diverged"] = reason
+                            self.rows.append(row)
+                            bar.set_postfix(loss=f"{self.last_train_loss:.4g}")
+                            if on_log is not None:
+                                on_log(row)
+                            if out is not None:
+                                write_csv(out / "metrics.csv", self.rows)
+                            if reason is not None:
+                                diverged, diverged_step = True, self.step_count
+                                break
+                        bar.update(1)
+                        if out is not None and c.checkpoint_every and self.step_count % c.checkpoint_every == 0:
+                            sync_acc()
+                            self.elapsed += time.perf_counter() - start
+                            start = time.perf_counter()
+                            self.save_checkpoint(out)
+                        if self.stop_requested():
                             break
-                    bar.update(1)
-                if diverged:
-                    break
+                    if diverged or self._stop_signal is not None:
+                        break
+                sync_acc()
+                self.elapsed += time.perf_counter() - start
+                start = time.perf_counter()
+                if self._stop_signal is not None:
+                    self._write_partial(out, self.step_count - start_step)
+                    raise TrainingInterrupted(self._stop_signal, self.step_count, self.checkpoint_file)
         finally:
             bar.close()
-            wall = time.perf_counter() - start
             if out is not None and self.rows:
                 write_csv(out / "metrics.csv", self.rows)
-        summary = self._summary(diverged, diverged_step, last_train_loss, wall)
+        if out is not None and c.checkpoint_every and not diverged:
+            self.save_checkpoint(out)
+        summary = self._summary(diverged, diverged_step, reason, self.last_train_loss)
+        self.elapsed += time.perf_counter() - start
+        timing = self._timing(self.step_count - start_step)
+        summary["wall_seconds"] = timing["wall_seconds"]  # the CLI contract of issue 2; the one timing field
         if out is not None:
             write_json(out / "summary.json", summary)
+            write_json(out / "timing.json", timing)
             from .plots import plot_run
 
             plot_run(self.rows, out, title=f"{c.rule} on {c.data} (seed {c.seed})")
         return RunResult(summary, self.rows, self.circuit, out)
 
-    def _summary(self, diverged: bool, diverged_step: int | None, train_loss: float, wall: float) -> dict[str, Any]:
+    def _timing(self, steps_this_session: int) -> dict[str, Any]:
+        return {
+            "wall_seconds": round(self.elapsed, 3),
+            "steps": self.step_count,
+            "steps_this_session": steps_this_session,
+            "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
+        }
+
+    def _write_partial(self, out: Path | None, steps_this_session: int) -> None:
+        """On a requested stop: checkpoint, metrics, timing and figures of the steps done so far."""
+        if out is None:
+            return
+        self.save_checkpoint(out)
+        if self.rows:
+            write_csv(out / "metrics.csv", self.rows)
+        write_json(out / "timing.json", {**self._timing(steps_this_session), "interrupted": True})
+        from .plots import plot_run
+
+        plot_run(self.rows, out, title=f"{self.config.rule} on {self.config.data} (seed {self.config.seed})")
+
+    def _summary(
+        self, diverged: bool, diverged_step: int | None, reason: str | None, train_loss: float
+    ) -> dict[str, Any]:
         c = self.config
         hidden = self.circuit.hidden_layers
         if diverged:
@@ -406,7 +798,7 @@ class Trainer:
             probes: dict[str, float] = {}
         else:
             test_loss, test_acc = evaluate(self.circuit, self.loss, self.data.x_test, self.data.y_test)
-            probes = self.probe()
+            probes = self.probe() if c.probes else {}
         return {
             "data": c.data,
             "rule": c.rule,
@@ -416,11 +808,11 @@ class Trainer:
             "final_train_loss": train_loss,
             "diverged": diverged,
             "diverged_step": diverged_step,
+            "diverged_reason": reason if diverged else None,
             "phi": [probes.get(f"phi_{l}", math.nan) for l in hidden],
             "align": [probes.get(f"align_{l}", math.nan) for l in hidden],
             "dc_score": probes.get("dc_score", math.nan),
             "steps": self.step_count,
-            "wall_seconds": round(wall, 3),
             "device": str(self.device),
         }
 
@@ -436,3 +828,10 @@ def train(
     """Convenience: ``train(TrainConfig(...), "runs/x")`` or ``train(rule="fa", epochs=5)``."""
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     return Trainer(cfg, dataset).fit(out_dir, progress=progress)
+
+
+def resume(
+    run_dir: str | Path, *, progress: bool = False, dataset: Dataset | None = None, **overrides: Any
+) -> RunResult:
+    """Continue the run in ``run_dir`` from its ``checkpoint.pt`` (``overrides``: ``epochs``, ``checkpoint_every``)."""
+    return Trainer.resume(run_dir, dataset, **overrides).fit(run_dir, progress=progress)

@@ -46,5 +46,5 @@ def get_activation(name: str) -> Activation:
     """Look up an activation by name (``tanh``, ``relu``, ``sigmoid``, ``identity``)."""
     try:
         return ACTIVATIONS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise unknown_choice("activation", name, ACTIVATIONS) from None

@@ -13,6 +13,7 @@ is the one place that does. All tensors are batch-first: ``x`` is ``(n, n_0)``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,13 +50,24 @@ class Trace:
 
 def parse_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     """Validate layer widths ``(n_0, ..., n_L)``: at least input and output, all positive ints."""
+    if isinstance(sizes, str | bytes) or not isinstance(sizes, Sequence | torch.Size):
+        raise HeterogradError(f"sizes must be a list of layer widths such as [64, 128, 10], got {sizes!r}")
     sizes = tuple(sizes)
     if len(sizes) < 2:
         raise HeterogradError(f"a circuit needs at least an input and an output size, got {list(sizes)}")
     for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
-            raise HeterogradError(f"layer sizes must be positive integers, got {list(sizes)}")
-    return sizes
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s <= 0:
+            raise HeterogradError(f"layer sizes must be positive integers, got {list(sizes)}; e.g. [64, 128, 10]")
+    return tuple(int(s) for s in sizes)
+
+
+def _like_w(m: Tensor) -> Tensor:
+    """Same values ``(n_dst, n_src)``, stored in the memory order of ``W_src`` ``(n_src, n_dst)``.
+
+    An adjacent edge's ``B`` is laid out like ``W_srcᵀ`` so that the plasticity of ``B`` (a transposed
+    copy of ``W``'s outer product, THEORY.md section 1) is a contiguous pass, not a strided transpose.
+    """
+    return m.t().contiguous().t()
 
 
 class Circuit(nn.Module):
@@ -102,6 +114,18 @@ class Circuit(nn.Module):
         self.output_activation = get_activation(output_activation)
         if feedback_init not in FEEDBACK_INITS:
             raise unknown_choice("feedback init", feedback_init, FEEDBACK_INITS)
+        if isinstance(density, bool) or not isinstance(density, numbers.Real):
+            raise HeterogradError(f"density must be a number in (0, 1], got {density!r}; pass e.g. density=0.2")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise HeterogradError(f"seed must be an integer, got {seed!r}; pass e.g. seed=0")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise HeterogradError(f"dtype must be a floating torch.dtype, got {dtype!r}; pass e.g. torch.float32")
+        if device is not None:
+            try:
+                torch.empty(0, device=device)
+            except (RuntimeError, AssertionError, TypeError) as exc:
+                msg = " ".join(str(exc).split())[:120]
+                raise HeterogradError(f"device {device!r} is not usable here ({msg}); pass device='cpu'") from None
         self.topology = topology
         self.density = float(density)
         self.feedback_init = feedback_init
@@ -127,7 +151,7 @@ class Circuit(nn.Module):
                 m = (torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
             if edge.mask is not None:
                 m = m * edge.mask.to(torch.float64)
-            B.append(m)
+            B.append(_like_w(m) if edge.adjacent else m)
         self.has_bias = bias
         self.edges: tuple[FeedbackEdge, ...] = tuple(FeedbackEdge(e.src, e.dst, None) for e in edges)
         kw = {"dtype": dtype, "device": device}
@@ -136,6 +160,7 @@ class Circuit(nn.Module):
         self.B = nn.ParameterList([nn.Parameter(m.to(**kw), requires_grad=False) for m in B])
         for k, e in enumerate(edges):
             mask = e.mask.to(**kw) if e.mask is not None else torch.ones(0, **kw)
+            mask = _like_w(mask) if e.mask is not None and e.adjacent else mask
             self.register_buffer(f"mask{k}", mask)
         # edges grouped by destination, in the order the feedback pass needs them
         self._by_dst: dict[int, list[int]] = {}
@@ -160,7 +185,8 @@ class Circuit(nn.Module):
 
     def plastic_tensors(self) -> list[Tensor]:
         """All plastic tensors in the canonical order ``W_1..W_L, b_1..b_L, B_0..B_{K-1}``."""
-        return [*self.W, *self.b, *self.B]
+        # the ParameterLists' own dicts: same tensors, without ParameterList.__getitem__ per element (hot path)
+        return [*self.W._parameters.values(), *self.b._parameters.values(), *self.B._parameters.values()]
 
     def extra_repr(self) -> str:
         return (
@@ -183,9 +209,11 @@ class Circuit(nn.Module):
                 f"input has shape {tuple(x.shape)} but the circuit expects (batch, {self.sizes[0]}); "
                 "flatten inputs and match sizes[0]"
             )
-        if x.dtype != self.W[0].dtype:
+        Ws = list(self.W._parameters.values())
+        bs = list(self.b._parameters.values())
+        if x.dtype != Ws[0].dtype:
             raise HeterogradError(
-                f"input dtype {x.dtype} differs from the circuit's {self.W[0].dtype}; "
+                f"input dtype {x.dtype} differs from the circuit's {Ws[0].dtype}; "
                 "convert with x.to(circuit.W[0].dtype) or build the circuit with that dtype"
             )
         hs: list[Tensor] = [x]
@@ -193,7 +221,7 @@ class Circuit(nn.Module):
         h = x
         L = self.depth
         for l in range(1, L + 1):
-            p = torch.addmm(self.b[l - 1], h, self.W[l - 1].t()) if self.has_bias else h @ self.W[l - 1].t()
+            p = torch.addmm(bs[l - 1], h, Ws[l - 1].t()) if self.has_bias else h @ Ws[l - 1].t()
             act = self.output_activation if l == L else self.activation
             h = act.fn(p)
             ps.append(p)
@@ -220,20 +248,23 @@ class Circuit(nn.Module):
             feedback compartment), ``u[l]`` ``(n, n_l)``, ``u[L] = e``.
         """
         L = self.depth
+        Bs = list(self.B._parameters.values())
         u: list[Tensor] = [e.new_empty(0)] * (L + 1)
         u[L] = e
         for l in range(L - 1, 0, -1):
             total: Tensor | None = None
             for k in self._by_dst.get(l, ()):
                 edge = self.edges[k]
-                term = u[edge.src] @ self.B[k].t()
-                total = term if total is None else total + term
+                term = u[edge.src] @ Bs[k].t()
+                total = term if total is None else total.add_(term)  # total is fresh: in place
             p = trace.p[l]
             assert p is not None
             if total is None:  # a hidden layer that receives no feedback
                 u[l] = torch.zeros_like(p)
+            elif self.activation.name == "tanh":  # fused σ'(p) ⊙ total = total (1 - h²), one kernel
+                u[l] = torch.ops.aten.tanh_backward(total, trace.h[l])
             else:
-                u[l] = self.activation.grad(p, trace.h[l]) * total
+                u[l] = total.mul_(self.activation.grad(p, trace.h[l]))
         return u
 
     def forward(self, x: Tensor) -> Tensor:

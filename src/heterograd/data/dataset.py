@@ -57,6 +57,14 @@ class Dataset:
                     f"dataset {self.name!r}: x_{split} has {x.shape[0]} rows but y_{split} has "
                     f"{y.shape[0] if y.ndim else 0}; give one target per input"
                 )
+        for what in ("x_train", "x_test", "y_train", "y_test"):
+            t: torch.Tensor = getattr(self, what)
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+                raise HeterogradError(
+                    f"dataset {self.name!r}: {what} holds NaN or infinite values in {int(bad.sum())} rows (first: row "
+                    f"{int(bad.nonzero()[0, 0])}); drop or impute those examples before training"
+                )
         if self.x_train.shape[1] != self.x_test.shape[1]:
             raise HeterogradError(
                 f"dataset {self.name!r}: x_train has {self.x_train.shape[1]} features but x_test has "
