@@ -130,10 +130,14 @@ def compile_local_step() -> Callable[[Circuit, Rule, Any, Loss, Tensor, Tensor],
 
 @torch.no_grad()
 def apply_steps(circuit: Circuit, steps: Sequence[Tensor | None]) -> None:
-    """Add each step to its plastic tensor (canonical order). The only weight mutation in heterograd."""
+    """Add each step to its plastic tensor (canonical order). The only weight mutation in heterograd.
+
+    ``steps`` may be an :class:`heterograd.optim.ScaledSteps` (``t += alpha * s``, fused).
+    """
     pairs = [(t, s) for t, s in zip(circuit.plastic_tensors(), steps, strict=True) if s is not None]
     if pairs:  # one fused call (as torch.optim's foreach path) instead of a Python loop of add_
-        torch._foreach_add_([t for t, _ in pairs], [s for _, s in pairs])
+        alpha = getattr(steps, "alpha", 1.0)  # optim.ScaledSteps: t += alpha * s in the same pass
+        torch._foreach_add_([t for t, _ in pairs], [s for _, s in pairs], alpha=alpha)
 
 
 @torch.no_grad()

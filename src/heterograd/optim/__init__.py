@@ -26,6 +26,7 @@ from __future__ import annotations
 from .base import (
     MOTIFS,
     Motif,
+    ScaledSteps,
     State,
     cli_options,
     load_state_dict,
@@ -44,6 +45,7 @@ __all__ = [
     "AdamW",
     "Momentum",
     "Motif",
+    "ScaledSteps",
     "RMSProp",
     "State",
     "cli_options",

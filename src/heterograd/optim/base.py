@@ -29,6 +29,23 @@ State = dict[str, Any]
 """``{"motif": str, "step": int, "count": list[int], <buffer>: list[Tensor | None]}``."""
 
 
+class ScaledSteps(list):  # type: ignore[type-arg]
+    """Steps to be added scaled by one factor: the training step does ``t += alpha * s`` in one fused pass.
+
+    Lets a stateless motif (plain SGD) skip a separate ``s = η δ`` pass over every matrix, like
+    ``torch.optim.SGD``'s ``param.add_(grad, alpha=-lr)``. Behaves as a plain list of steps otherwise;
+    :meth:`materialize` returns the scaled tensors for code that wants the steps themselves.
+    """
+
+    def __init__(self, steps: Sequence[Tensor | None], alpha: float) -> None:
+        super().__init__(steps)
+        self.alpha = float(alpha)
+
+    def materialize(self) -> list[Tensor | None]:
+        """The steps as tensors ``alpha * s`` (new tensors)."""
+        return [None if s is None else s * self.alpha for s in self]
+
+
 class Motif(ABC):
     """Synapse-local optimiser motif.
 

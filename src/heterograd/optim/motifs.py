@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import HeterogradError
-from .base import Motif, State, check_lr, check_range, register_motif
+from .base import Motif, ScaledSteps, State, check_lr, check_range, register_motif
 
 
 @register_motif
@@ -43,14 +43,11 @@ class SGD(Motif):
         self, deltas: Sequence[Tensor | None], state: State, tensors: Sequence[Tensor]
     ) -> tuple[list[Tensor | None], State]:
         new = self._next(state, len(tensors))
-        steps: list[Tensor | None] = []
         for k, d in enumerate(deltas):
-            if d is None:
-                steps.append(None)
-                continue
-            new["count"][k] += 1
-            steps.append(d.mul_(self.lr))
-        return steps, new
+            if d is not None:
+                new["count"][k] += 1
+        # η is applied inside the (fused) weight update rather than in a separate pass over each delta
+        return ScaledSteps(deltas, self.lr), new
 
 
 @register_motif

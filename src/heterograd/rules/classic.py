@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import HeterogradError
 from .base import Deltas, Params, Rule, Signals
-from .bilinear import feedback_delta, forward_delta, outer_mean
+from .bilinear import bias_delta, feedback_delta, forward_delta, neg_outer_mean
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -98,17 +98,18 @@ class HSP(Rule):
         _check_decay(self.weight_decay)
 
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
-        dW, db, outers = [], [], []
-        for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
-            G = outer_mean(sig.u, sig.h_pre)
-            w, bb = forward_delta(sig, W, b, self.weight_decay, G=G)
-            dW.append(w)
-            db.append(bb)
-            outers.append(G)
+        lam = self.weight_decay
+        # one outer product per layer, -u hᵀ/n; B's deltas read its transpose before W's are finished in place
+        neg_outers = [neg_outer_mean(sig.u, sig.h_pre) for sig in signals.forward]
         dB: list[Tensor | None] = []
         for sig, B in zip(signals.feedback, params.B, strict=True):
-            G_fwd = outers[sig.src - 1] if sig.adjacent else None
-            dB.append(feedback_delta(sig, B, self.feedback_gain, self.weight_decay, G_fwd))
+            G_fwd = neg_outers[sig.src - 1] if sig.adjacent else None
+            dB.append(feedback_delta(sig, B, self.feedback_gain, lam, G_fwd, negated=True))
+        dW: list[Tensor | None] = []
+        db: list[Tensor | None] = []
+        for sig, W, b, nG in zip(signals.forward, params.W, params.b, neg_outers, strict=True):
+            dW.append(nG.sub_(W, alpha=lam) if lam else nG)
+            db.append(bias_delta(sig.u, b, lam) if b is not None else None)
         return Deltas(dW, db, dB), state
 
     def describe(self) -> str:

@@ -1,0 +1,538 @@
+"""Speed and memory of a heterosynaptic training step next to autograd baselines, measured side by side.
+
+One run times, round-robin and repeated (median over rounds), full training steps (forward, teaching
+signal, feedback, deltas, weight update) of:
+
+* ``hsp``, ``fa``, ``poly`` (and ``hsp-sparse``: sparse feedback at density 0.2): heterograd's own step,
+  exactly what :meth:`heterograd.train.Trainer.train_step` does (``local_step`` -> SGD motif -> ``apply_steps``);
+* ``bp-autograd``: a plain PyTorch MLP (``nn.Sequential`` of ``nn.Linear`` + ``tanh``,
+  ``CrossEntropyLoss``, ``torch.optim.SGD``) of identical shapes, weights and weight decay;
+* ``fa-autograd``: feedback alignment as autograd-based libraries implement it (biotorch style): a
+  custom ``torch.autograd.Function`` whose backward sends the error through a fixed ``B``.
+
+Every case uses the same random batch (``x ~ N(0, 1)``, random labels) at every step, so the times are
+the step's own cost with no data loading. Optional variants: ``bfloat16`` compute and ``torch.compile``
+(heterograd compiles its pure local step; the baseline compiles its model).
+
+Peak memory of a step, reported as bytes allocated above what was live when the step started
+(parameters and the batch are excluded; activations, gradients/deltas and temporaries are included):
+on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation at step start; on CPU the running total
+of the allocator's alloc/free events recorded by ``torch.profiler`` (``profile_memory=True``) over one
+step, whose maximum is the peak. The autograd baselines free their gradients at the end of each step
+(``zero_grad(set_to_none=True)``), so their peak includes the gradients, as ours includes the deltas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .circuits import Circuit
+from .errors import HeterogradError
+from .losses import get_loss
+from .optim import make_motif
+from .results import write_json
+from .rules import make_rule
+from .train import DTYPES, apply_steps, compile_local_step, local_step, resolve_device
+
+IMPLS: tuple[str, ...] = ("bp-autograd", "fa-autograd", "hsp", "fa", "poly", "hsp-sparse")
+"""Implementations a benchmark can time (see the module docstring)."""
+BASELINE = "bp-autograd"
+VARIANT_IMPLS: tuple[str, ...] = ("bp-autograd", "hsp")
+"""Implementations also timed in the extra dtypes and compiled."""
+DEFAULT_SIZES: tuple[tuple[tuple[int, ...], int], ...] = (((784, 1024, 1024, 10), 128), ((64, 128, 128, 10), 32))
+QUICK_SIZES: tuple[tuple[tuple[int, ...], int], ...] = (((16, 32, 32, 4), 8),)
+SPARSE_DENSITY = 0.2
+
+
+@dataclass
+class BenchConfig:
+    """What one benchmark run measures.
+
+    Attributes:
+        sizes: ``((n_0, ..., n_L), batch)`` pairs.
+        impls: implementations, a subset of :data:`IMPLS` (``bp-autograd`` is always added: ratios need it).
+        dtypes: compute dtypes; the first is the main one (all impls), the others time :data:`VARIANT_IMPLS`.
+        compile: also time :data:`VARIANT_IMPLS` under ``torch.compile`` (main dtype).
+        repeats: round-robin rounds; each case's time is the median over rounds.
+        block_seconds: target duration of one timed block (steps per block are calibrated to it).
+        max_seconds: time budget of the timed rounds; rounds stop early (at least 3) once it is spent.
+        warmup_steps: untimed steps per case before calibration.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
+        lr, weight_decay: SGD learning rate and weight decay λ (same for every implementation).
+        memory: measure each case's peak step memory.
+    """
+
+    sizes: tuple[tuple[tuple[int, ...], int], ...] = DEFAULT_SIZES
+    impls: tuple[str, ...] = IMPLS
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    compile: bool = False
+    repeats: int = 21
+    block_seconds: float = 0.04
+    max_seconds: float = 120.0
+    warmup_steps: int = 3
+    device: str = "cpu"
+    threads: int | None = None
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    seed: int = 0
+    memory: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchConfig:
+        """A smoke-test configuration that runs in a few seconds."""
+        base = dict(sizes=QUICK_SIZES, dtypes=("float32",), repeats=3, block_seconds=0.005, warmup_steps=1)
+        return cls(**{**base, **overrides})
+
+    def validate(self) -> BenchConfig:
+        bad = [i for i in self.impls if i not in IMPLS]
+        if bad:
+            raise HeterogradError(f"unknown implementation(s) {bad}; valid choices: {', '.join(IMPLS)}")
+        if BASELINE not in self.impls:
+            self.impls = (BASELINE, *self.impls)
+        bad = [d for d in self.dtypes if d not in DTYPES]
+        if bad or not self.dtypes:
+            raise HeterogradError(f"unknown dtype(s) {bad or self.dtypes}; valid choices: {', '.join(DTYPES)}")
+        if self.repeats < 1 or self.warmup_steps < 1 or not self.block_seconds > 0:
+            raise HeterogradError("--repeats and warmup steps must be >= 1 and the block time > 0")
+        for sizes, batch in self.sizes:
+            if len(sizes) < 2 or min(sizes) < 1 or batch < 1:
+                raise HeterogradError(f"bad benchmark size {sizes} at batch {batch}; e.g. 784,1024,1024,10@128")
+        if self.threads is not None and self.threads < 1:
+            raise HeterogradError(f"--threads must be >= 1, got {self.threads}")
+        self.device = resolve_device(self.device)
+        return self
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed configuration: an implementation at one size, dtype and compile setting."""
+
+    impl: str
+    sizes: tuple[int, ...]
+    batch: int
+    dtype: str
+    compiled: bool
+
+    @property
+    def label(self) -> str:
+        return self.impl + ("+compile" if self.compiled else "")
+
+    @property
+    def shape(self) -> str:
+        return f"{'-'.join(map(str, self.sizes))} @ {self.batch}"
+
+
+# --------------------------------------------------------------------------- baselines (autograd allowed here)
+class _FALinearFunction(torch.autograd.Function):
+    """``y = x Wᵀ + b``; backward sends the error through a fixed ``B_w`` ``(out, in)`` instead of ``W``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, weight_backward: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight_backward)
+        return torch.addmm(bias, x, weight.t())
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight_backward = ctx.saved_tensors
+        grad_x = grad_out.mm(weight_backward) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_out.t().mm(x), grad_out.sum(0), None
+
+
+class FALinear(nn.Linear):
+    """Feedback-alignment linear layer as in biotorch: ``weight_backward`` ``(out, in)`` is a fixed buffer."""
+
+    def __init__(self, in_features: int, out_features: int, weight_backward: Tensor) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("weight_backward", weight_backward.detach().clone().contiguous())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _FALinearFunction.apply(x, self.weight, self.bias, self.weight_backward)
+
+
+def autograd_mlp(circuit: Circuit, feedback_alignment: bool = False) -> nn.Sequential:
+    """``nn.Sequential`` of ``nn.Linear`` (or :class:`FALinear`, ``B_w = Bᵀ``) + ``tanh`` with ``circuit``'s weights."""
+    layers: list[nn.Module] = []
+    L = circuit.depth
+    Bs = {e.src: circuit.B[k] for k, e in enumerate(circuit.edges) if e.adjacent}
+    for l in range(1, L + 1):
+        n_in, n_out = circuit.sizes[l - 1], circuit.sizes[l]
+        if feedback_alignment:
+            B = Bs.get(l)
+            wb = B.t() if B is not None else torch.zeros(n_out, n_in, dtype=circuit.W[0].dtype)
+            lin: nn.Linear = FALinear(n_in, n_out, wb)
+        else:
+            lin = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            lin.weight.copy_(circuit.W[l - 1])
+            lin.bias.copy_(circuit.b[l - 1])
+        layers.append(lin)
+        if l < L:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers).to(device=circuit.W[0].device, dtype=circuit.W[0].dtype)
+
+
+# --------------------------------------------------------------------------- steps
+def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[], None]:
+    """A zero-argument callable doing one full training step of ``case`` on the batch ``(x, y)``."""
+    dtype = DTYPES[case.dtype]
+    topology = "sparse" if case.impl == "hsp-sparse" else "layered"
+    circuit = Circuit(
+        case.sizes,
+        "tanh",
+        topology=topology,
+        density=SPARSE_DENSITY if topology == "sparse" else 1.0,
+        seed=cfg.seed,
+        dtype=dtype,
+        device=cfg.device,
+    )
+    if case.impl in ("bp-autograd", "fa-autograd"):
+        model: nn.Module = autograd_mlp(circuit, feedback_alignment=case.impl == "fa-autograd")
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        forward = torch.compile(model) if case.compiled else model
+        ce = nn.CrossEntropyLoss()
+
+        def autograd_step() -> None:
+            ce(forward(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return autograd_step
+    rule = make_rule("hsp" if case.impl == "hsp-sparse" else case.impl, weight_decay=cfg.weight_decay)
+    motif = make_motif("sgd", lr=cfg.lr)
+    loss = get_loss("ce")
+    step_fn = compile_local_step() if case.compiled else local_step
+    state = [rule.init(circuit), motif.init(circuit.plastic_tensors())]
+
+    def local_learning_step() -> None:  # = Trainer.train_step
+        out = step_fn(circuit, rule, state[0], loss, x, y)
+        state[0] = out.rule_state
+        steps, state[1] = motif.update(out.deltas.flat(), state[1], circuit.plastic_tensors())
+        apply_steps(circuit, steps)
+
+    return local_learning_step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes allocated during one call of ``step`` above the bytes live when it started (see module doc)."""
+    if device.type == "cuda":
+        _sync(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - start)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text(encoding="utf-8"))["traceEvents"]
+    totals = [
+        int(e["args"]["Total Allocated"])
+        for e in events
+        if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})
+    ]
+    return max([0, *totals])
+
+
+def _cases(cfg: BenchConfig) -> list[Case]:
+    cases = []
+    main = cfg.dtypes[0]
+    for sizes, batch in cfg.sizes:
+        sz = tuple(int(s) for s in sizes)
+        cases += [Case(i, sz, batch, main, False) for i in cfg.impls]
+        cases += [Case(i, sz, batch, d, False) for d in cfg.dtypes[1:] for i in VARIANT_IMPLS if i in cfg.impls]
+        if cfg.compile:
+            cases += [Case(i, sz, batch, main, True) for i in VARIANT_IMPLS if i in cfg.impls]
+    return cases
+
+
+def environment(cfg: BenchConfig) -> dict[str, Any]:
+    """Machine facts recorded with the results."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env: dict[str, Any] = {
+        "heterograd": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": cfg.device,
+    }
+    if cfg.device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(cfg.device))
+    return env
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time every case interleaved (round-robin, ``repeats`` rounds, median), measure memory; return the results.
+
+    The result dict has ``config``, ``environment``, ``results`` (one row per case) and ``targets``.
+    """
+    cfg.validate()
+    say = progress or (lambda _msg: None)
+    old_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, say)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
+    device = torch.device(cfg.device)
+    load_start = _loadavg()
+    t_start = time.perf_counter()
+    cases = _cases(cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    batches: dict[tuple[tuple[int, ...], int, str], tuple[Tensor, Tensor]] = {}
+    steps: dict[Case, Callable[[], None]] = {}
+    setup: dict[Case, float] = {}
+    for case in cases:
+        key = (case.sizes, case.batch, case.dtype)
+        if key not in batches:
+            x = torch.randn(case.batch, case.sizes[0], generator=g).to(device=device, dtype=DTYPES[case.dtype])
+            y = torch.randint(0, case.sizes[-1], (case.batch,), generator=g).to(device)
+            batches[key] = (x, y)
+        say(f"setting up {case.label} {case.dtype} {case.shape}")
+        step = make_step(case, cfg, *batches[key])
+        t0 = time.perf_counter()
+        for _ in range(cfg.warmup_steps):  # the first call compiles when case.compiled
+            step()
+        _sync(device)
+        setup[case] = time.perf_counter() - t0
+        steps[case] = step
+    # calibrate steps per block: as many steps as fit in block_seconds (at least one)
+    per_block: dict[Case, int] = {}
+    for case, step in steps.items():
+        n, t0 = 0, time.perf_counter()
+        while n < 10_000 and (n == 0 or time.perf_counter() - t0 < cfg.block_seconds):
+            step()
+            _sync(device)
+            n += 1
+        per_block[case] = n
+    times: dict[Case, list[float]] = {c: [] for c in cases}
+    t_rounds = time.perf_counter()
+    for r in range(cfg.repeats):
+        if r >= 3 and time.perf_counter() - t_rounds > cfg.max_seconds:
+            cfg.notes.append(f"stopped after {r} of {cfg.repeats} rounds: time budget of {cfg.max_seconds} s spent")
+            break
+        say(f"round {r + 1}/{cfg.repeats}")
+        k = r % len(cases)
+        for case in cases[k:] + cases[:k]:  # round-robin, rotated so no case always runs first
+            step, n = steps[case], per_block[case]
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step()
+            _sync(device)
+            times[case].append((time.perf_counter() - t0) / n)
+    memory: dict[Case, int | None] = {}
+    for case in cases:
+        memory[case] = peak_step_memory(steps[case], device) if cfg.memory else None
+    rows = _rows(cfg, cases, times, per_block, setup, memory)
+    method = (
+        "torch.cuda.max_memory_allocated during one step minus memory_allocated at its start"
+        if device.type == "cuda"
+        else "torch.profiler(profile_memory=True): max running total of allocator events during one step"
+    )
+    return {
+        "config": {**dataclasses.asdict(cfg), "sizes": [[list(s), b] for s, b in cfg.sizes]},
+        "environment": {**environment(cfg), "loadavg_start": load_start, "loadavg_end": _loadavg()},
+        "memory_method": method,
+        "timing_method": (
+            f"median over {len(times[cases[0]])} round-robin rounds of the mean step time in a block of steps "
+            f"(~{cfg.block_seconds}s per block); all cases interleaved in one process; ratios are medians over "
+            "rounds of the per-round ratio to bp-autograd (paired, robust to load drifting between rounds)"
+        ),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "results": rows,
+        "targets": targets(rows),
+    }
+
+
+def _rows(
+    cfg: BenchConfig,
+    cases: Sequence[Case],
+    times: dict[Case, list[float]],
+    per_block: dict[Case, int],
+    setup: dict[Case, float],
+    memory: dict[Case, int | None],
+) -> list[dict[str, Any]]:
+    med = {c: statistics.median(times[c]) for c in cases}
+    base = {(c.sizes, c.batch, c.dtype, c.compiled): c for c in cases if c.impl == BASELINE}
+    rows = []
+    for c in cases:
+        ref = base.get((c.sizes, c.batch, c.dtype, c.compiled)) or base.get((c.sizes, c.batch, cfg.dtypes[0], False))
+        ts = sorted(times[c])
+        q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
+        mem, ref_mem = memory[c], memory[ref] if ref is not None else None
+        rows.append(
+            {
+                "impl": c.impl,
+                "label": c.label,
+                "sizes": list(c.sizes),
+                "batch": c.batch,
+                "shape": c.shape,
+                "dtype": c.dtype,
+                "compiled": c.compiled,
+                "median_ms": med[c] * 1e3,
+                "q1_ms": q1 * 1e3,
+                "q3_ms": q3 * 1e3,
+                "steps_per_block": per_block[c],
+                "setup_seconds": round(setup[c], 3),
+                "baseline": ref.label + " " + ref.dtype if ref is not None else None,
+                # paired: per round, this case's block and the baseline's block ran side by side
+                "ratio_to_bp": (
+                    statistics.median(a / b for a, b in zip(times[c], times[ref], strict=True))
+                    if ref is not None
+                    else math.nan
+                ),
+                "ratio_of_medians": med[c] / med[ref] if ref is not None else math.nan,
+                "samples_per_s": c.batch / med[c],
+                "peak_bytes": mem,
+                "round_ms": [t * 1e3 for t in times[c]],
+                "memory_ratio_to_bp": (mem / ref_mem) if mem is not None and ref_mem else None,
+            }
+        )
+    return rows
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Median over rounds of ``a``'s step time over ``b``'s (rows of one run), or the ratio of their ratios."""
+    if a.get("round_ms") and b.get("round_ms"):
+        return statistics.median(x / y for x, y in zip(a["round_ms"], b["round_ms"], strict=True))
+    return a["ratio_to_bp"] / b["ratio_to_bp"]
+
+
+def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's speed and memory targets, computed from the measured rows (main dtype).
+
+    Eager ``hsp`` against eager baselines; if compiled rows exist, also ``hsp+compile`` against the eager ones.
+    """
+    main = rows[0]["dtype"] if rows else "float32"
+    by = {(r["shape"], r["impl"], r["compiled"]): r for r in rows if r["dtype"] == main}
+    out = []
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        bp, fa = by.get((shape, "bp-autograd", False)), by.get((shape, "fa-autograd", False))
+        if bp is None:
+            continue
+        checks = []
+        for compiled in (False, True):
+            hsp = by.get((shape, "hsp", compiled))
+            if hsp is None:
+                continue
+            name = "hsp+compile" if compiled else "hsp"
+            checks.append((f"{name} step time / bp-autograd", _paired(hsp, bp), 1.0))
+            if fa is not None:
+                checks.append((f"{name} step time / fa-autograd", _paired(hsp, fa), 0.8))
+            if hsp["peak_bytes"] is not None and bp["peak_bytes"]:
+                checks.append((f"{name} peak step memory / bp-autograd", hsp["peak_bytes"] / bp["peak_bytes"], 1.0))
+        for claim, measured, threshold in checks:
+            out.append(
+                {
+                    "shape": shape,
+                    "claim": f"{claim} <= {threshold}",
+                    "measured": round(measured, 3),
+                    "threshold": threshold,
+                    "holds": bool(measured <= threshold),
+                }
+            )
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results as a markdown table plus the target checks and the method."""
+    env = result["environment"]
+    lines = [
+        f"Training-step benchmark: heterograd {env['heterograd']}, torch {env['torch']}, {env['device']} "
+        f"({env.get('gpu') or env['cpu']}, {env['torch_threads']} threads); load average "
+        f"{env['loadavg_start']} -> {env['loadavg_end']} (other processes may have been running).",
+        "",
+        "| size @ batch | implementation | dtype | step ms (median) | × bp-autograd | samples/s "
+        "| peak step MiB | mem × bp |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["results"]:
+        mem = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.2f}"
+        mratio = "-" if r["memory_ratio_to_bp"] is None else f"{r['memory_ratio_to_bp']:.2f}"
+        lines.append(
+            f"| {r['shape']} | {r['label']} | {r['dtype']} | {r['median_ms']:.3f} | {r['ratio_to_bp']:.2f} "
+            f"| {r['samples_per_s']:,.0f} | {mem} | {mratio} |"
+        )
+    lines += ["", "| size @ batch | target | measured | holds |", "|---|---|---:|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['shape']} | {t['claim']} | {t['measured']:.3f} | {'yes' if t['holds'] else 'NO'} |")
+    notes = result.get("config", {}).get("notes") or []
+    lines += [""] + [f"Note: {n}." for n in notes] if notes else []
+    lines += [
+        "",
+        f"Timing: {result['timing_method']}. Memory: {result['memory_method']}; bytes above those live at step "
+        "start (parameters and batch excluded). Ratios compare with bp-autograd at the same size and dtype "
+        "(compiled rows with compiled bp-autograd).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``bench.json`` and ``bench.md`` into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jp, mp = out / "bench.json", out / "bench.md"
+    write_json(jp, result)
+    mp.write_text(markdown(result), encoding="utf-8")
+    return jp, mp
+
+
+def parse_sizes_arg(text: str) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """``"784,1024,1024,10@128;64,128,128,10@32"`` -> ``(((784, 1024, 1024, 10), 128), ...)``."""
+    out = []
+    for part in text.split(";"):
+        try:
+            sizes, batch = part.strip().split("@")
+            out.append((tuple(int(s) for s in sizes.split(",")), int(batch)))
+        except ValueError:
+            raise HeterogradError(
+                f"--sizes {text!r}: write widths@batch separated by ';', e.g. 784,1024,1024,10@128;64,128,128,10@32"
+            ) from None
+    return tuple(out)

@@ -1,0 +1,54 @@
+"""``heterograd bench``: time heterograd's training step next to autograd baselines (see :mod:`heterograd.bench`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def bench(
+    out: Annotated[Path, typer.Option(help="folder for bench.json and bench.md")] = Path("results/bench"),
+    quick: Annotated[bool, typer.Option("--quick", help="tiny smoke test (a few seconds)")] = False,
+    sizes: Annotated[
+        str | None, typer.Option(help="widths@batch list, default '784,1024,1024,10@128;64,128,128,10@32'")
+    ] = None,
+    impls: Annotated[
+        str | None, typer.Option(help="comma list of bp-autograd,fa-autograd,hsp,fa,poly,hsp-sparse")
+    ] = None,
+    dtypes: Annotated[
+        str | None, typer.Option(help="compute dtypes, first = main (default float32,bfloat16; quick: float32)")
+    ] = None,
+    compile_step: Annotated[
+        bool, typer.Option("--compile", help="also time hsp and bp-autograd under torch.compile (slow to start)")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
+    repeats: Annotated[int | None, typer.Option(help="round-robin rounds (median over them); default 21")] = None,
+    max_seconds: Annotated[float, typer.Option(help="time budget of the timed rounds (at least 3 rounds run)")] = 120.0,
+    threads: Annotated[int | None, typer.Option(help="torch.set_num_threads for the run")] = None,
+    memory: Annotated[bool, typer.Option(help="measure peak step memory")] = True,
+) -> None:
+    """Time training steps of hsp/fa/poly against autograd backprop and autograd feedback alignment."""
+    from .bench import IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
+
+    kw: dict = {"device": device, "compile": compile_step, "threads": threads, "memory": memory}
+    kw["max_seconds"] = max_seconds
+    if sizes is not None:
+        kw["sizes"] = parse_sizes_arg(sizes)
+    if impls is not None:
+        kw["impls"] = tuple(s.strip() for s in impls.split(",") if s.strip()) or IMPLS
+    if dtypes is not None:
+        kw["dtypes"] = tuple(s.strip() for s in dtypes.split(",") if s.strip())
+    if repeats is not None:
+        kw["repeats"] = repeats
+    cfg = BenchConfig.quick(**kw) if quick else BenchConfig(**kw)
+    result = run_benchmark(cfg, progress=lambda msg: typer.echo(msg, err=True))
+    jp, mp = write_results(result, out)
+    typer.echo(markdown(result))
+    typer.echo(f"written {jp} and {mp} ({result['wall_seconds']} s)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` command to the ``heterograd`` app."""
+    app.command(name="bench")(bench)

@@ -1,0 +1,136 @@
+"""The training-step benchmark: quick run writes JSON + markdown; baselines are faithful; memory is measured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from heterograd.bench import (
+    IMPLS,
+    BenchConfig,
+    autograd_mlp,
+    markdown,
+    parse_sizes_arg,
+    peak_step_memory,
+    run_benchmark,
+    targets,
+)
+from heterograd.circuits import Circuit
+from heterograd.cli import main
+from heterograd.errors import HeterogradError
+from heterograd.losses import get_loss
+from heterograd.rules import make_rule
+from heterograd.train import local_step
+
+
+def test_quick_bench_cli_writes_json_and_markdown(tmp_path, capsys):
+    main(["bench", "--quick", "--out", str(tmp_path), "--repeats", "3"])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    md = (tmp_path / "bench.md").read_text()
+    rows = result["results"]
+    assert {r["impl"] for r in rows} == set(IMPLS)
+    bp = next(r for r in rows if r["impl"] == "bp-autograd")
+    assert bp["ratio_to_bp"] == pytest.approx(1.0)
+    for r in rows:
+        assert r["median_ms"] > 0 and r["samples_per_s"] > 0 and r["peak_bytes"] > 0
+        assert r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+        assert f"| {r['label']} |" in md
+    claims = {t["claim"] for t in result["targets"]}
+    assert any("fa-autograd" in c for c in claims) and any("memory" in c for c in claims)
+    assert all(isinstance(t["holds"], bool) for t in result["targets"])
+    assert "| 16-32-32-4 @ 8 | hsp |" in capsys.readouterr().out
+
+
+def test_targets_are_computed_from_the_rows():
+    common = {"shape": "s", "dtype": "float32", "compiled": False}
+    rows = [
+        {**common, "impl": "bp-autograd", "ratio_to_bp": 1.0, "peak_bytes": 100},
+        {**common, "impl": "fa-autograd", "ratio_to_bp": 1.0, "peak_bytes": 90},
+        {**common, "impl": "hsp", "ratio_to_bp": 0.9, "peak_bytes": 120},
+    ]
+    got = {t["claim"]: t["holds"] for t in targets(rows)}
+    assert got == {
+        "hsp step time / bp-autograd <= 1.0": True,
+        "hsp step time / fa-autograd <= 0.8": False,
+        "hsp peak step memory / bp-autograd <= 1.0": False,
+    }
+
+
+def _autograd_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, wd: float) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)
+    nn.CrossEntropyLoss()(model(x), y).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize(("baseline", "rule"), [("fa-autograd", "fa"), ("bp-autograd", "hsp")])
+def test_autograd_baselines_do_the_same_step_as_the_local_rules(baseline, rule):
+    """The biotorch-style FA baseline equals heterograd's fa; autograd backprop equals hsp with B = Wᵀ."""
+    init = "transpose" if baseline == "bp-autograd" else "random"
+    c = Circuit([12, 9, 7, 4], seed=1, feedback_init=init, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 12, generator=g, dtype=torch.float64), torch.randint(0, 4, (6,), generator=g)
+    model = autograd_mlp(c, feedback_alignment=baseline == "fa-autograd")
+    _autograd_step(model, x, y, lr=0.1, wd=1e-3)
+    out = local_step(c, make_rule(rule, weight_decay=1e-3), None, get_loss("ce"), x, y)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    for lin, W, b, dW, db in zip(linears, c.W, c.b, out.deltas.W, out.deltas.b, strict=True):
+        assert torch.allclose(lin.weight.detach(), W + 0.1 * dW, atol=1e-12)
+        assert torch.allclose(lin.bias.detach(), b + 0.1 * db, atol=1e-12)
+
+
+def test_peak_memory_sees_a_temporary():
+    def step() -> None:
+        t = torch.ones(512, 1024)  # 2 MiB, freed at the end of the step
+        t.mul_(2.0)
+
+    peak = peak_step_memory(step, torch.device("cpu"))
+    assert 2 * 2**20 <= peak < 3 * 2**20
+
+
+def test_bad_options_give_one_line_errors():
+    with pytest.raises(HeterogradError, match="valid choices"):
+        BenchConfig(impls=("nope",)).validate()
+    with pytest.raises(HeterogradError, match="widths@batch"):
+        parse_sizes_arg("784,1024")
+    assert parse_sizes_arg("8,4,2@16;3,2@4") == (((8, 4, 2), 16), ((3, 2), 4))
+
+
+def test_bfloat16_step_runs_end_to_end():
+    cfg = BenchConfig.quick(impls=("hsp",), dtypes=("bfloat16",), memory=False, repeats=1)
+    result = run_benchmark(cfg)
+    assert {r["dtype"] for r in result["results"]} == {"bfloat16"}
+    assert "bfloat16" in markdown(result)
+
+
+def test_compile_failure_is_one_clear_error(monkeypatch):
+    from heterograd.train import compile_local_step
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("InductorError: no working C++ compiler\nmore detail")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    step = compile_local_step()
+    c = Circuit([4, 3, 2], seed=0)
+    with pytest.raises(HeterogradError, match=r"torch\.compile failed.*run without --compile"):
+        step(c, make_rule("hsp"), None, get_loss("ce"), torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.slow
+def test_compiled_step_equals_eager_step():
+    from heterograd.train import compile_local_step
+
+    c = Circuit([12, 9, 7, 4], seed=1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 12, generator=g), torch.randint(0, 4, (6,), generator=g)
+    rule, loss = make_rule("hsp", weight_decay=1e-3), get_loss("ce")
+    eager = local_step(c, rule, None, loss, x, y)
+    compiled = compile_local_step()(c, rule, None, loss, x, y)
+    for a, b in zip(eager.deltas.flat(), compiled.deltas.flat(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(eager.loss, compiled.loss, atol=1e-6)
