@@ -6,7 +6,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -40,7 +39,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     ],
 )
 def test_bad_input_gives_one_line_error_and_exit_2(capsys, tmp_path, argv, needle):
-    code, out, err = run_cli(capsys, *argv, "--out", str(tmp_path / "run"))
+    code, _out, err = run_cli(capsys, *argv, "--out", str(tmp_path / "run"))
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, err
@@ -57,8 +56,21 @@ def test_missing_idx_folder_names_the_fix(capsys, tmp_path):
 def test_train_writes_the_run_directory(capsys, tmp_path):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(
-        capsys, "train", "--data", "digits", "--rule", "hsp", "--epochs", "2", "--seed", "0", "--out", str(out),
-        "--hidden", "32,32", "--no-progress",
+        capsys,
+        "train",
+        "--data",
+        "digits",
+        "--rule",
+        "hsp",
+        "--epochs",
+        "2",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--hidden",
+        "32,32",
+        "--no-progress",
     )
     assert code == 0
     for name in ("config.json", "metrics.csv", "summary.json", "loss.png", "probes.png"):
@@ -67,8 +79,16 @@ def test_train_writes_the_run_directory(capsys, tmp_path):
     assert cfg["rule"] == "hsp" and cfg["hidden"] == [32, 32] and cfg["loss"] == "ce"
     assert {"heterograd", "torch", "python"} <= set(cfg["environment"])
     s = json.loads((out / "summary.json").read_text())
-    for key in ("test_accuracy", "test_loss", "final_train_loss", "diverged", "phi", "align", "dc_score",
-                "wall_seconds"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "final_train_loss",
+        "diverged",
+        "phi",
+        "align",
+        "dc_score",
+        "wall_seconds",
+    ):
         assert key in s
     assert s["diverged"] is False and len(s["phi"]) == 2 and len(s["align"]) == 2
     rows = list(csv.DictReader((out / "metrics.csv").open()))
@@ -77,16 +97,30 @@ def test_train_writes_the_run_directory(capsys, tmp_path):
 
 
 def test_regression_summary_has_null_accuracy(capsys, tmp_path):
-    code, _, _ = run_cli(capsys, "train", "--data", "teacher", "--epochs", "1", "--hidden", "16",
-                         "--out", str(tmp_path), "--no-progress")
+    code, _, _ = run_cli(
+        capsys, "train", "--data", "teacher", "--epochs", "1", "--hidden", "16", "--out", str(tmp_path), "--no-progress"
+    )
     assert code == 0
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["test_accuracy"] is None and s["test_loss"] is not None
 
 
 def test_divergence_is_a_result_not_a_crash(capsys, tmp_path):
-    code, stdout, _ = run_cli(capsys, "train", "--lr", "500", "--epochs", "3", "--hidden", "32,32",
-                              "--activation", "relu", "--out", str(tmp_path), "--no-progress")
+    code, stdout, _ = run_cli(
+        capsys,
+        "train",
+        "--lr",
+        "500",
+        "--epochs",
+        "3",
+        "--hidden",
+        "32,32",
+        "--activation",
+        "relu",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert code == 0
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["diverged"] is True and s["diverged_step"] is not None
@@ -97,7 +131,9 @@ def test_divergence_is_a_result_not_a_crash(capsys, tmp_path):
 def test_demo_runs_and_prints_the_table(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "heterograd", "demo", "--out", str(tmp_path), "--no-progress"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     for rule in ("bp", "fa", "hsp"):

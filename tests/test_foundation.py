@@ -91,7 +91,9 @@ def test_sparse_mask_is_kept_under_plasticity(digits):
 @pytest.mark.parametrize("topology", ["layered", "sparse", "direct", "amorphous"])
 def test_topologies_learn_digits(digits, topology):
     r = Trainer(
-        TrainConfig(topology=topology, density=0.3 if topology in ("sparse", "amorphous") else 1.0, epochs=5, probes=False),
+        TrainConfig(
+            topology=topology, density=0.3 if topology in ("sparse", "amorphous") else 1.0, epochs=5, probes=False
+        ),
         digits,
     ).fit(None, progress=False)
     assert r.summary["test_accuracy"] > 0.85, r.summary

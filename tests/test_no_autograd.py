@@ -44,7 +44,11 @@ def test_bp_is_the_only_base_rule_declaring_autograd():
 
 def test_learning_code_has_no_autograd_calls():
     pattern = re.compile(r"torch\.autograd|\.backward\(|autograd\.grad|requires_grad_\(True\)")
-    learning = [*(SRC / "rules").glob("*.py"), *(SRC / "circuits").glob("*.py"), *(SRC / "optim").glob("*.py"),
-                SRC / "train.py"]
+    learning = [
+        *(SRC / "rules").glob("*.py"),
+        *(SRC / "circuits").glob("*.py"),
+        *(SRC / "optim").glob("*.py"),
+        SRC / "train.py",
+    ]
     offenders = [str(p) for p in learning if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []

@@ -54,7 +54,7 @@ def test_unknown_rule_lists_choices():
 
 
 def test_poly_with_bilinear_theta_equals_hsp():
-    c, x, y, loss, trace = _setup("layered", torch.float64)
+    c, _x, y, loss, trace = _setup("layered", torch.float64)
     u = c.run_feedback(trace, c.output_error(trace, loss.error(trace.output, y)))
     s = Signals.collect(c, trace, u)
     a, _ = make_rule("hsp", weight_decay=0.01, feedback_gain=0.3).deltas(s, Params.of(c), None)
@@ -105,8 +105,10 @@ def test_register_custom_rule_without_touching_the_loop(digits):
         def deltas(self, signals, params, state):
             from heterograd.rules import ForwardSignals
 
-            out = [forward_delta(ForwardSignals(s.h_pre, s.p, s.h, torch.sign(s.u)), W, b, self.weight_decay)
-                   for s, W, b in zip(signals.forward, params.W, params.b, strict=True)]
+            out = [
+                forward_delta(ForwardSignals(s.h_pre, s.p, s.h, torch.sign(s.u)), W, b, self.weight_decay)
+                for s, W, b in zip(signals.forward, params.W, params.b, strict=True)
+            ]
             return Deltas([o[0] for o in out], [o[1] for o in out], [None] * len(params.B)), state
 
     try:
