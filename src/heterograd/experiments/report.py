@@ -10,14 +10,28 @@ from typing import Any
 from ..results import atomic_write_text
 
 
+def _scalars(prefix: str, value: Any, depth: int) -> list[str]:
+    """``key=value`` strings for the scalars of a (nested) measured dict, depth-first."""
+    if isinstance(value, bool | int | str):
+        return [f"{prefix}={value}"]
+    if isinstance(value, float):
+        return [f"{prefix}={value:.3g}"]
+    if isinstance(value, dict) and depth > 0:
+        out: list[str] = []
+        for k, v in value.items():
+            out += _scalars(f"{prefix}.{k}" if prefix else str(k), v, depth - 1)
+        return out
+    return []
+
+
+def _cell(text: Any) -> str:
+    """Make ``text`` safe inside a markdown table cell (escape pipes, no newlines)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def _short(measured: dict[str, Any], limit: int = 6) -> str:
-    items = []
-    for k, v in list(measured.items())[:limit]:
-        if isinstance(v, float):
-            items.append(f"{k}={v:.3g}")
-        elif isinstance(v, int | bool | str):
-            items.append(f"{k}={v}")
-    return ", ".join(items)
+    """The first ``limit`` scalar numbers of ``measured`` (nested dicts flattened to ``a.b.c``)."""
+    return ", ".join(_scalars("", measured, 3)[:limit])
 
 
 def write_report(summaries: Sequence[dict[str, Any]], out: Path, *, quick: bool) -> Path:
@@ -34,8 +48,8 @@ def write_report(summaries: Sequence[dict[str, Any]], out: Path, *, quick: bool)
     for s in summaries:
         verdict = "holds" if s["holds"] else ("error" if "error" in s else "**does not hold**")
         lines.append(
-            f"| `{s['name']}` | {s['claim']} | {verdict} | {_short(s.get('measured', {}))} | "
-            f"{s.get('threshold', '')} | {s.get('seconds', '')} |"
+            f"| `{s['name']}` | {_cell(s['claim'])} | {verdict} | {_cell(_short(s.get('measured', {})))} | "
+            f"{_cell(s.get('threshold', ''))} | {s.get('seconds', '')} |"
         )
     for s in summaries:
         lines += ["", f"## {s['name']}", "", f"**Claim.** {s['claim']}", ""]
@@ -49,6 +63,10 @@ def write_report(summaries: Sequence[dict[str, Any]], out: Path, *, quick: bool)
         if "error" in s:
             lines += ["", f"**Error.** `{s['error']}`"]
         lines += ["", "```json", json.dumps(s.get("measured", {}), indent=1, default=str)[:4000], "```"]
+        folder = out / s["name"]
+        tables = sorted(p.name for p in folder.glob("*.md")) if folder.is_dir() else []
+        for t in tables:
+            lines += ["", f"Table: [{s['name']}/{t}]({s['name']}/{t})"]
         for fig in s.get("figures", []):
             lines += ["", f"![{s['name']}: {fig}]({s['name']}/{fig})"]
     path = out / "report.md"

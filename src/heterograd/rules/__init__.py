@@ -8,6 +8,7 @@ from .base import Deltas, FeedbackSignals, ForwardSignals, Params, Rule, Signals
 
 # Registration side effects: importing the modules fills RULES.
 from .classic import BP, FA, HSP
+from .combinators import Freeze
 from .poly import B_FEATURES, N_FEATURES, W_FEATURES, Poly, bilinear_theta, format_poly, poly_delta
 from .registry import RULES, make_rule, register_rule
 
@@ -15,6 +16,7 @@ __all__ = [
     "BP",
     "B_FEATURES",
     "FA",
+    "Freeze",
     "HSP",
     "N_FEATURES",
     "RULES",
