@@ -11,7 +11,7 @@ from .errors import HeterogradError
 from .losses import get_loss
 from .optim import make_motif
 from .rules import RULES, Deltas, Rule, Signals, make_rule, register_rule
-from .train import RunResult, TrainConfig, Trainer, apply_steps, evaluate, local_step, train
+from .train import RunResult, TrainConfig, Trainer, TrainingInterrupted, apply_steps, evaluate, local_step, train
 
 __all__ = [
     "RULES",
@@ -25,6 +25,7 @@ __all__ = [
     "Trace",
     "TrainConfig",
     "Trainer",
+    "TrainingInterrupted",
     "__version__",
     "apply_steps",
     "evaluate",
