@@ -8,7 +8,6 @@ Invalid ones: rejected with one clear line (:class:`HeterogradError`), never a r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,14 +24,6 @@ from heterograd.train import TrainConfig, Trainer
 
 RULE_NAMES = [r for r in ("bp", "fa", "hsp", "poly") if r in RULES]
 SETTINGS = settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _dataset(seed: int, n_in: int, n_out: int, classification: bool, n: int = 24) -> Dataset:

@@ -12,7 +12,6 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,14 +52,6 @@ DETERMINISTIC = ("summary.json", "metrics.csv", "config.json")
 def _without_timing(path: Path) -> bytes:
     """File bytes with the summary's single wall-clock line removed (everything else must match bit for bit)."""
     return b"".join(ln for ln in path.read_bytes().splitlines(keepends=True) if b'"wall_seconds":' not in ln)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_same_command_same_files_across_processes(tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ import hashlib
 import math
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,12 +37,9 @@ import torch
 from torch import Tensor
 
 from .errors import HeterogradError
+from .results import atomic_open
 
 CHECKPOINT_NAME = "checkpoint.pt"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-#: Mode of written files: what ``open()`` would give (0o666 minus the umask), not mkstemp's 0o600.
-_FILE_MODE = 0o666 & ~_UMASK
 FORMAT = "heterograd-checkpoint"
 VERSION = 1
 #: Keys every checkpoint must hold.
@@ -111,19 +107,8 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
     data = plain({"format": FORMAT, "version": VERSION, **payload}, "checkpoint")
     data.pop("digest", None)
     data["digest"] = digest(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(data, f)
     return path
 
 

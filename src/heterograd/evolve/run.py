@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..errors import HeterogradError, unknown_choice
-from ..results import prepare_out_dir, write_csv, write_json
+from ..results import atomic_open, prepare_out_dir, write_csv, write_json
 from ..rules.poly import B_FEATURES, W_FEATURES
 from .backends import BACKENDS, Backend, Job, make_backend
 from .genome import GenomeSpec, parse_terms, random_genomes
@@ -270,15 +268,8 @@ CSV_COLUMNS = [
 # ------------------------------------------------------------------------------------------- checkpoint
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temp sibling then ``os.replace`` (a kill leaves the previous checkpoint)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

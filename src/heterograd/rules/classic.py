@@ -22,6 +22,16 @@ def _check_decay(weight_decay: float) -> None:
         raise HeterogradError(f"weight decay must be >= 0, got {weight_decay}; pass e.g. --weight-decay 1e-4")
 
 
+def _forward_only(signals: Signals, params: Params, weight_decay: float) -> Deltas:
+    """Bilinear forward deltas for every layer, feedback frozen (``bp`` and ``fa``)."""
+    dW, db = [], []
+    for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
+        w, bb = forward_delta(sig, W, b, weight_decay)
+        dW.append(w)
+        db.append(bb)
+    return Deltas(dW, db, [None] * len(params.B))
+
+
 @register_rule
 @dataclass(frozen=True)
 class BP(Rule):
@@ -44,12 +54,7 @@ class BP(Rule):
         return potential_gradients(circuit, x, y, loss)
 
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
-        dW, db = [], []
-        for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
-            w, bb = forward_delta(sig, W, b, self.weight_decay)
-            dW.append(w)
-            db.append(bb)
-        return Deltas(dW, db, [None] * len(params.B)), state
+        return _forward_only(signals, params, self.weight_decay), state
 
     def describe(self) -> str:
         return f"ΔW = -η(∇_W ℓ + {self.weight_decay:g} W)  [autograd]"
@@ -67,12 +72,7 @@ class FA(Rule):
         _check_decay(self.weight_decay)
 
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
-        dW, db = [], []
-        for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
-            w, bb = forward_delta(sig, W, b, self.weight_decay)
-            dW.append(w)
-            db.append(bb)
-        return Deltas(dW, db, [None] * len(params.B)), state
+        return _forward_only(signals, params, self.weight_decay), state
 
     def describe(self) -> str:
         return f"ΔW = -η(u·h + {self.weight_decay:g} W),  ΔB = 0"
