@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def series(rows: Sequence[Mapping[str, Any]], key: str, x: str = "step") -> tuple[list[float], list[float]]:
+    """The finite values of column ``key`` against column ``x`` (blank / NaN cells skipped)."""
     xs, ys = [], []
     for r in rows:
         v = r.get(key)
@@ -21,7 +22,7 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], l
             continue
         v = float(v)
         if math.isfinite(v):
-            xs.append(float(r["step"]))
+            xs.append(float(r[x]))
             ys.append(v)
     return xs, ys
 
@@ -39,16 +40,16 @@ def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path, title: str = "") 
         return []
     paths = []
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    x, y = _series(rows, "train_loss")
+    x, y = series(rows, "train_loss")
     ax.plot(x, y, label="train loss", color="C0")
-    x, y = _series(rows, "test_loss")
+    x, y = series(rows, "test_loss")
     if x:
         ax.plot(x, y, "o-", label="test loss", color="C1", ms=3)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if y and min(y) > 0:
         ax.set_yscale("log")
-    x, acc = _series(rows, "test_accuracy")
+    x, acc = series(rows, "test_accuracy")
     if x:
         ax2 = ax.twinx()
         ax2.plot(x, acc, "s--", color="C2", ms=3, label="test accuracy")
@@ -64,16 +65,16 @@ def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path, title: str = "") 
     if layers:
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         for l in layers:
-            axes[0].plot(*_series(rows, f"phi_{l}"), label=f"layer {l}")
-            axes[1].plot(*_series(rows, f"align_{l}"), label=f"layer {l}")
+            axes[0].plot(*series(rows, f"phi_{l}"), label=f"layer {l}")
+            axes[1].plot(*series(rows, f"align_{l}"), label=f"layer {l}")
         axes[0].axhline(0, color="k", lw=0.6)
         axes[0].set_title("consistency score φ")
         axes[1].axhline(0, color="k", lw=0.6)
         axes[1].set_title("align = cos(u, ∇ₚℓ)")
         axes[1].set_ylim(-1.05, 1.05)
-        axes[2].plot(*_series(rows, "dc_score"), color="k", label="DC score")
+        axes[2].plot(*series(rows, "dc_score"), color="k", label="DC score")
         for l in layers:
-            xa, ya = _series(rows, f"angle_{l}")
+            xa, ya = series(rows, f"angle_{l}")
             if xa:
                 axes[2].plot(xa, [v / 180 for v in ya], "--", label=f"∠(B,Wᵀ)/180°, layer {l}")
         axes[2].set_ylim(-0.05, 1.05)

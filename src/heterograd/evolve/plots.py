@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,18 +11,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from ..plots import series
+
 
 def _col(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for r in rows:
-        v = r.get(key)
-        if v is None or v == "":
-            continue
-        v = float(v)
-        if math.isfinite(v):
-            xs.append(float(r["generation"]))
-            ys.append(v)
-    return xs, ys
+    return series(rows, key, x="generation")
 
 
 def plot_evolution(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path | None:

@@ -9,10 +9,11 @@ computed from the measurements; an experiment never decides ``holds`` by hand.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,20 @@ class Verdict:
     holds: bool
     figures: list[str] = field(default_factory=list)
     notes: str = ""
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads, restoring the previous count afterwards.
+
+    Experiments on tiny matrices use one thread: it avoids oversubscription on small, shared CPUs.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 ExperimentFn = Callable[[Context], Verdict]

@@ -27,7 +27,7 @@ from ..data import iterate_minibatches, load_dataset
 from ..probes import preconditioner
 from ..results import write_csv
 from ..train import TrainConfig, Trainer
-from .base import Context, Verdict, experiment, save_figure
+from .base import Context, Verdict, experiment, save_figure, torch_threads
 
 RULES = ("bp", "fa", "hsp")
 COLORS = {"bp": "k", "fa": "C0", "hsp": "C3"}
@@ -42,12 +42,8 @@ def _settings(quick: bool) -> dict[str, Any]:
 @experiment("meta")
 def run(ctx: Context) -> Verdict:
     """Meta-learning: with plastic random feedback φ rises from ~0 and φH's spectrum changes; bp has H = I."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread avoids oversubscription on a shared machine
-    try:
+    with torch_threads(1):  # tiny matrices: one thread avoids oversubscription on a shared machine
         return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(ctx: Context) -> Verdict:

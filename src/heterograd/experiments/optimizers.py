@@ -19,12 +19,11 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from ..data import load_dataset
 from ..results import write_csv
 from ..train import TrainConfig, Trainer
-from .base import Context, Verdict, experiment, save_figure
+from .base import Context, Verdict, experiment, save_figure, torch_threads
 
 RULES = ("fa", "hsp", "bp")
 MOTIF_SETTINGS: dict[str, tuple[float, dict[str, Any]]] = {
@@ -58,12 +57,8 @@ def markdown_table(acc: dict[str, dict[str, float]], chance: float) -> str:
 @experiment("optimizers")
 def run(ctx: Context) -> Verdict:
     """Optimiser motifs on local rules: with random feedback every motif still learns; hsp ≈ bp per motif."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread avoids oversubscription on a shared machine
-    try:
+    with torch_threads(1):  # tiny matrices: one thread avoids oversubscription on a shared machine
         return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(ctx: Context) -> Verdict:
