@@ -32,3 +32,17 @@ def float64():
     finally:
         torch.set_default_dtype(old)
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture
+def autograd_forbidden(monkeypatch):
+    """Any call into autograd fails the test; grad mode is off (the no-autograd house rule)."""
+
+    def boom(*a, **k):
+        raise AssertionError("autograd was called during learning")
+
+    monkeypatch.setattr(torch.autograd, "grad", boom)
+    monkeypatch.setattr(torch.autograd, "backward", boom)
+    monkeypatch.setattr(torch.Tensor, "backward", boom)
+    with torch.autograd.set_grad_enabled(False):
+        yield

@@ -169,18 +169,6 @@ def test_selection_keeps_elites_and_parents_from_the_top():
 
 
 # ----------------------------------------------------------------------------------------- the loop
-@pytest.fixture
-def autograd_forbidden(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("autograd was called during evolution")
-
-    monkeypatch.setattr(torch.autograd, "grad", boom)
-    monkeypatch.setattr(torch.autograd, "backward", boom)
-    monkeypatch.setattr(torch.Tensor, "backward", boom)
-    with torch.autograd.set_grad_enabled(False):
-        yield
-
-
 def test_evolution_uses_no_autograd(autograd_forbidden):
     res = evolve(EvolveConfig(**{**TINY, "generations": 2}))
     assert len(res.rows) == 2 and res.rows[-1]["reference_loss"] > 0

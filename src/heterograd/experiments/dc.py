@@ -21,6 +21,7 @@ means the hidden plasticity did harm.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -69,17 +70,7 @@ def run(ctx: Context) -> Verdict:
             baseline = res.summary["test_accuracy"]
             curves.setdefault((depth, "readout"), []).append(_curve(res.rows, "test_accuracy"))
             for c in GAINS:
-                cfg = TrainConfig(
-                    data=data,
-                    rule="hsp",
-                    hidden=hidden,
-                    epochs=epochs,
-                    seed=seed,
-                    weight_decay=WEIGHT_DECAY,
-                    feedback_gain=c,
-                    probe_size=256,
-                )
-                tr = trainer_with(cfg, ds)
+                tr = trainer_with(dataclasses.replace(base_cfg, feedback_gain=c), ds)
                 tr.log_every = tr.steps_per_epoch
                 res = tr.fit(progress=ctx.progress)
                 s = res.summary
