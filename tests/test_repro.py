@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from heterograd import HeterogradError, TrainConfig, get_loss, make_rule
-from heterograd.circuits import Circuit, cerebellar_circuit, pyramidal_circuit
+from heterograd.circuits import Circuit
 from heterograd.experiments import EXPERIMENT_MODULES, load_all, run_experiment
 from heterograd.experiments.base import local_training, trainer_with
+from heterograd.motifs import cerebellar_circuit, pyramidal_circuit
 from heterograd.rules import FA, HSP, Freeze
 
 MINE = ("hs", "dc", "metaplasticity", "hebbian", "flexibility", "benchmark")

@@ -3,8 +3,7 @@
 See THEORY.md for the science (Ziyin, Chuang, Poggio, arXiv:2505.02248).
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .circuits import Circuit, Trace
 from .data import Dataset, load_dataset
 from .errors import HeterogradError

@@ -256,7 +256,7 @@ def demo(
 def _register_subcommands() -> None:
     import importlib
 
-    for mod in ("heterograd.experiments.cli", "heterograd.evolve.cli", "heterograd.bench_cli"):
+    for mod in ("heterograd.experiments.cli", "heterograd.evolve.cli", "heterograd.bench.cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

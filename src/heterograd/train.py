@@ -20,21 +20,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import numbers
-import platform
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import __version__
 from .checkpoint import (
     checkpoint_path,
     config_differences,
@@ -43,16 +40,16 @@ from .checkpoint import (
     save_checkpoint,
     to_device,
 )
-from .circuits import ACTIVATIONS, FEEDBACK_INITS, TOPOLOGIES, Circuit, Trace
+from .circuits import Circuit, Trace
+from .config import TrainConfig
 from .data import Dataset, iterate_minibatches, load_dataset
-from .errors import HeterogradError, unknown_choice
-from .losses import LOSSES, Loss, get_loss
-from .optim import MOTIFS, Motif, make_motif
+from .errors import HeterogradError
+from .losses import Loss, get_loss
+from .optim import Motif, make_motif
 from .probes import measure
 from .results import prepare_out_dir, write_csv, write_json
-from .rules import RULES, Deltas, Params, Rule, Signals, make_rule
-
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+from .rules import Deltas, Params, Rule, Signals, make_rule
+from .runtime import DTYPES, environment
 
 
 # --------------------------------------------------------------------------- functional core
@@ -152,193 +149,6 @@ def evaluate(circuit: Circuit, loss: Loss, x: Tensor, y: Tensor, chunk: int = 40
             correct += int((out.argmax(1) == yy).sum())
     n = max(1, x.shape[0])
     return total / n, (correct / n if y.dim() == 1 else None)
-
-
-# --------------------------------------------------------------------------- configuration
-def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"128,128"`` -> ``(128, 128)``; ``""`` or ``"none"`` -> no hidden layer."""
-    if isinstance(text, bool) or not isinstance(text, str | Sequence):
-        raise HeterogradError(f"hidden must be a list of widths or a string like '128,128', got {text!r}")
-    if not isinstance(text, str):
-        vals = tuple(text)
-    else:
-        t = text.strip().lower()
-        if t in ("", "none", "0"):
-            return ()
-        try:
-            vals = tuple(int(v) for v in t.replace(" ", "").split(","))
-        except ValueError:
-            raise HeterogradError(
-                f"--hidden {text!r} is not a comma-separated list of widths; write e.g. --hidden 128,128"
-            ) from None
-    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in vals):
-        raise HeterogradError(f"--hidden widths must be positive integers, got {text!r}; e.g. --hidden 128,128")
-    vals = tuple(int(v) for v in vals)
-    return vals
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved resolved as ``config.json``).
-
-    Defaults reproduce ``heterograd train --data digits --rule hsp``.
-    """
-
-    data: str = "digits"
-    rule: str = "hsp"
-    epochs: int = 20
-    seed: int = 0
-    hidden: tuple[int, ...] = (128, 128)
-    activation: str = "tanh"
-    lr: float = 0.05
-    batch_size: int = 32
-    weight_decay: float = 1e-4
-    feedback_gain: float = 1.0
-    topology: str = "layered"
-    density: float = 1.0
-    feedback_init: str = "random"
-    loss: str | None = None
-    optimizer: str = "sgd"
-    device: str = "cpu"
-    dtype: str = "float32"
-    log_every: int | None = None
-    probes: bool = True
-    probe_size: int = 512
-    n_train: int | None = None
-    n_test: int | None = None
-    theta_w: list[float] | None = None
-    theta_b: list[float] | None = None
-    divergence_threshold: float = 1e6
-    checkpoint_every: int | None = None
-    optimizer_options: dict[str, Any] = field(default_factory=dict)
-    compile: bool = False
-
-    def validate(self) -> TrainConfig:
-        """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
-        for name in ("rule", "activation", "topology", "feedback_init", "optimizer", "dtype", "device"):
-            v = getattr(self, name)
-            if not isinstance(v, str):
-                raise HeterogradError(f"{name} must be a name (str), got {v!r}; e.g. {name}={_EXAMPLES[name]!r}")
-        if not isinstance(self.data, str) or not self.data.strip():
-            raise HeterogradError(f"data must be a dataset name, got {self.data!r}; e.g. data='digits' or 'idx:<dir>'")
-        if self.rule not in RULES:
-            raise unknown_choice("rule", self.rule, RULES)
-        if self.activation not in ACTIVATIONS:
-            raise unknown_choice("activation", self.activation, ACTIVATIONS)
-        if self.topology not in TOPOLOGIES:
-            raise unknown_choice("topology", self.topology, TOPOLOGIES)
-        if self.feedback_init not in FEEDBACK_INITS:
-            raise unknown_choice("feedback init", self.feedback_init, FEEDBACK_INITS)
-        if self.loss is not None and (not isinstance(self.loss, str) or self.loss not in LOSSES):
-            raise unknown_choice("loss", self.loss, LOSSES)
-        if self.optimizer not in MOTIFS:
-            raise unknown_choice("optimizer", self.optimizer, MOTIFS)
-        if self.dtype not in DTYPES:
-            raise unknown_choice("dtype", self.dtype, DTYPES)
-        self.hidden = parse_hidden(self.hidden)
-        for name, lo in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("probe_size", 1)):
-            _check_int(name, getattr(self, name), lo)
-        if self.seed >= 2**63:
-            raise HeterogradError(f"--seed must be < 2**63, got {self.seed}; pass a smaller seed")
-        for name in ("log_every", "n_train", "n_test", "checkpoint_every"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1, optional=True)
-        for name in ("lr", "weight_decay", "feedback_gain", "density", "divergence_threshold"):
-            _check_real(name, getattr(self, name))
-        checks: list[tuple[bool, str]] = [
-            (self.lr > 0, f"--lr must be a positive number, got {self.lr}; e.g. --lr 0.05"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}; e.g. --weight-decay 1e-4"),
-            (0 < self.density <= 1, f"--density must be in (0, 1], got {self.density}; e.g. --density 0.2"),
-            (
-                self.divergence_threshold > 0,
-                f"divergence_threshold must be > 0, got {self.divergence_threshold}; e.g. 1e6",
-            ),
-            (isinstance(self.probes, bool), f"probes must be True or False, got {self.probes!r}"),
-            (
-                isinstance(self.optimizer_options, dict) and all(isinstance(k, str) for k in self.optimizer_options),
-                f"optimizer_options must be a dict of name -> value, got {self.optimizer_options!r}",
-            ),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise HeterogradError(msg)
-        for name in ("theta_w", "theta_b"):
-            theta = getattr(self, name)
-            if theta is None:
-                continue
-            flag = "--" + name.replace("_", "-")
-            if isinstance(theta, str) or not isinstance(theta, Sequence):
-                raise HeterogradError(
-                    f"{flag} must be a list of numbers, got {theta!r}; e.g. {flag} 1,0,0,0,0,0,1e-4,0"
-                )
-            try:
-                vals = [float(v) for v in theta]
-            except (TypeError, ValueError):
-                raise HeterogradError(
-                    f"{flag} must be a list of numbers, got {theta!r}; e.g. {flag} 1,0,0,0,0,0,1e-4,0"
-                ) from None
-            if not all(math.isfinite(v) for v in vals):
-                raise HeterogradError(f"{flag} must hold finite numbers, got {theta!r}")
-            setattr(self, name, vals)
-        self.device = resolve_device(self.device)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
-
-
-_EXAMPLES = {
-    "rule": "hsp",
-    "activation": "tanh",
-    "topology": "layered",
-    "feedback_init": "random",
-    "optimizer": "sgd",
-    "dtype": "float32",
-    "device": "cpu",
-}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_int(name: str, value: Any, lo: int, optional: bool = False) -> None:
-    """``value`` must be an int (not bool) ``>= lo``; the error names the flag and an example."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < lo:
-        unset = " or leave it unset" if optional else ""
-        raise HeterogradError(f"{_flag(name)} must be an integer >= {lo}, got {value!r}; pass e.g. {max(lo, 1)}{unset}")
-
-
-def _check_real(name: str, value: Any) -> None:
-    """``value`` must be a finite real number (not bool, not a string)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise HeterogradError(f"{_flag(name)} must be a finite number, got {value!r}; pass e.g. {_flag(name)} 0.05")
-
-
-def resolve_device(name: str) -> str:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda if available); clear error if unavailable."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return name
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise HeterogradError(f"--device {name} requested but CUDA is not available here; use --device cpu")
-        return name
-    raise HeterogradError(f"unknown device {name!r}; valid choices: cpu, cuda, cuda:N, auto")
-
-
-def environment() -> dict[str, Any]:
-    """Versions and platform recorded with every run."""
-    return {
-        "heterograd": __version__,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-    }
 
 
 # --------------------------------------------------------------------------- trainer

@@ -270,3 +270,25 @@ class Circuit(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Inference: ``x`` ``(n, n_0)`` -> output ``h_L`` ``(n, n_L)``."""
         return self.run_forward(x).output
+
+
+def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"128,128"`` -> ``(128, 128)``; ``""`` or ``"none"`` -> no hidden layer."""
+    if isinstance(text, bool) or not isinstance(text, str | Sequence):
+        raise HeterogradError(f"hidden must be a list of widths or a string like '128,128', got {text!r}")
+    if not isinstance(text, str):
+        vals = tuple(text)
+    else:
+        t = text.strip().lower()
+        if t in ("", "none", "0"):
+            return ()
+        try:
+            vals = tuple(int(v) for v in t.replace(" ", "").split(","))
+        except ValueError:
+            raise HeterogradError(
+                f"--hidden {text!r} is not a comma-separated list of widths; write e.g. --hidden 128,128"
+            ) from None
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in vals):
+        raise HeterogradError(f"--hidden widths must be positive integers, got {text!r}; e.g. --hidden 128,128")
+    vals = tuple(int(v) for v in vals)
+    return vals

@@ -97,7 +97,8 @@ class EvolveConfig:
             raise unknown_choice("backend", self.backend, BACKENDS)
         if self.dtype not in DTYPES:
             raise unknown_choice("dtype", self.dtype, DTYPES)
-        from ..train import parse_hidden, resolve_device
+        from ..circuits import parse_hidden
+        from ..runtime import resolve_device
 
         self.hidden = parse_hidden(self.hidden)
         self.w_terms = parse_terms(self.w_terms, W_FEATURES, "--w-terms")
@@ -337,7 +338,7 @@ def evolve(
             )
         population = random_genomes(spec, cfg.population, cfg.init_sigma, rng)
     if out is not None:
-        from ..train import environment
+        from ..runtime import environment
 
         write_json(out / "config.json", {**cfg.to_dict(), "genome": spec.names(), "environment": environment()})
     problem = build_problem(cfg)

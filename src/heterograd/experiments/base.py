@@ -25,9 +25,10 @@ from ..errors import HeterogradError, unknown_choice
 from ..results import prepare_out_dir, write_json
 
 if TYPE_CHECKING:
-    from ..circuits import BuiltMotif, Circuit
+    from ..circuits import Circuit
     from ..data import Dataset
     from ..losses import Loss
+    from ..motifs import BuiltMotif
     from ..rules import Rule
     from ..train import TrainConfig, Trainer
 
@@ -138,7 +139,7 @@ def plot_band(
 def trainer_with(config: TrainConfig, dataset: Dataset | None = None, built: BuiltMotif | None = None) -> Trainer:
     """A :class:`~heterograd.train.Trainer` for ``config``, optionally training a prebuilt circuit and rule.
 
-    ``built`` (from :mod:`heterograd.circuits.motifs`) replaces the circuit and rule the config
+    ``built`` (from :mod:`heterograd.motifs`) replaces the circuit and rule the config
     would build; data, loss, motif, logging and probes still come from ``config``.
     """
     from ..train import Trainer

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import HeterogradError
-from ..rules import HSP, Freeze, Rule
-from .circuit import Circuit
+from .circuits import Circuit
+from .errors import HeterogradError
+from .rules import HSP, Freeze, Rule
 
 
 @dataclass(frozen=True)

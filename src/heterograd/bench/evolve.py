@@ -10,7 +10,7 @@ init and its own ``poly`` rule genome (bilinear plus N(0, 0.1²) noise, so none 
   (what one would write without the evolve module);
 * ``loop (kernel, P=1)``: the batched kernel called once per circuit.
 
-Run ``python -m benchmarks.bench_evolve --out DIR``; writes ``DIR/bench_evolve.json`` and ``.md``.
+Run ``python -m heterograd.bench.evolve --out DIR``; writes ``DIR/bench_evolve.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from pathlib import Path
 
 import torch
 
-from heterograd import Circuit, apply_steps, get_loss, load_dataset, local_step
-from heterograd.evolve import GenomeSpec, Problem, circuit_seed, init_population, train_population
-from heterograd.evolve.population import batch_indices
-from heterograd.results import atomic_write_text, write_json
-from heterograd.rules import Poly
+from ..circuits import Circuit
+from ..data import load_dataset
+from ..evolve import GenomeSpec, Problem, circuit_seed, init_population, train_population
+from ..evolve.population import batch_indices
+from ..losses import get_loss
+from ..results import atomic_write_text, write_json
+from ..rules import Poly
+from ..train import apply_steps, local_step
 
 
 def _setup(population: int, steps: int, block: int) -> tuple[Problem, torch.Tensor, torch.Tensor, list[int]]:

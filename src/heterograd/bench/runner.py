@@ -40,14 +40,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .circuits import Circuit
-from .errors import HeterogradError
-from .losses import get_loss
-from .optim import make_motif
-from .results import write_json
-from .rules import make_rule
-from .train import DTYPES, apply_steps, compile_local_step, local_step, resolve_device
+from .._version import __version__
+from ..circuits import Circuit
+from ..errors import HeterogradError
+from ..losses import get_loss
+from ..optim import make_motif
+from ..results import write_json
+from ..rules import make_rule
+from ..runtime import DTYPES, resolve_device
+from ..train import apply_steps, compile_local_step, local_step
 
 IMPLS: tuple[str, ...] = ("bp-autograd", "fa-autograd", "hsp", "fa", "poly", "hsp-sparse")
 """Implementations a benchmark can time (see the module docstring)."""

@@ -21,7 +21,6 @@ Command line::
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -30,12 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .circuits import Circuit
-from .data import Dataset
-from .errors import HeterogradError
-from .losses import Loss
-from .rules import Rule
-from .train import RunResult, StepOutput, TrainConfig, Trainer, local_step, resolve_device
+from ..circuits import Circuit
+from ..config import TrainConfig
+from ..data import Dataset
+from ..errors import HeterogradError
+from ..losses import Loss
+from ..rules import Rule
+from ..runtime import resolve_device
+from ..train import RunResult, StepOutput, Trainer, local_step
 
 StepFn = Callable[[Circuit, Rule, Any, Loss, Tensor, Tensor], StepOutput]
 
@@ -157,18 +158,6 @@ class DistributedTrainer(Trainer):
         """As :meth:`Trainer.fit`; ranks other than 0 write nothing and show no progress."""
         lead = self.rank == 0
         return super().fit(out_dir if lead else None, progress=progress and lead, **kwargs)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m heterograd.distributed [train options]`` = ``heterograd train --distributed [options]``."""
-    from .cli import main as cli_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    cli_main(["train", "--distributed", *args])
-
-
-if __name__ == "__main__":
-    main()
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""``heterograd bench``: time heterograd's training step next to autograd baselines (see :mod:`heterograd.bench`)."""
+"""``heterograd bench``: time the training step next to autograd baselines (see :mod:`heterograd.bench.runner`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def bench(
     memory: Annotated[bool, typer.Option(help="measure peak step memory")] = True,
 ) -> None:
     """Time training steps of hsp/fa/poly against autograd backprop and autograd feedback alignment."""
-    from .bench import IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
+    from .runner import IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
 
     kw: dict = {"device": device, "compile": compile_step, "threads": threads, "memory": memory}
     kw["max_seconds"] = max_seconds

@@ -1,1 +1,0 @@
-"""Benchmarks of heterograd against baselines; run ``python -m benchmarks.run --out DIR``."""

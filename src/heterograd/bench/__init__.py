@@ -1,0 +1,40 @@
+"""Benchmarks, in one place: the training-step runner and its cases, and the evolution back-end benchmark.
+
+* :mod:`heterograd.bench.runner`: ``heterograd bench`` (or ``python -m heterograd.bench``), one training step of
+  heterograd's rules against autograd backprop and autograd feedback alignment, timed side by side;
+* :mod:`heterograd.bench.evolve`: ``python -m heterograd.bench.evolve --out DIR``, a batched population of
+  circuits against a Python loop over circuits;
+* :mod:`heterograd.bench.cli`: the ``bench`` command of the ``heterograd`` app.
+"""
+
+from .runner import (
+    BASELINE,
+    IMPLS,
+    BenchConfig,
+    Case,
+    FALinear,
+    autograd_mlp,
+    make_step,
+    markdown,
+    parse_sizes_arg,
+    peak_step_memory,
+    run_benchmark,
+    targets,
+    write_results,
+)
+
+__all__ = [
+    "BASELINE",
+    "IMPLS",
+    "BenchConfig",
+    "Case",
+    "FALinear",
+    "autograd_mlp",
+    "make_step",
+    "markdown",
+    "parse_sizes_arg",
+    "peak_step_memory",
+    "run_benchmark",
+    "targets",
+    "write_results",
+]

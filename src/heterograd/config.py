@@ -1,0 +1,161 @@
+"""Configuration of a training run: :class:`TrainConfig` and the validation of every field.
+
+Kept apart from the loop (:mod:`heterograd.train`) so that the command line, experiments and
+evolution can build and check a configuration without importing the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .circuits import ACTIVATIONS, FEEDBACK_INITS, TOPOLOGIES, parse_hidden
+from .errors import HeterogradError, unknown_choice
+from .losses import LOSSES
+from .optim import MOTIFS
+from .rules import RULES
+from .runtime import DTYPES, resolve_device
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved resolved as ``config.json``).
+
+    Defaults reproduce ``heterograd train --data digits --rule hsp``.
+    """
+
+    data: str = "digits"
+    rule: str = "hsp"
+    epochs: int = 20
+    seed: int = 0
+    hidden: tuple[int, ...] = (128, 128)
+    activation: str = "tanh"
+    lr: float = 0.05
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    feedback_gain: float = 1.0
+    topology: str = "layered"
+    density: float = 1.0
+    feedback_init: str = "random"
+    loss: str | None = None
+    optimizer: str = "sgd"
+    device: str = "cpu"
+    dtype: str = "float32"
+    log_every: int | None = None
+    probes: bool = True
+    probe_size: int = 512
+    n_train: int | None = None
+    n_test: int | None = None
+    theta_w: list[float] | None = None
+    theta_b: list[float] | None = None
+    divergence_threshold: float = 1e6
+    checkpoint_every: int | None = None
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False
+
+    def validate(self) -> TrainConfig:
+        """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
+        for name in ("rule", "activation", "topology", "feedback_init", "optimizer", "dtype", "device"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise HeterogradError(f"{name} must be a name (str), got {v!r}; e.g. {name}={_EXAMPLES[name]!r}")
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise HeterogradError(f"data must be a dataset name, got {self.data!r}; e.g. data='digits' or 'idx:<dir>'")
+        if self.rule not in RULES:
+            raise unknown_choice("rule", self.rule, RULES)
+        if self.activation not in ACTIVATIONS:
+            raise unknown_choice("activation", self.activation, ACTIVATIONS)
+        if self.topology not in TOPOLOGIES:
+            raise unknown_choice("topology", self.topology, TOPOLOGIES)
+        if self.feedback_init not in FEEDBACK_INITS:
+            raise unknown_choice("feedback init", self.feedback_init, FEEDBACK_INITS)
+        if self.loss is not None and (not isinstance(self.loss, str) or self.loss not in LOSSES):
+            raise unknown_choice("loss", self.loss, LOSSES)
+        if self.optimizer not in MOTIFS:
+            raise unknown_choice("optimizer", self.optimizer, MOTIFS)
+        if self.dtype not in DTYPES:
+            raise unknown_choice("dtype", self.dtype, DTYPES)
+        self.hidden = parse_hidden(self.hidden)
+        for name, lo in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("probe_size", 1)):
+            _check_int(name, getattr(self, name), lo)
+        if self.seed >= 2**63:
+            raise HeterogradError(f"--seed must be < 2**63, got {self.seed}; pass a smaller seed")
+        for name in ("log_every", "n_train", "n_test", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, optional=True)
+        for name in ("lr", "weight_decay", "feedback_gain", "density", "divergence_threshold"):
+            _check_real(name, getattr(self, name))
+        checks: list[tuple[bool, str]] = [
+            (self.lr > 0, f"--lr must be a positive number, got {self.lr}; e.g. --lr 0.05"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}; e.g. --weight-decay 1e-4"),
+            (0 < self.density <= 1, f"--density must be in (0, 1], got {self.density}; e.g. --density 0.2"),
+            (
+                self.divergence_threshold > 0,
+                f"divergence_threshold must be > 0, got {self.divergence_threshold}; e.g. 1e6",
+            ),
+            (isinstance(self.probes, bool), f"probes must be True or False, got {self.probes!r}"),
+            (
+                isinstance(self.optimizer_options, dict) and all(isinstance(k, str) for k in self.optimizer_options),
+                f"optimizer_options must be a dict of name -> value, got {self.optimizer_options!r}",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise HeterogradError(msg)
+        for name in ("theta_w", "theta_b"):
+            theta = getattr(self, name)
+            if theta is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(theta, str) or not isinstance(theta, Sequence):
+                raise HeterogradError(
+                    f"{flag} must be a list of numbers, got {theta!r}; e.g. {flag} 1,0,0,0,0,0,1e-4,0"
+                )
+            try:
+                vals = [float(v) for v in theta]
+            except (TypeError, ValueError):
+                raise HeterogradError(
+                    f"{flag} must be a list of numbers, got {theta!r}; e.g. {flag} 1,0,0,0,0,0,1e-4,0"
+                ) from None
+            if not all(math.isfinite(v) for v in vals):
+                raise HeterogradError(f"{flag} must hold finite numbers, got {theta!r}")
+            setattr(self, name, vals)
+        self.device = resolve_device(self.device)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+_EXAMPLES = {
+    "rule": "hsp",
+    "activation": "tanh",
+    "topology": "layered",
+    "feedback_init": "random",
+    "optimizer": "sgd",
+    "dtype": "float32",
+    "device": "cpu",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_int(name: str, value: Any, lo: int, optional: bool = False) -> None:
+    """``value`` must be an int (not bool) ``>= lo``; the error names the flag and an example."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < lo:
+        unset = " or leave it unset" if optional else ""
+        raise HeterogradError(f"{_flag(name)} must be an integer >= {lo}, got {value!r}; pass e.g. {max(lo, 1)}{unset}")
+
+
+def _check_real(name: str, value: Any) -> None:
+    """``value`` must be a finite real number (not bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise HeterogradError(f"{_flag(name)} must be a finite number, got {value!r}; pass e.g. {_flag(name)} 0.05")
