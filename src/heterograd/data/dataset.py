@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -20,12 +21,18 @@ class Dataset:
 
     Attributes:
         name: the name the dataset was loaded under (e.g. ``"digits"``).
-        x_train: inputs, shape ``(N_train, D)``, floating point (float32 from the loaders).
+        x_train: inputs, floating point (float32 from the loaders): shape ``(N_train, D)`` (flat layout,
+            the default and what the ``Circuit`` engine takes) or ``(N_train, C, H, W)`` (image layout, for
+            convolutional models; only with ``image_shape`` equal to ``(C, H, W)``).
         y_train: class labels, shape ``(N_train,)`` int64 in ``[0, n_classes)``, for classification;
             targets, shape ``(N_train, K)`` floating point, for regression.
-        x_test: inputs, shape ``(N_test, D)``.
+        x_test: inputs, shape ``(N_test, D)`` or ``(N_test, C, H, W)``, in the same layout as ``x_train``.
         y_test: labels ``(N_test,)`` or targets ``(N_test, K)``, like ``y_train``.
         n_classes: number of classes, or ``None`` for regression.
+        image_shape: ``(C, H, W)`` when every input is an image (channels first), else ``None``. In the flat
+            layout a row holds the image's ``C*H*W`` values in channel-major, row-major order, so
+            ``x.reshape(N, C, H, W)`` recovers the images; :meth:`images` and :meth:`flat` switch layouts
+            without copying.
 
     The shapes and dtypes are checked on construction. Instances compare by identity (tensors have no
     single truth value), and ``repr`` shows shapes rather than data.
@@ -37,8 +44,10 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int | None
+    image_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
+        self._check_image_shape()
         for split in ("train", "test"):
             x: torch.Tensor = getattr(self, f"x_{split}")
             y: torch.Tensor = getattr(self, f"y_{split}")
@@ -47,9 +56,13 @@ class Dataset:
                     f"dataset {self.name!r}: x_{split} and y_{split} must be torch tensors; "
                     "convert them with torch.as_tensor"
                 )
-            if x.ndim != 2 or not x.is_floating_point():
+            image_layout = self.image_shape is not None and tuple(x.shape[1:]) == self.image_shape
+            if (x.ndim != 2 and not image_layout) or not x.is_floating_point():
+                layouts = (
+                    "(N, D)" if self.image_shape is None else f"(N, D) or (N, {', '.join(map(str, self.image_shape))})"
+                )
                 raise HeterogradError(
-                    f"dataset {self.name!r}: x_{split} must be a 2-D floating-point tensor (N, D), got "
+                    f"dataset {self.name!r}: x_{split} must be a floating-point tensor {layouts}, got "
                     f"shape {tuple(x.shape)} dtype {x.dtype}; flatten the inputs and cast them to float32"
                 )
             if y.shape[:1] != x.shape[:1]:
@@ -65,15 +78,36 @@ class Dataset:
                     f"dataset {self.name!r}: {what} holds NaN or infinite values in {int(bad.sum())} rows (first: row "
                     f"{int(bad.nonzero()[0, 0])}); drop or impute those examples before training"
                 )
-        if self.x_train.shape[1] != self.x_test.shape[1]:
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise HeterogradError(
-                f"dataset {self.name!r}: x_train has {self.x_train.shape[1]} features but x_test has "
-                f"{self.x_test.shape[1]}; use the same feature layout for both splits"
+                f"dataset {self.name!r}: x_train has examples of shape {tuple(self.x_train.shape[1:])} but x_test "
+                f"has {tuple(self.x_test.shape[1:])}; use the same feature layout for both splits"
             )
         if self.n_classes is None:
             self._check_regression_targets()
         else:
             self._check_class_labels()
+
+    def _check_image_shape(self) -> None:
+        shape = self.image_shape
+        if shape is None:
+            return
+        if (
+            not isinstance(shape, tuple)
+            or len(shape) != 3
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape)
+        ):
+            raise HeterogradError(
+                f"dataset {self.name!r}: image_shape must be a tuple of three positive ints (C, H, W), got "
+                f"{shape!r}; pass e.g. (1, 28, 28) or None"
+            )
+        for split in ("train", "test"):
+            x = getattr(self, f"x_{split}")
+            if isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] != math.prod(shape):
+                raise HeterogradError(
+                    f"dataset {self.name!r}: x_{split} has {x.shape[1]} features but image_shape {shape} holds "
+                    f"{math.prod(shape)} values; pass the image_shape the rows were flattened from"
+                )
 
     def _check_regression_targets(self) -> None:
         for split, y in (("train", self.y_train), ("test", self.y_test)):
@@ -109,8 +143,41 @@ class Dataset:
 
     @property
     def input_dim(self) -> int:
-        """Number of input features ``D``."""
-        return int(self.x_train.shape[1])
+        """Number of input values ``D`` per example (``C*H*W`` for images, in either layout)."""
+        return math.prod(self.x_train.shape[1:])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input as stored: ``(D,)`` in the flat layout, ``(C, H, W)`` in the image layout."""
+        return tuple(int(n) for n in self.x_train.shape[1:])
+
+    def images(self) -> Dataset:
+        """The same data with inputs shaped ``(N, C, H, W)``, for convolutional models (a view, no copy).
+
+        Raises:
+            HeterogradError: the dataset has no ``image_shape`` (its inputs are not images).
+        """
+        if self.image_shape is None:
+            raise HeterogradError(
+                f"dataset {self.name!r} holds feature vectors, not images (no image_shape); use an image dataset "
+                "(fashion-mnist, idx:<dir>, cifar10:<dir>, cifar100:<dir>) or a model that takes flat inputs"
+            )
+        n_tr, n_te = self.x_train.shape[0], self.x_test.shape[0]
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.reshape(n_tr, *self.image_shape),
+            x_test=self.x_test.reshape(n_te, *self.image_shape),
+        )
+
+    def flat(self) -> Dataset:
+        """The same data with inputs shaped ``(N, D)`` (a view when the inputs are contiguous)."""
+        if self.x_train.ndim == 2:
+            return self
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.reshape(self.x_train.shape[0], -1),
+            x_test=self.x_test.reshape(self.x_test.shape[0], -1),
+        )
 
     @property
     def output_dim(self) -> int:
@@ -156,7 +223,9 @@ class Dataset:
             f"Dataset(name={self.name!r}, task={self.task!r}, x_train={tuple(self.x_train.shape)}, "
             f"y_train={tuple(self.y_train.shape)}, x_test={tuple(self.x_test.shape)}, "
             f"y_test={tuple(self.y_test.shape)}, n_classes={self.n_classes}, dtype={self.x_train.dtype}, "
-            f"device={self.x_train.device})"
+            f"device={self.x_train.device}"
+            + ("" if self.image_shape is None else f", image_shape={self.image_shape}")
+            + ")"
         )
 
 

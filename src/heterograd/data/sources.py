@@ -1,4 +1,4 @@
-"""Dataset loaders: ``digits``, ``mnist1d``, ``teacher``, ``fashion-mnist`` and ``idx:<dir>``.
+"""Dataset loaders: ``digits``, ``mnist1d``, ``teacher``, ``fashion-mnist``, ``idx:<dir>`` and ``cifar10/100:<dir>``.
 
 Everything here works offline. Heavy imports (scikit-learn, mnist1d) happen on first use.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heterograd.data.cifar import CIFAR_PREFIXES, load_cifar
 from heterograd.data.dataset import Dataset
 from heterograd.data.idx import find_idx_files, read_idx
 from heterograd.errors import HeterogradError, unknown_choice
@@ -52,11 +53,14 @@ _MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
 # Public entry point
 
 
-def load_dataset(name: str, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+def load_dataset(
+    name: str, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None, image: bool = False
+) -> Dataset:
     """Load a dataset by name.
 
     Args:
-        name: one of :data:`DATASETS` (case-insensitive, ``_`` accepted for ``-``) or ``idx:<dir>``.
+        name: one of :data:`DATASETS` (case-insensitive, ``_`` accepted for ``-``), ``idx:<dir>``,
+            ``cifar10:<dir>`` or ``cifar100:<dir>``.
 
             - ``digits``: scikit-learn's 8x8 digits, 1797 images -> 1437 train / 360 test, D=64,
               10 classes. Pixels are divided by 16, split 80/20 stratified with the fixed seed
@@ -77,19 +81,35 @@ def load_dataset(name: str, *, seed: int = 0, n_train: int | None = None, n_test
               gzipped. Images are flattened to ``rows*cols`` features, scaled by 1/255, then
               standardised with a single mean and std over all training pixels (the usual MNIST
               normalisation; per-pixel statistics would blow up pixels that are almost always blank).
-              ``n_classes`` is the largest training label plus one.
+              ``n_classes`` is the largest training label plus one. ``image_shape`` is ``(1, rows, cols)``.
+            - ``cifar10:<dir>`` / ``cifar100:<dir>``: CIFAR from the files a user has on disk (binary or
+              Python version), 50000 train / 10000 test, D=3072, ``image_shape`` ``(3, 32, 32)``,
+              normalised per channel with the training mean/std; CIFAR-100 uses the 100 fine labels.
+              See :func:`heterograd.data.cifar.load_cifar`.
         seed: random seed; only ``teacher`` is random, the other datasets are fixed.
         n_train: keep only the first ``n_train`` training examples (``teacher``: generate that many).
         n_test: keep only the first ``n_test`` test examples (``teacher``: generate that many).
+        image: return the inputs in the image layout ``(N, C, H, W)`` for convolutional models (see
+            :meth:`Dataset.images`); the default is the flat layout ``(N, D)``. Image datasets carry their
+            ``image_shape`` in both layouts (``digits``: ``(1, 8, 8)``).
 
     Returns:
-        A :class:`Dataset` with float32 inputs ``(N, D)`` and int64 labels ``(N,)`` (classification) or
-        float32 targets ``(N, 5)`` (``teacher``). Feature statistics are computed on the training
-        examples actually returned.
+        A :class:`Dataset` with float32 inputs ``(N, D)`` (``(N, C, H, W)`` with ``image=True``) and int64
+        labels ``(N,)`` (classification) or float32 targets ``(N, 5)`` (``teacher``). Feature statistics
+        are computed on the training examples actually returned.
 
     Raises:
-        HeterogradError: unknown name, bad ``seed``/``n_train``/``n_test``, missing or corrupt files.
+        HeterogradError: unknown name, bad ``seed``/``n_train``/``n_test``, missing or corrupt files,
+            ``image=True`` for a dataset that holds no images.
     """
+    if not isinstance(image, bool):
+        raise HeterogradError(f"image must be True or False, got {image!r}")
+    ds = _load(name, seed, n_train, n_test)
+    return ds.images() if image else ds
+
+
+def _load(name: str, seed: object, n_train: object, n_test: object) -> Dataset:
+    """:func:`load_dataset` without the layout choice: inputs ``(N, D)``."""
     if not isinstance(name, str) or not name.strip():
         raise HeterogradError(f"dataset name must be a non-empty string, got {name!r}; pass e.g. 'digits'")
     seed = _check_seed(seed)
@@ -102,6 +122,8 @@ def load_dataset(name: str, *, seed: int = 0, n_train: int | None = None, n_test
         if not directory:
             raise HeterogradError("dataset 'idx:' names no folder; pass idx:<dir>, e.g. idx:~/data/mnist")
         return _load_idx(stripped, Path(directory).expanduser(), n_train, n_test)
+    if stripped.lower().startswith(CIFAR_PREFIXES):
+        return load_cifar(stripped, n_train=n_train, n_test=n_test)
 
     key = stripped.lower().replace("_", "-")
     if key == "fashion-mnist":
@@ -118,7 +140,16 @@ def load_dataset(name: str, *, seed: int = 0, n_train: int | None = None, n_test
         )
     loader = _LOADERS.get(key)
     if loader is None:
-        raise unknown_choice("dataset", name, [*DATASETS, f"{IDX_PREFIX}<dir>"])
+        error = unknown_choice(
+            "dataset", name, [*DATASETS, f"{IDX_PREFIX}<dir>", *(f"{p}<dir>" for p in CIFAR_PREFIXES)]
+        )
+        if key in ("cifar10", "cifar-10", "cifar100", "cifar-100"):
+            digits = "100" if "100" in key else "10"
+            raise HeterogradError(
+                f"{error} (CIFAR-{digits} has no default location: pass cifar{digits}:<dir> naming the folder with "
+                "its binary or Python files, e.g. cifar10:~/data/cifar-10-batches-bin)"
+            )
+        raise error
     return loader(seed, n_train, n_test)
 
 
@@ -190,6 +221,7 @@ def _load_digits(seed: int, n_train: int | None, n_test: int | None) -> Dataset:
         x_test=torch.tensor(x_te, dtype=torch.float32),
         y_test=torch.tensor(y_te, dtype=torch.int64),
         n_classes=10,
+        image_shape=(1, 8, 8),
     )
 
 
@@ -434,6 +466,7 @@ def _load_idx(name: str, directory: Path, n_train: int | None, n_test: int | Non
         x_test=x_test,
         y_test=torch.from_numpy(y_te.astype(np.int64)),
         n_classes=n_classes,
+        image_shape=(1, int(x_tr.shape[1]), int(x_tr.shape[2])) if x_tr.ndim == 3 else None,
     )
 
 
