@@ -191,7 +191,7 @@ def test_lenet5_learns_a_tiny_batch_with_autograd():
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -207,7 +207,7 @@ def test_resnet20_learns_a_tiny_batch_with_autograd():
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
 
 
