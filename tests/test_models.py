@@ -9,6 +9,7 @@ from torch import nn
 from heterograd.errors import HeterogradError
 from heterograd.models import (
     MODELS,
+    BasicBlock,
     ResNet,
     ZeroPadShortcut,
     count_parameters,
@@ -245,6 +246,7 @@ def test_float64_and_float32_agree():
         (lambda: make_model("mlp", (40,), 10, seed=1, generator=torch.Generator()), "not both"),
         (lambda: make_model("mlp", (40,), 10, seed=-1), "seed must be an integer"),
         (lambda: resnet(21), "depth 6n + 2"),
+        (lambda: BasicBlock(16, 32, 2, "a"), "unknown shortcut option 'a'"),
         (lambda: mlp([10]), "at least an input and an output"),
     ],
 )

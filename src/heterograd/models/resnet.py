@@ -46,6 +46,8 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str) -> None:
         super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise unknown_choice("shortcut option", shortcut, SHORTCUTS)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu1 = nn.ReLU()
@@ -80,7 +82,9 @@ class ResNet(nn.Module):
         pool: global average (AdaptiveAvgPool2d(1)), flatten           -> (B, 64)
         fc: Linear(64, num_classes)                                    -> (B, num_classes)
 
-    Any image size works (28x28 gives 28 -> 14 -> 7 before pooling).
+    Any image size works (28x28 gives 28 -> 14 -> 7 before pooling). Build it with :func:`resnet`,
+    :func:`resnet20` or :func:`resnet56` for the seeded Kaiming initialisation; the bare constructor keeps
+    PyTorch's default initialisation.
     """
 
     def __init__(self, in_channels: int, num_classes: int, n: int, shortcut: str) -> None:
