@@ -239,6 +239,10 @@ def _spread(shape: torch.Size, d2d: float, gen: torch.Generator, like: Tensor, f
     return (1.0 + d2d * xi).clamp_min(floor).to(like.dtype)
 
 
+def _nonneg(x: Tensor | float) -> Tensor | float:
+    return x.clamp_min(0.0) if isinstance(x, Tensor) else max(x, 0.0)
+
+
 class DeviceArray:
     """One physical array of devices holding one weight tensor.
 
@@ -314,8 +318,8 @@ class DeviceArray:
                 n = x.round()
             a_p, a_m = dw * self.alpha_plus, dw * self.alpha_minus
             if math.isfinite(m.w_range):
-                up = w_max - (w_max - W) * (1 - a_p / w_max).clamp_min(0.0) ** n
-                down = w_min + (W - w_min) * (1 - a_m / (-w_min)).clamp_min(0.0) ** n
+                up = w_max - (w_max - W) * _nonneg(1 - a_p / w_max) ** n
+                down = w_min + (W - w_min) * _nonneg(1 - a_m / (-w_min)) ** n
             else:
                 up, down = W + n * a_p, W - n * a_m
             new = torch.where(pos, up, down)
