@@ -115,12 +115,19 @@ def train(
     distributed: Annotated[
         bool, typer.Option("--distributed", help="data-parallel rank under torchrun (gloo on CPU, nccl on GPU)")
     ] = False,
+    device_model: Annotated[
+        str, typer.Option(help="synapses on imperfect devices: ideal | moderate | harsh (see heterograd.hardware)")
+    ] = "ideal",
+    device_model_options: Annotated[
+        str | None, typer.Option(help="device preset overrides, e.g. read_noise=0.1,levels=16,stuck_fraction=0.01")
+    ] = None,
 ) -> None:
     """Train one circuit with a local rule; write config.json, metrics.csv, summary.json and figures.
 
     Ctrl-C or SIGTERM stops at the next step, writes checkpoint.pt and exits 130 / 143;
     `heterograd train --resume DIR` then finishes the run exactly as if never interrupted.
     """
+    from .hardware import parse_device_options
     from .optim import cli_options
     from .train import TrainConfig, Trainer, TrainingInterrupted
 
@@ -158,6 +165,8 @@ def train(
         theta_w=_floats(theta_w, "--theta-w"),
         theta_b=_floats(theta_b, "--theta-b"),
         compile=compile_step,
+        device_model=device_model,
+        device_model_options=parse_device_options(device_model_options),
     )
     if distributed and resume is not None:
         raise HeterogradError("--distributed cannot --resume yet; start a fresh run or resume without --distributed")

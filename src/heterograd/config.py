@@ -15,6 +15,7 @@ from typing import Any
 
 from .circuits import ACTIVATIONS, FEEDBACK_INITS, TOPOLOGIES, parse_hidden
 from .errors import HeterogradError, unknown_choice
+from .hardware import make_device_model
 from .losses import LOSSES
 from .optim import MOTIFS
 from .rules import RULES
@@ -56,6 +57,8 @@ class TrainConfig:
     checkpoint_every: int | None = None
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     compile: bool = False
+    device_model: str = "ideal"
+    device_model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
@@ -124,6 +127,14 @@ class TrainConfig:
             if not all(math.isfinite(v) for v in vals):
                 raise HeterogradError(f"{flag} must hold finite numbers, got {theta!r}")
             setattr(self, name, vals)
+        if not isinstance(self.device_model_options, dict):
+            raise HeterogradError(
+                f"device_model_options must be a dict of name -> value, got {self.device_model_options!r}; "
+                "e.g. {'read_noise': 0.1}"
+            )
+        model = make_device_model(self.device_model, self.device_model_options)  # clear error on a bad name/key
+        if self.compile and not model.is_ideal:
+            raise HeterogradError("--compile does not support a device model yet; drop --compile or --device-model")
         self.device = resolve_device(self.device)
         return self
 

@@ -44,6 +44,7 @@ from .circuits import Circuit, Trace
 from .config import TrainConfig
 from .data import Dataset, iterate_minibatches, load_dataset
 from .errors import HeterogradError
+from .hardware import HardwareCircuit, attach_hardware
 from .losses import Loss, get_loss
 from .optim import Motif, make_motif
 from .probes import measure
@@ -126,11 +127,15 @@ def compile_local_step() -> Callable[[Circuit, Rule, Any, Loss, Tensor, Tensor],
 
 
 @torch.no_grad()
-def apply_steps(circuit: Circuit, steps: Sequence[Tensor | None]) -> None:
+def apply_steps(circuit: Circuit, steps: Sequence[Tensor | None], hardware: HardwareCircuit | None = None) -> None:
     """Add each step to its plastic tensor (canonical order). The only weight mutation in heterograd.
 
-    ``steps`` may be an :class:`heterograd.optim.ScaledSteps` (``t += alpha * s``, fused).
+    ``steps`` may be an :class:`heterograd.optim.ScaledSteps` (``t += alpha * s``, fused). With
+    ``hardware`` the steps are requests written through its device arrays (:mod:`heterograd.hardware`).
     """
+    if hardware is not None:
+        hardware.apply(circuit.plastic_tensors(), steps)
+        return
     pairs = [(t, s) for t, s in zip(circuit.plastic_tensors(), steps, strict=True) if s is not None]
     if pairs:  # one fused call (as torch.optim's foreach path) instead of a Python loop of add_
         alpha = getattr(steps, "alpha", 1.0)  # optim.ScaledSteps: t += alpha * s in the same pass
@@ -245,6 +250,9 @@ class Trainer:
         self.rule = make_rule(
             c.rule, weight_decay=c.weight_decay, feedback_gain=c.feedback_gain, theta_w=c.theta_w, theta_b=c.theta_b
         )
+        self.hardware, self.rule = attach_hardware(
+            self.circuit, self.rule, c.device_model, c.device_model_options, c.seed
+        )  # (None, rule) for the ideal device model
         self.motif: Motif = make_motif(c.optimizer, lr=c.lr, **c.optimizer_options)
         self.rule_state = self.rule.init(self.circuit)
         self.local_step = compile_local_step() if c.compile else local_step
@@ -273,10 +281,14 @@ class Trainer:
     # ..................................................................... steps
     def train_step(self, x: Tensor, y: Tensor) -> Tensor:
         """One local learning step on a batch; returns the batch loss before the update (0-d)."""
-        out = self.local_step(self.circuit, self.rule, self.rule_state, self.loss, x, y)
+        if self.hardware is None:
+            out = self.local_step(self.circuit, self.rule, self.rule_state, self.loss, x, y)
+        else:
+            with self.hardware.noisy_reads():
+                out = self.local_step(self.circuit, self.rule, self.rule_state, self.loss, x, y)
         self.rule_state = out.rule_state
         steps, self.motif_state = self.motif.update(out.deltas.flat(), self.motif_state, self.circuit.plastic_tensors())
-        apply_steps(self.circuit, steps)
+        apply_steps(self.circuit, steps, self.hardware)
         self.step_count += 1
         return out.loss
 
@@ -326,6 +338,7 @@ class Trainer:
             "data_fingerprint": data_fingerprint(self.data.x_train, self.data.y_train),
             "wall_seconds": float(self.elapsed),
             "versions": environment(),
+            **({} if self.hardware is None else {"hardware": self.hardware.state_dict()}),
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
@@ -358,6 +371,8 @@ class Trainer:
         self.rows = [dict(r) for r in ck["rows"]]
         self.loss_sum, self.loss_count = float(ck["loss_sum"]), ck["loss_count"]
         self.last_train_loss = float(ck["last_train_loss"])
+        if self.hardware is not None and "hardware" in ck:
+            self.hardware.load_state_dict(ck["hardware"])
         self.elapsed = float(ck.get("wall_seconds", 0.0))
 
     def save_checkpoint(self, out_dir: str | Path) -> Path:

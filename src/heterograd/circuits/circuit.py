@@ -16,6 +16,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -166,6 +167,8 @@ class Circuit(nn.Module):
         self._by_dst: dict[int, list[int]] = {}
         for k, e in enumerate(self.edges):
             self._by_dst.setdefault(e.dst, []).append(k)
+        # device arrays the weights are read through (heterograd.hardware.HardwareCircuit); None: read as stored
+        self.reader: Any = None
 
     # ------------------------------------------------------------------ structure
     @property
@@ -211,6 +214,8 @@ class Circuit(nn.Module):
             )
         Ws = list(self.W._parameters.values())
         bs = list(self.b._parameters.values())
+        if self.reader is not None:
+            Ws, bs = self.reader.read_forward(Ws, bs)
         if x.dtype != Ws[0].dtype:
             raise HeterogradError(
                 f"input dtype {x.dtype} differs from the circuit's {Ws[0].dtype}; "
@@ -249,6 +254,8 @@ class Circuit(nn.Module):
         """
         L = self.depth
         Bs = list(self.B._parameters.values())
+        if self.reader is not None:
+            Bs = self.reader.read_feedback(self, Bs)
         u: list[Tensor] = [e.new_empty(0)] * (L + 1)
         u[L] = e
         for l in range(L - 1, 0, -1):

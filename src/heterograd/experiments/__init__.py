@@ -20,6 +20,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "optimizers",
     "meta",
     "evolution",
+    "hardware",
 )
 """Modules (relative to this package) that register experiments, in report order."""
 

@@ -1,0 +1,34 @@
+"""Physically learnable hardware: circuits whose synapses are imperfect devices.
+
+* :mod:`.devices`: :class:`DeviceModel` (one device technology: read noise, bounds, finite states,
+  asymmetric soft-bounded pulses, cycle-to-cycle and device-to-device variation, stuck devices),
+  :class:`DeviceArray` (one physical array; ``read`` / ``apply_update`` / ``program`` on tensors) and the
+  named :data:`PRESETS` ``ideal``, ``moderate``, ``harsh``.
+* :mod:`.session`: :class:`HardwareCircuit` puts a whole circuit on devices (the circuit reads through
+  it, :func:`heterograd.train.apply_steps` writes through it); ``bp`` on a device uses transposed
+  reads of ``W`` as its feedback (:class:`TransposedReadBP`).
+
+``heterograd train --device-model harsh --device-model-options read_noise=0.1`` uses them.
+"""
+
+from .devices import (
+    OPTION_KEYS,
+    PRESETS,
+    DeviceArray,
+    DeviceModel,
+    make_device_model,
+    parse_device_options,
+)
+from .session import HardwareCircuit, TransposedReadBP, attach_hardware
+
+__all__ = [
+    "OPTION_KEYS",
+    "PRESETS",
+    "DeviceArray",
+    "DeviceModel",
+    "HardwareCircuit",
+    "TransposedReadBP",
+    "attach_hardware",
+    "make_device_model",
+    "parse_device_options",
+]
