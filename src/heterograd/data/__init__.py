@@ -10,6 +10,7 @@ folder with the four MNIST-style IDX files). See :func:`load_dataset` for what e
 
 from heterograd.data.dataset import Dataset, iterate_minibatches
 from heterograd.data.idx import read_idx
+from heterograd.data.sequences import sorting_task
 from heterograd.data.sources import DATASETS, load_dataset
 
-__all__ = ["DATASETS", "Dataset", "iterate_minibatches", "load_dataset", "read_idx"]
+__all__ = ["DATASETS", "Dataset", "iterate_minibatches", "load_dataset", "read_idx", "sorting_task"]

@@ -1,0 +1,307 @@
+"""Plastic layers of converted models and the custom autograd functions that run their t' sweep.
+
+Autograd is only the scheduler here: it orders the feedback sweep through the parameter-free operations
+(nonlinearities, pooling, residual sums, reshapes, softmax carry the feedback by their local derivative)
+and, at every plastic connection, calls :class:`PlasticFunction.backward`, which
+
+* sends the feedback to the presynaptic side by transport with the layer's ``B`` (or what the rule says:
+  ``W`` for ``bp``, ``sign(W)``-built matrices for sign symmetry, ``D e`` for direct feedback), and only
+  when the input needs feedback at all (never into the model's input);
+* hands the local signals ``(u, h)`` to the rule and returns ``-Δ/η`` as the "gradient" of ``W``, ``b``
+  and (when plastic) ``B``; autograd accumulates it into ``.grad`` so that ``torch.optim``, schedulers,
+  clipping and data-parallel hooks work unchanged. Autograd never computes ``∇W`` of a plastic layer.
+
+Signals of a converted layer: ``u`` is the loss gradient arriving at the layer's output (it carries the
+loss's ``1/n``), so the correlation has ``scale = 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import HeterogradError
+from ..rules import FeedbackSignals, ForwardSignals, Params, Rule, Signals
+from ..synapses import Synapse
+
+
+@dataclass
+class DirectContext:
+    """The output error ``e`` ``(n, ...)`` captured at the model output, shared by a model's dfa layers."""
+
+    e: Tensor | None = None
+
+
+@dataclass(eq=False)
+class Plasticity:
+    """What a plastic layer needs at t': its rule, synapse type and per-layer state (never in ``state_dict``).
+
+    Attributes:
+        rule: the learning rule; synapse: the connection type (``None`` for normalisation layers).
+        name: the module path in the converted model.
+        generator: the layer's own seeded generator (batchwise-random feedback), or ``None``.
+        direct: the shared output-error holder of direct feedback alignment, or ``None``.
+        exact: probes only: transport with ``W`` and return the true gradient (a bp pass).
+        record: probes only: when a dict, the backward stores ``u``, ``h``, ``p`` and the returned ``W`` grad.
+    """
+
+    rule: Rule
+    synapse: Synapse | None
+    name: str
+    generator: torch.Generator | None = None
+    direct: DirectContext | None = None
+    exact: bool = False
+    record: dict[str, Tensor] | None = field(default=None, repr=False)
+
+
+def _weight_decay(rule: Rule) -> float:
+    return float(getattr(rule, "weight_decay", 0.0) or 0.0)
+
+
+def _direct_transport(pl: Plasticity, D: Tensor, x: Tensor) -> Tensor:
+    """``D e`` shaped like ``x`` ``(n, ...)`` from the captured output error ``e`` ``(n, K...)``; ``D`` ``(K, ...)``."""
+    assert pl.direct is not None
+    e = pl.direct.e
+    if e is None:
+        raise HeterogradError(
+            f"dfa layer {pl.name!r}: no output error was captured; the loss must be computed from the converted "
+            "model's output tensor"
+        )
+    n = x.shape[0]
+    return (e.reshape(n, -1) @ D.reshape(D.shape[0], -1)).reshape(x.shape)
+
+
+class PlasticFunction(torch.autograd.Function):
+    """``p = W ⋆ x + b`` at t; at t' transport and the rule's update (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
+        assert pl.synapse is not None
+        p = pl.synapse.forward(x, W, b)
+        ctx.pl = pl
+        keep_p = pl.rule.needs_potential() or pl.record is not None
+        ctx.save_for_backward(x, W, b, B, p if keep_p else None)
+        return p
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, W, b, B, p = ctx.saved_tensors
+        pl: Plasticity = ctx.pl
+        rule, syn = pl.rule, pl.synapse
+        assert syn is not None
+        need_x, need_W, need_b, need_B = ctx.needs_input_grad[:4]
+        need_x = need_x and syn.has_transport
+        g = g.contiguous()
+        C: Tensor | None = None
+        v: Tensor | None = None
+        if pl.exact:  # probes: the true gradient (transport with W, update C(u, h))
+            M = syn.as_feedback(W) if need_x else None
+            v, C = syn.transport_and_correlation(g, M, x, 1.0, need_x)
+            gW = C if need_W else None
+            gb = syn.bias_correlation(g, 1.0) if (need_b and b is not None) else None
+            if pl.record is not None:
+                pl.record.update(u=g, h=x, p=p, dW=-C)
+            return v, gW, gb, None, None
+        direct = pl.direct is not None
+        M = None
+        if need_x and not direct:
+            M = rule.transport_weights(W, B, syn, pl.generator)
+        if need_x and direct:
+            v = _direct_transport(pl, B, x)
+        if rule.uses_correlation and need_W and syn.kind == "conv":  # transport and C(u, h) in one native call
+            v2, C = syn.transport_and_correlation(g, M, x, 1.0, need_x and not direct)
+            v = v if direct else v2
+        elif need_x and not direct:
+            v = syn.transport(g, M, x)
+        if not (need_W or need_b or need_B):
+            return v, None, None, None, None
+        fsig = ForwardSignals(x, p, p, g, synapse=syn, scale=1.0, C=C)
+        plastic_B = rule.feedback == "plastic" and B is not None
+        fb = (FeedbackSignals(x, None, g, True, 1, 0, synapse=syn, scale=1.0),) if plastic_B else ()
+        params = Params((W,), (b,), (B,) if plastic_B else ())
+        d, _ = rule.deltas(Signals((fsig,), fb), params, None)
+        gW = d.W[0].neg_() if (need_W and d.W[0] is not None) else None
+        gb = d.b[0].neg_() if (need_b and d.b[0] is not None) else None
+        gB = d.B[0].neg_() if (plastic_B and need_B and d.B[0] is not None) else None
+        if pl.record is not None:
+            pl.record.update(u=g, h=x, p=p, dW=d.W[0].neg() if gW is None else -gW)
+        return v, gW, gb, gB, None
+
+
+def plastic_forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
+    """Run a plastic connection: through :class:`PlasticFunction` when anything needs feedback, else plainly."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, W, b, B)):
+        return PlasticFunction.apply(x, W, b, B, pl)
+    assert pl.synapse is not None
+    return pl.synapse.forward(x, W, b)
+
+
+class AffineFunction(torch.autograd.Function):
+    """``y = γ ⊙ x̂ + β`` of a normalisation layer, with the local rule ``Δγ = -(Σ u ⊙ x̂ + λγ)``, ``Δβ = -(Σ u + λβ)``.
+
+    ``x̂`` ``(n, ...)``; ``γ``, ``β`` broadcast to it through ``view`` (e.g. ``(1, C, 1, 1)``). The feedback to
+    ``x̂`` is ``γ ⊙ u`` (the per-neuron gain, a local derivative). ``λ`` is the rule's weight decay.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, xhat: Tensor, gamma: Tensor, beta: Tensor | None, view: tuple[int, ...], pl: Plasticity
+    ) -> Tensor:
+        y = xhat * gamma.view(view)
+        if beta is not None:
+            y = y + beta.view(view)
+        ctx.view, ctx.pl = view, pl
+        ctx.save_for_backward(xhat, gamma, beta)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        xhat, gamma, beta = ctx.saved_tensors
+        view = ctx.view
+        if len(view) == g.dim() and view[0] == 1:  # channel view (1, C, 1, ...)
+            dims = [i for i, s in enumerate(view) if s == 1]
+        else:  # trailing view (LayerNorm's normalized_shape)
+            dims = list(range(g.dim() - len(view)))
+        lam = 0.0 if ctx.pl.exact else _weight_decay(ctx.pl.rule)
+        v = g * gamma.view(view) if ctx.needs_input_grad[0] else None
+        gg = gb = None
+        if ctx.needs_input_grad[1]:
+            gg = (g * xhat).sum(dims).reshape(gamma.shape)
+            if lam:
+                gg.add_(gamma, alpha=lam)
+        if beta is not None and ctx.needs_input_grad[2]:
+            gb = g.sum(dims).reshape(beta.shape)
+            if lam:
+                gb.add_(beta, alpha=lam)
+        return v, gg, gb, None, None
+
+
+def _affine(xhat: Tensor, gamma: Tensor | None, beta: Tensor | None, view: tuple[int, ...], pl: Plasticity) -> Tensor:
+    if gamma is None:
+        return xhat if beta is None else xhat + beta.view(view)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xhat, gamma, beta)):
+        return AffineFunction.apply(xhat, gamma, beta, view, pl)
+    y = xhat * gamma.view(view)
+    return y if beta is None else y + beta.view(view)
+
+
+# --------------------------------------------------------------------------- plastic modules
+class PlasticModule:
+    """Marker mixin of converted modules; ``plasticity`` holds the rule and synapse type."""
+
+    plasticity: Plasticity
+
+
+class PlasticLinear(nn.Linear, PlasticModule):
+    """``nn.Linear`` learning by a local rule: ``weight`` ``(out, in)``, ``feedback`` ``(in, out)`` like ``Wᵀ``."""
+
+    feedback: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return plastic_forward(x, self.weight, self.bias, self.feedback, self.plasticity)
+
+
+class PlasticConv1d(nn.Conv1d, PlasticModule):
+    """``nn.Conv1d`` learning by a local rule. ``feedback`` ``B`` shaped like ``weight``."""
+
+    feedback: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return plastic_forward(x, self.weight, self.bias, self.feedback, self.plasticity)
+
+
+class PlasticConv2d(nn.Conv2d, PlasticModule):
+    """``nn.Conv2d`` learning by a local rule. ``feedback`` ``B`` shaped like ``weight``."""
+
+    feedback: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return plastic_forward(x, self.weight, self.bias, self.feedback, self.plasticity)
+
+
+class PlasticEmbedding(nn.Embedding, PlasticModule):
+    """``nn.Embedding`` learning by a local rule (lookup synapse; no feedback to send: its input is an index)."""
+
+    feedback: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return plastic_forward(x, self.weight, None, None, self.plasticity)
+
+
+class _PlasticBatchNorm(PlasticModule):
+    """BatchNorm: parameter-free normalisation (autograd's local derivative) then the plastic affine map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn: Any = self
+        bn._check_input_dim(x)
+        eaf = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            eaf = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        training = bn.training or (bn.running_mean is None and bn.running_var is None)
+        use_stats = not bn.training or bn.track_running_stats
+        xhat = F.batch_norm(
+            x,
+            bn.running_mean if use_stats else None,
+            bn.running_var if use_stats else None,
+            None,
+            None,
+            training,
+            eaf,
+            bn.eps,
+        )
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return _affine(xhat, bn.weight, bn.bias, view, self.plasticity)
+
+
+class PlasticBatchNorm1d(_PlasticBatchNorm, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` whose affine ``γ``, ``β`` ``(C,)`` learn by the local rule."""
+
+
+class PlasticBatchNorm2d(_PlasticBatchNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose affine ``γ``, ``β`` ``(C,)`` learn by the local rule."""
+
+
+class PlasticBatchNorm3d(_PlasticBatchNorm, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` whose affine ``γ``, ``β`` ``(C,)`` learn by the local rule."""
+
+
+class PlasticLayerNorm(nn.LayerNorm, PlasticModule):
+    """``nn.LayerNorm`` whose elementwise affine ``γ``, ``β`` (``normalized_shape``) learn by the local rule."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        xhat = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        view = tuple(self.normalized_shape)
+        return _affine(xhat, self.weight, self.bias, view, self.plasticity)
+
+
+class PlasticGroupNorm(nn.GroupNorm, PlasticModule):
+    """``nn.GroupNorm`` whose per-channel affine ``γ``, ``β`` ``(C,)`` learn by the local rule."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        xhat = F.group_norm(x, self.num_groups, None, None, self.eps)
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return _affine(xhat, self.weight, self.bias, view, self.plasticity)
+
+
+__all__ = [
+    "AffineFunction",
+    "DirectContext",
+    "PlasticBatchNorm1d",
+    "PlasticBatchNorm2d",
+    "PlasticBatchNorm3d",
+    "PlasticConv1d",
+    "PlasticConv2d",
+    "PlasticEmbedding",
+    "PlasticFunction",
+    "PlasticGroupNorm",
+    "PlasticLayerNorm",
+    "PlasticLinear",
+    "PlasticModule",
+    "Plasticity",
+    "plastic_forward",
+]
