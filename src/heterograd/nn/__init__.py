@@ -14,6 +14,7 @@ from .layers import (
     PlasticLinear,
     PlasticModule,
 )
+from .probe import ProbeReport, probe
 
 __all__ = [
     "FEEDBACK_INITS",
@@ -28,6 +29,8 @@ __all__ = [
     "PlasticLinear",
     "PlasticModule",
     "Plasticity",
+    "ProbeReport",
     "convert",
     "plastic_layers",
+    "probe",
 ]
