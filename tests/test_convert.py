@@ -313,3 +313,41 @@ def test_rules_table_flags():
     assert RULES["hsp"].feedback == "plastic" and RULES["kp"].feedback == "plastic"
     assert RULES["fa"].feedback == "frozen" and RULES["dfa"].feedback == "direct"
     assert {n for n, c in RULES.items() if c.heterosynaptic} == {"hsp", "kp", "poly"}
+
+
+def _small_convnet():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3))
+
+
+def test_autocast_bf16_matches_autograd_under_bp_equivalent_settings():
+    ref, model = _small_convnet(), convert(_small_convnet(), "kp", feedback_init="transpose")
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    for m in (ref, model):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(m(x), y)
+        loss.backward()
+    got = [p for n, p in model.named_parameters() if not n.endswith("feedback")]
+    for a, b in zip(ref.parameters(), got, strict=True):
+        assert b.grad.dtype == torch.float32
+        assert torch.allclose(a.grad, b.grad, rtol=1e-2, atol=1e-2 * float(a.grad.abs().max()))  # bf16 epsilon
+
+
+def test_distributed_data_parallel_and_clipping_work_unchanged(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = convert(_small_convnet(), "hsp", seed=0)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        plain = convert(_small_convnet(), "hsp", seed=0)
+        x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+        for m in (ddp, plain):
+            F.cross_entropy(m(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.01)
+        for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+            assert torch.allclose(a.grad, b.grad, atol=1e-7)
+        total = torch.sqrt(sum(p.grad.pow(2).sum() for p in plain.parameters()))
+        assert float(total) == pytest.approx(0.01, rel=1e-4)
+    finally:
+        dist.destroy_process_group()

@@ -81,7 +81,14 @@ class PlasticFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
         assert pl.synapse is not None
-        p = pl.synapse.forward(x, W, b)
+        dev = W.device.type
+        if pl.synapse.has_transport and torch.is_autocast_enabled(dev):  # AMP: compute and keep in its dtype
+            dt = torch.get_autocast_dtype(dev)
+            x, W, b, B = (None if t is None else t.to(dt) for t in (x, W, b, B))
+            with torch.autocast(dev, enabled=False):
+                p = pl.synapse.forward(x, W, b)
+        else:
+            p = pl.synapse.forward(x, W, b)
         ctx.pl = pl
         keep_p = pl.rule.needs_potential() or pl.record is not None
         ctx.save_for_backward(x, W, b, B, p if keep_p else None)
