@@ -203,3 +203,34 @@ def test_probe_keeps_batchnorm_statistics_and_grads():
     assert all(torch.equal(a, p.grad) for a, p in zip(grads, model.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers(), strict=True))
     assert len(plastic_layers(model)) == 3
+
+
+@pytest.mark.parametrize("rule", NN_RULES)
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_layer_fast_path_equals_negated_deltas(float64, rule, kind):
+    """A rule's one-layer fast path (the .grad a converted layer writes) is its deltas, negated."""
+    from heterograd.rules import FeedbackSignals, Params, Signals, make_rule
+    from heterograd.synapses import Conv
+
+    r = make_rule(rule, weight_decay=0.01, feedback_gain=0.6 if rule != "kp" else 1.0)
+    g = torch.Generator().manual_seed(0)
+    if kind == "dense":
+        syn, h, u = DENSE, torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g)
+        W, B = torch.randn(4, 3, generator=g), torch.randn(3, 4, generator=g)
+    else:
+        syn = Conv((4, 2, 3, 3), stride=2, padding=1, groups=2)
+        h, u = torch.randn(5, 4, 6, 6, generator=g), torch.randn(5, 4, 3, 3, generator=g)
+        W, B = torch.randn(4, 2, 3, 3, generator=g), torch.randn(4, 2, 3, 3, generator=g)
+    b = torch.randn(4, generator=g)
+    plastic = r.feedback == "plastic"
+    sig = ForwardSignals(h, u, u, u, synapse=syn, scale=1.0)
+    fast = r.layer_grads(sig, W, b, B if plastic else None)
+    if fast is None:
+        pytest.skip(f"{rule} has no fast path (the engine uses its deltas)")
+    fb = (FeedbackSignals(h, None, u, True, 1, 0, synapse=syn, scale=1.0),) if plastic else ()
+    d, _ = r.deltas(Signals((sig,), fb), Params((W,), (b,), (B,) if plastic else ()), None)
+    assert torch.allclose(fast[0], -d.W[0], atol=1e-12) and torch.allclose(fast[1], -d.b[0], atol=1e-12)
+    if plastic:
+        assert torch.allclose(fast[2], -d.B[0], atol=1e-12)
+    else:
+        assert fast[2] is None

@@ -56,6 +56,12 @@ class Plasticity:
     direct: DirectContext | None = None
     exact: bool = False
     record: dict[str, Tensor] | None = field(default=None, repr=False)
+    keep_potential: bool = field(init=False)
+    plastic_feedback: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keep_potential = self.rule.needs_potential()
+        self.plastic_feedback = self.rule.feedback == "plastic"
 
 
 def _weight_decay(rule: Rule) -> float:
@@ -80,18 +86,18 @@ class PlasticFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
-        assert pl.synapse is not None
+        syn = pl.synapse
+        assert syn is not None
         dev = W.device.type
-        if pl.synapse.has_transport and torch.is_autocast_enabled(dev):  # AMP: compute and keep in its dtype
+        if syn.has_transport and torch.is_autocast_enabled(dev):  # AMP: compute and keep in its dtype
             dt = torch.get_autocast_dtype(dev)
             x, W, b, B = (None if t is None else t.to(dt) for t in (x, W, b, B))
             with torch.autocast(dev, enabled=False):
-                p = pl.synapse.forward(x, W, b)
+                p = syn.forward(x, W, b)
         else:
-            p = pl.synapse.forward(x, W, b)
+            p = syn.forward(x, W, b)
         ctx.pl = pl
-        keep_p = pl.rule.needs_potential() or pl.record is not None
-        ctx.save_for_backward(x, W, b, B, p if keep_p else None)
+        ctx.save_for_backward(x, W, b, B, p if (pl.keep_potential or pl.record is not None) else None)
         return p
 
     @staticmethod
@@ -102,46 +108,46 @@ class PlasticFunction(torch.autograd.Function):
         assert syn is not None
         need_x, need_W, need_b, need_B = ctx.needs_input_grad[:4]
         need_x = need_x and syn.has_transport
-        g = g.contiguous()
-        C: Tensor | None = None
-        v: Tensor | None = None
+        if not g.is_contiguous():
+            g = g.contiguous()
         if pl.exact:  # probes: the true gradient (transport with W, update C(u, h))
-            M = syn.as_feedback(W) if need_x else None
-            v, C = syn.transport_and_correlation(g, M, x, 1.0, need_x)
-            gW = C if need_W else None
-            gb = syn.bias_correlation(g, 1.0) if (need_b and b is not None) else None
+            v, C = syn.transport_and_correlation(g, syn.as_feedback(W) if need_x else None, x, 1.0, need_x)
             if pl.record is not None:
                 pl.record.update(u=g, h=x, p=p, dW=-C)
-            return v, gW, gb, None, None
+            gb = syn.bias_correlation(g, 1.0) if (need_b and b is not None) else None
+            return v, (C if need_W else None), gb, None, None
+        # transport: to the presynaptic side only where it needs feedback (never into the model's input)
         direct = pl.direct is not None
-        M = None
-        if need_x and not direct:
-            M = rule.transport_weights(W, B, syn, pl.generator)
-        if need_x and direct:
-            v = _direct_transport(pl, B, x)
-        if rule.uses_correlation and need_W and syn.kind == "conv":  # transport and C(u, h) in one native call
-            v2, C = syn.transport_and_correlation(g, M, x, 1.0, need_x and not direct)
-            v = v if direct else v2
-        elif need_x and not direct:
+        M = rule.transport_weights(W, B, syn, pl.generator) if (need_x and not direct) else None
+        v: Tensor | None = _direct_transport(pl, B, x) if (need_x and direct) else None
+        C: Tensor | None = None
+        if rule.uses_correlation and need_W and syn.kind == "conv":  # transport and C(u, h): one native call
+            v_conv, C = syn.transport_and_correlation(g, M, x, 1.0, M is not None)
+            if M is not None:
+                v = v_conv
+        elif M is not None:
             v = syn.transport(g, M, x)
         if not (need_W or need_b or need_B):
             return v, None, None, None, None
-        fsig = ForwardSignals(x, p, p, g, synapse=syn, scale=1.0, C=C)
-        plastic_B = rule.feedback == "plastic" and B is not None
-        fb = (FeedbackSignals(x, None, g, True, 1, 0, synapse=syn, scale=1.0),) if plastic_B else ()
-        params = Params((W,), (b,), (B,) if plastic_B else ())
-        d, _ = rule.deltas(Signals((fsig,), fb), params, None)
-        gW = d.W[0].neg_() if (need_W and d.W[0] is not None) else None
-        gb = d.b[0].neg_() if (need_b and d.b[0] is not None) else None
-        gB = d.B[0].neg_() if (plastic_B and need_B and d.B[0] is not None) else None
-        if pl.record is not None:
-            pl.record.update(u=g, h=x, p=p, dW=d.W[0].neg() if gW is None else -gW)
-        return v, gW, gb, gB, None
+        plastic_B = pl.plastic_feedback and B is not None and need_B
+        fsig = ForwardSignals(x, p, p, g, syn, 1.0, C)
+        grads = rule.layer_grads(fsig, W, b if need_b else None, B if plastic_B else None)
+        if grads is None:  # the general path: the rule's deltas on one layer's signals
+            fb = (FeedbackSignals(x, None, g, True, 1, 0, syn, 1.0),) if plastic_B else ()
+            params = Params((W,), (b,), (B,) if plastic_B else ())
+            d, _ = rule.deltas(Signals((fsig,), fb), params, None)
+            grads = tuple(None if t is None else t.neg_() for t in (d.W[0], d.b[0], d.B[0] if plastic_B else None))
+        gW, gb, gB = grads
+        if pl.record is not None and gW is not None:
+            pl.record.update(u=g, h=x, p=p, dW=-gW)
+        return v, (gW if need_W else None), (gb if need_b else None), (gB if plastic_B else None), None
 
 
 def plastic_forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
     """Run a plastic connection: through :class:`PlasticFunction` when anything needs feedback, else plainly."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, W, b, B)):
+    if torch.is_grad_enabled() and (
+        W.requires_grad or x.requires_grad or (b is not None and b.requires_grad) or (B is not None and B.requires_grad)
+    ):
         return PlasticFunction.apply(x, W, b, B, pl)
     assert pl.synapse is not None
     return pl.synapse.forward(x, W, b)

@@ -189,6 +189,17 @@ class Rule(ABC):
         assert B is not None
         return B
 
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None] | None:
+        """Optional fast path for one converted layer: ``(-ΔW, -Δb, -ΔB)`` directly, the ``.grad`` to write.
+
+        ``B`` is passed only when it is plastic. Must equal the negated :meth:`deltas` of the same one-layer
+        signals (a test checks every rule that implements it). ``None`` (the default): the engine calls
+        :meth:`deltas`.
+        """
+        return None
+
     def needs_potential(self) -> bool:
         """Whether :meth:`deltas` reads ``p`` (a converted layer then keeps its output for the backward)."""
         return False

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from ..errors import HeterogradError
 from ..synapses import Synapse
-from .base import Deltas, Params, Rule, Signals
+from .base import Deltas, ForwardSignals, Params, Rule, Signals
+from .bilinear import bilinear_layer_grads
 from .classic import _check_decay, _forward_only
 from .registry import register_rule
 
@@ -56,6 +57,11 @@ class DFA(Rule):
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
         return _forward_only(signals, params, self.weight_decay), state
 
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
+
     def describe(self) -> str:
         return f"u = σ'(p)·(D e),  ΔW = -η(u·h + {self.weight_decay:g} W),  ΔD = 0"
 
@@ -78,6 +84,11 @@ class _SignSymmetry(Rule):
 
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
         return _forward_only(signals, params, self.weight_decay), state
+
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
 
 
 def _rms(W: Tensor) -> Tensor:

@@ -113,3 +113,37 @@ def feedback_delta(
     if weight_decay:
         dB.sub_(B, alpha=weight_decay)
     return dB
+
+
+def bilinear_layer_grads(
+    sig: ForwardSignals,
+    W: Tensor,
+    b: Tensor | None,
+    B: Tensor | None,
+    weight_decay: float,
+    gain: float = 1.0,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(C(u, h) + λW, C(u, 1) + λb, c · C(u, h)' + λB)``: the negated bilinear deltas of one layer.
+
+    The fast path of a converted layer (the ``.grad`` it writes, no sign flips): one correlation (or the one
+    the engine precomputed), ``B``'s term read from it laid out like ``B`` before ``W``'s is finished in place.
+    ``B`` is ``None`` when it does not learn.
+    """
+    syn, lam = sig.synapse, weight_decay
+    C = sig.C if sig.C is not None else syn.correlation(sig.u, sig.h_pre, sig.batch_scale())
+    gB = None
+    if B is not None:
+        H = syn.as_feedback(C)
+        if gain == 1.0:
+            gB = torch.add(H, B, alpha=lam) if lam else H.clone()
+        else:
+            gB = torch.mul(H, gain)
+            if lam:
+                gB.add_(B, alpha=lam)
+    gW = C.add_(W, alpha=lam) if lam else C
+    gb = None
+    if b is not None:
+        gb = syn.bias_correlation(sig.u, sig.batch_scale())
+        if lam:
+            gb.add_(b, alpha=lam)
+    return gW, gb, gB

@@ -9,8 +9,8 @@ from torch import Tensor
 
 from ..errors import HeterogradError
 from ..synapses import Synapse
-from .base import Deltas, Params, Rule, Signals
-from .bilinear import feedback_delta, forward_delta, neg_correlation, sig_bias_delta
+from .base import Deltas, ForwardSignals, Params, Rule, Signals
+from .bilinear import bilinear_layer_grads, feedback_delta, forward_delta, neg_correlation, sig_bias_delta
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -63,6 +63,11 @@ class BP(Rule):
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
         return _forward_only(signals, params, self.weight_decay), state
 
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
+
     def describe(self) -> str:
         return f"ΔW = -η(∇_W ℓ + {self.weight_decay:g} W)  [autograd]"
 
@@ -81,6 +86,11 @@ class FA(Rule):
 
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
         return _forward_only(signals, params, self.weight_decay), state
+
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
 
     def describe(self) -> str:
         return f"ΔW = -η(u·h + {self.weight_decay:g} W),  ΔB = 0"
@@ -122,6 +132,11 @@ class HSP(Rule):
             dW.append(nG.sub_(W, alpha=lam) if lam else nG)
             db.append(sig_bias_delta(sig, b, lam) if b is not None else None)
         return Deltas(dW, db, dB), state
+
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return bilinear_layer_grads(sig, W, b, B, self.weight_decay, self.feedback_gain)
 
     def describe(self) -> str:
         lam, c = self.weight_decay, self.feedback_gain
