@@ -1,7 +1,7 @@
 """A model you wrote yourself (conv + BatchNorm + residual block + pooling + linear) learns Fashion-MNIST
 by local plasticity: ``heterograd.convert`` and the plain PyTorch loop, one rule after another.
 
-    python examples/convert_fashion_mnist.py                       # ~10k images, 1 epoch, 1 thread
+    python examples/convert_fashion_mnist.py                       # 20k images, 1 epoch, 1 thread
     python examples/convert_fashion_mnist.py --n-train 60000 --epochs 5
 
 Prints, per rule: test accuracy, last training loss, seconds, and the probe of the trained model on a test
@@ -81,11 +81,11 @@ def bp_matches_autograd(x: torch.Tensor, y: torch.Tensor, steps: int = 5) -> flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rules", default="autograd,bp,kp,hsp,fa,dfa,usf,frsf")
-    ap.add_argument("--n-train", type=int, default=10000)
+    ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--n-test", type=int, default=10000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.02)
+    ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
