@@ -202,6 +202,85 @@ def _affine(xhat: Tensor, gamma: Tensor | None, beta: Tensor | None, view: tuple
     return y if beta is None else y + beta.view(view)
 
 
+class BatchNormFunction(torch.autograd.Function):
+    """Fused BatchNorm with a plastic affine map: ``y = γ ⊙ x̂ + β`` with ``x̂`` normalised over ``(n, *S)``.
+
+    One native kernel each way (no activation-sized ``x̂`` is kept: the same memory as torch's BatchNorm).
+    The backward returns the local derivative of the normalisation times ``γ`` to the input, and the local
+    rule ``(Σ u ⊙ x̂ + λγ, Σ u + λβ)`` as the "gradient" of ``γ``, ``β`` (from the same kernel).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        rm: Tensor | None,
+        rv: Tensor | None,
+        training: bool,
+        momentum: float,
+        eps: float,
+        pl: Plasticity,
+    ) -> Tensor:
+        out, mean, invstd = torch.ops.aten.native_batch_norm(x, gamma, beta, rm, rv, training, momentum, eps)
+        ctx.training, ctx.eps, ctx.pl = training, eps, pl
+        ctx.save_for_backward(x, gamma, beta, rm, rv, mean, invstd)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, gamma, beta, rm, rv, mean, invstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        gx, gg, gb = torch.ops.aten.native_batch_norm_backward(
+            g.contiguous(), x, gamma, rm, rv, mean, invstd, ctx.training, ctx.eps, mask
+        )
+        lam = 0.0 if ctx.pl.exact else _weight_decay(ctx.pl.rule)
+        if lam and gg is not None:
+            gg.add_(gamma, alpha=lam)
+        if lam and gb is not None:
+            gb.add_(beta, alpha=lam)
+        return gx, gg, gb, None, None, None, None, None, None
+
+
+class LayerNormFunction(torch.autograd.Function):
+    """Fused LayerNorm with a plastic affine map (``γ``, ``β`` shaped ``normalized_shape``; ``β`` may be ``None``).
+
+    As :class:`BatchNormFunction`: one native kernel each way, the local rule for ``γ``, ``β``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, gamma: Tensor, beta: Tensor | None, shape: list[int], eps: float, pl: Plasticity
+    ) -> Tensor:
+        out, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, gamma, beta, eps)
+        ctx.shape, ctx.pl = shape, pl
+        ctx.save_for_backward(x, gamma, beta, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, gamma, beta, mean, rstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], beta is not None and ctx.needs_input_grad[2]]
+        gx, gg, gb = torch.ops.aten.native_layer_norm_backward(
+            g.contiguous(), x, ctx.shape, mean, rstd, gamma, beta, mask
+        )
+        lam = 0.0 if ctx.pl.exact else _weight_decay(ctx.pl.rule)
+        if lam and gg is not None:
+            gg.add_(gamma, alpha=lam)
+        if lam and gb is not None:
+            gb.add_(beta, alpha=lam)
+        return gx, gg, gb, None, None, None
+
+
+def _needs_plastic_norm(x: Tensor, gamma: Tensor | None, beta: Tensor | None) -> bool:
+    return (
+        gamma is not None
+        and torch.is_grad_enabled()
+        and (x.requires_grad or gamma.requires_grad or (beta is not None and beta.requires_grad))
+    )
+
+
 # --------------------------------------------------------------------------- plastic modules
 class PlasticModule:
     """Marker mixin of converted modules; ``plasticity`` holds the rule and synapse type."""
@@ -246,7 +325,7 @@ class PlasticEmbedding(nn.Embedding, PlasticModule):
 
 
 class _PlasticBatchNorm(PlasticModule):
-    """BatchNorm: parameter-free normalisation (autograd's local derivative) then the plastic affine map."""
+    """BatchNorm whose affine parameters learn by the local rule (:class:`BatchNormFunction`)."""
 
     def forward(self, x: Tensor) -> Tensor:
         bn: Any = self
@@ -257,18 +336,16 @@ class _PlasticBatchNorm(PlasticModule):
             eaf = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         training = bn.training or (bn.running_mean is None and bn.running_var is None)
         use_stats = not bn.training or bn.track_running_stats
-        xhat = F.batch_norm(
-            x,
-            bn.running_mean if use_stats else None,
-            bn.running_var if use_stats else None,
-            None,
-            None,
-            training,
-            eaf,
-            bn.eps,
-        )
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        return _affine(xhat, bn.weight, bn.bias, view, self.plasticity)
+        rm = bn.running_mean if use_stats else None
+        rv = bn.running_var if use_stats else None
+        if _needs_plastic_norm(x, bn.weight, bn.bias):
+            if torch.is_autocast_enabled(x.device.type):  # as autocast runs batch_norm: in the input's dtype
+                with torch.autocast(x.device.type, enabled=False):
+                    return BatchNormFunction.apply(
+                        x, bn.weight, bn.bias, rm, rv, training, eaf, bn.eps, self.plasticity
+                    )
+            return BatchNormFunction.apply(x, bn.weight, bn.bias, rm, rv, training, eaf, bn.eps, self.plasticity)
+        return F.batch_norm(x, rm, rv, bn.weight, bn.bias, training, eaf, bn.eps)
 
 
 class PlasticBatchNorm1d(_PlasticBatchNorm, nn.BatchNorm1d):
@@ -287,9 +364,13 @@ class PlasticLayerNorm(nn.LayerNorm, PlasticModule):
     """``nn.LayerNorm`` whose elementwise affine ``γ``, ``β`` (``normalized_shape``) learn by the local rule."""
 
     def forward(self, x: Tensor) -> Tensor:
-        xhat = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
-        view = tuple(self.normalized_shape)
-        return _affine(xhat, self.weight, self.bias, view, self.plasticity)
+        shape = list(self.normalized_shape)
+        if not _needs_plastic_norm(x, self.weight, self.bias):
+            return F.layer_norm(x, shape, self.weight, self.bias, self.eps)
+        if torch.is_autocast_enabled(x.device.type):  # autocast runs layer_norm in float32
+            with torch.autocast(x.device.type, enabled=False):
+                return LayerNormFunction.apply(x.float(), self.weight, self.bias, shape, self.eps, self.plasticity)
+        return LayerNormFunction.apply(x, self.weight, self.bias, shape, self.eps, self.plasticity)
 
 
 class PlasticGroupNorm(nn.GroupNorm, PlasticModule):
@@ -303,7 +384,9 @@ class PlasticGroupNorm(nn.GroupNorm, PlasticModule):
 
 __all__ = [
     "AffineFunction",
+    "BatchNormFunction",
     "DirectContext",
+    "LayerNormFunction",
     "PlasticBatchNorm1d",
     "PlasticBatchNorm2d",
     "PlasticBatchNorm3d",
