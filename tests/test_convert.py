@@ -50,6 +50,10 @@ def _bn2d():
     )
 
 
+def _groupnorm1d():
+    return nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Tanh(), nn.Flatten(), nn.Linear(48, 3))
+
+
 class _Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -96,6 +100,7 @@ MODELS = {
     "conv1d": (_conv1d, "conv1d"),
     "conv2d": (_conv2d, "conv2d"),
     "batchnorm2d": (_bn2d, "conv2d"),
+    "groupnorm-conv1d": (_groupnorm1d, "conv1d"),
     "residual-maxpool-avgpool": (_Residual, "conv2d"),
     "transformer-block": (_TransformerBlock, "tokens"),
 }
@@ -351,3 +356,24 @@ def test_distributed_data_parallel_and_clipping_work_unchanged(tmp_path):
         assert float(total) == pytest.approx(0.01, rel=1e-4)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rule", ["hsp", "brsf", "dfa"])
+def test_deepcopy_and_pickled_models_learn_like_the_original(rule):
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    convert(model, rule, **({"example_input": x} if rule == "dfa" else {}))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    copies = [copy.deepcopy(model), torch.load(buf, weights_only=False)]
+    for m in (model, *copies):
+        F.cross_entropy(m(x), y).backward()
+    for c in copies:
+        for p, q in zip(model.parameters(), c.parameters(), strict=True):
+            assert torch.equal(p.grad, q.grad)
+    if rule == "dfa":  # the copy's layers share the copy's own output-error holder
+        assert copies[0][0].plasticity.direct is copies[0][2].plasticity.direct is not model[0].plasticity.direct

@@ -245,13 +245,26 @@ def convert(
             else:
                 m.register_buffer("feedback", B)
     if direct is not None:
-
-        def capture(mod: nn.Module, inp: Any, out: Tensor) -> None:
-            if isinstance(out, Tensor) and out.requires_grad:
-                out.register_hook(lambda grad: setattr(direct, "e", grad))
-
-        model.register_forward_hook(capture)
+        model.register_forward_hook(CaptureOutputError(direct))
     return model
+
+
+class CaptureOutputError:
+    """Forward hook of a dfa model: at t' the gradient at the model's output (the error ``e``) goes to ``context``.
+
+    A picklable object (not a closure), so ``copy.deepcopy`` and ``torch.save(model)`` keep it tied to the
+    copied layers' shared context.
+    """
+
+    def __init__(self, context: DirectContext) -> None:
+        self.context = context
+
+    def _store(self, grad: Tensor) -> None:
+        self.context.e = grad
+
+    def __call__(self, module: nn.Module, inputs: Any, out: Any) -> None:
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(self._store)
 
 
 def plastic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
