@@ -377,3 +377,11 @@ def test_deepcopy_and_pickled_models_learn_like_the_original(rule):
             assert torch.equal(p.grad, q.grad)
     if rule == "dfa":  # the copy's layers share the copy's own output-error holder
         assert copies[0][0].plasticity.direct is copies[0][2].plasticity.direct is not model[0].plasticity.direct
+
+
+def test_dfa_example_forward_leaves_batchnorm_statistics_alone():
+    model = _small_convnet()
+    before = [b.clone() for b in model.buffers()]
+    convert(model, "dfa", example_input=torch.randn(8, 1, 8, 8))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
+    assert model[4].feedback.shape == (3, 256) and model[0].feedback.shape == (3, 1, 8, 8)

@@ -177,6 +177,7 @@ def test_probe_reports_positive_phi_once_hsp_learns_and_changes_nothing(digits):
     for name in ("0", "2"):
         assert r.layers[name]["phi"] > 0 and r.layers[name]["align"] > 0.3, (name, r.layers[name])
     assert "DC over channels" in r.table()
+    assert r.as_dict()["phi/0"] == r.layers["0"]["phi"] and "dc_score" in r.as_dict()
 
 
 def test_probe_catches_anti_aligned_feedback():

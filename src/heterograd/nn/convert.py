@@ -208,12 +208,16 @@ def convert(
             for name, m, _, is_syn in plan
             if is_syn
         ]
+        saved = [(b, b.detach().clone()) for b in model.buffers()]  # e.g. BatchNorm statistics: leave them be
         try:
             with torch.no_grad():
                 out = model(example_input)
         finally:
             for h in hooks:
                 h.remove()
+            with torch.no_grad():
+                for b, v in saved:
+                    b.copy_(v)
         if not isinstance(out, Tensor):
             raise HeterogradError("dfa needs a model whose output is one tensor (the output error is taken there)")
         out_size = out[0].numel()

@@ -47,6 +47,11 @@ class ProbeReport:
     dc_layers: float = math.nan
     direct: list[str] = field(default_factory=list)
 
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``{"phi/<layer>": value, ..., "dc_score": ..., "dc_layers": ...}``, e.g. for a metrics CSV row."""
+        flat = {f"{m}/{name}": v[m] for name, v in self.layers.items() for m in METRICS}
+        return flat | {"dc_score": self.dc_score, "dc_layers": self.dc_layers}
+
     def table(self) -> str:
         """A plain-text table, one row per layer."""
         head = ["layer", *METRICS]
