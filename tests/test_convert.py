@@ -381,7 +381,8 @@ def test_deepcopy_and_pickled_models_learn_like_the_original(rule):
 
 def test_dfa_example_forward_leaves_batchnorm_statistics_alone():
     model = _small_convnet()
-    before = [b.clone() for b in model.buffers()]
+    before = {k: b.clone() for k, b in model.named_buffers()}
     convert(model, "dfa", example_input=torch.randn(8, 1, 8, 8))
-    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
+    after = dict(model.named_buffers())
+    assert all(torch.equal(b, after[k]) for k, b in before.items())
     assert model[4].feedback.shape == (3, 256) and model[0].feedback.shape == (3, 1, 8, 8)
