@@ -386,3 +386,23 @@ def test_dfa_example_forward_leaves_batchnorm_statistics_alone():
     after = dict(model.named_buffers())
     assert all(torch.equal(b, after[k]) for k, b in before.items())
     assert model[4].feedback.shape == (3, 256) and model[0].feedback.shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("name", ["dense", "residual-maxpool-avgpool", "batchnorm2d"])
+def test_bp_rule_is_autograd_bit_for_bit_in_float32(name):
+    """Converted bp runs the same kernels as autograd (conv: one convolution_backward with the bias)."""
+    builder, kind = MODELS[name]
+    x, y = _batch(kind)
+    x = x.float()
+    torch.manual_seed(0)
+    ref = builder()
+    torch.manual_seed(0)
+    model = convert(builder(), "bp", weight_decay=LAM)
+    for m, wd in ((ref, LAM), (model, 0.0)):
+        opt = torch.optim.SGD(m.parameters(), lr=LR, momentum=0.9, weight_decay=wd)
+        for _ in range(3):
+            opt.zero_grad()
+            _loss(m(x), y).backward()
+            opt.step()
+    for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k

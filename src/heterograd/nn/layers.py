@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import HeterogradError
 from ..rules import FeedbackSignals, ForwardSignals, Params, Rule, Signals
-from ..synapses import Synapse
+from ..synapses import Conv, Synapse
 
 
 @dataclass
@@ -116,13 +116,15 @@ class PlasticFunction(torch.autograd.Function):
                 pl.record.update(u=g, h=x, p=p, dW=-C)
             gb = syn.bias_correlation(g, 1.0) if (need_b and b is not None) else None
             return v, (C if need_W else None), gb, None, None
+        need_b = need_b and b is not None
         # transport: to the presynaptic side only where it needs feedback (never into the model's input)
         direct = pl.direct is not None
         M = rule.transport_weights(W, B, syn, pl.generator) if (need_x and not direct) else None
         v: Tensor | None = _direct_transport(pl, B, x) if (need_x and direct) else None
         C: Tensor | None = None
-        if rule.uses_correlation and need_W and syn.kind == "conv":  # transport and C(u, h): one native call
-            v_conv, C = syn.transport_and_correlation(g, M, x, 1.0, M is not None)
+        Cb: Tensor | None = None
+        if rule.uses_correlation and need_W and isinstance(syn, Conv):  # transport, C(u, h), C(u, 1): one call
+            v_conv, C, Cb = syn.transport_correlation_bias(g, M, x, 1.0, M is not None, need_b)
             if M is not None:
                 v = v_conv
         elif M is not None:
@@ -130,7 +132,7 @@ class PlasticFunction(torch.autograd.Function):
         if not (need_W or need_b or need_B):
             return v, None, None, None, None
         plastic_B = pl.plastic_feedback and B is not None and need_B
-        fsig = ForwardSignals(x, p, p, g, syn, 1.0, C)
+        fsig = ForwardSignals(x, p, p, g, syn, 1.0, C, Cb)
         grads = rule.layer_grads(fsig, W, b if need_b else None, B if plastic_B else None)
         if grads is None:  # the general path: the rule's deltas on one layer's signals
             fb = (FeedbackSignals(x, None, g, True, 1, 0, syn, 1.0),) if plastic_B else ()

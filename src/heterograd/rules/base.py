@@ -44,6 +44,7 @@ class ForwardSignals:
             loss gradient at its output as ``u`` (already carrying the loss's ``1/n``) and ``scale = 1``.
         C: ``C(u, h_pre)`` at that scale when the engine already computed it (a conv layer gets it from
             the same native call as the transport), else ``None``.
+        Cb: likewise the bias correlation ``C(u, 1)`` ``(n_l,)``, or ``None``.
         p, h may be ``None`` for a converted layer (it sees its potential, not the activity after the
         next nonlinearity); rules that need them say so (:meth:`Rule.needs_potential`).
     """
@@ -55,6 +56,7 @@ class ForwardSignals:
     synapse: Synapse = DENSE
     scale: float | None = None
     C: Tensor | None = None
+    Cb: Tensor | None = None
 
     def batch_scale(self) -> float:
         """The factor of ``C(u, h) = scale · Σ u ⊗ h``: ``1/n`` for the Circuit engine."""

@@ -48,7 +48,7 @@ def sig_bias_delta(sig: ForwardSignals, b: Tensor, weight_decay: float) -> Tenso
     """``Δb = -(C(u, 1) + λb)`` ``(n_l,)``: the batch mean of ``u`` (summed over positions for conv)."""
     if sig.scale is None:
         return bias_delta(sig.u, b, weight_decay)
-    db = sig.synapse.bias_correlation(sig.u, -sig.scale)
+    db = sig.Cb.neg() if sig.Cb is not None else sig.synapse.bias_correlation(sig.u, -sig.scale)
     if weight_decay:
         db.sub_(b, alpha=weight_decay)
     return db
@@ -143,7 +143,7 @@ def bilinear_layer_grads(
     gW = C.add_(W, alpha=lam) if lam else C
     gb = None
     if b is not None:
-        gb = syn.bias_correlation(sig.u, sig.batch_scale())
+        gb = sig.Cb if sig.Cb is not None else syn.bias_correlation(sig.u, sig.batch_scale())
         if lam:
             gb.add_(b, alpha=lam)
     return gW, gb, gB

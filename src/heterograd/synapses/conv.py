@@ -91,11 +91,23 @@ class Conv(Synapse):
         self, u: Tensor, B: Tensor | None, pre: Tensor, scale: float, need_transport: bool
     ) -> tuple[Tensor | None, Tensor]:
         """Transport with ``B`` (when asked) and the correlation ``C(u, pre)`` in one native call."""
+        v, C, _ = self.transport_correlation_bias(u, B, pre, scale, need_transport, False)
+        return v, C
+
+    def transport_correlation_bias(
+        self, u: Tensor, B: Tensor | None, pre: Tensor, scale: float, need_transport: bool, need_bias: bool
+    ) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """As :meth:`transport_and_correlation`, plus :meth:`bias_correlation` from the same call when asked."""
         w = B if B is not None else u.new_empty(()).expand(self.weight_shape)
-        v, C, _ = torch.ops.aten.convolution_backward(u, pre, w, *self._args(), [need_transport, True, False])
+        args = list(self._args())
+        if need_bias:
+            args[0] = [self.weight_shape[0]]
+        v, C, Cb = torch.ops.aten.convolution_backward(u, pre, w, *args, [need_transport, True, need_bias])
         if scale != 1.0:
             C.mul_(scale)
-        return v, C
+            if Cb is not None:
+                Cb.mul_(scale)
+        return v, C, Cb
 
     def bias_correlation(self, post: Tensor, scale: float) -> Tensor:
         dims = [0, *range(2, post.dim())]
