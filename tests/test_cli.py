@@ -24,7 +24,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     ("argv", "needle"),
     [
         (["train", "--data", "nope"], "unknown dataset 'nope'"),
-        (["train", "--rule", "nope"], "unknown rule 'nope'; valid choices: bp, fa"),
+        (["train", "--rule", "nope"], "unknown rule 'nope'; valid choices: bp, brsf, dfa, fa"),
         (["train", "--topology", "ring"], "unknown topology 'ring'; valid choices: amorphous, direct, layered, sparse"),
         (["train", "--feedback-init", "zero"], "unknown feedback init 'zero'; valid choices: anti, random, transpose"),
         (["train", "--activation", "gelu"], "unknown activation 'gelu'; valid choices"),

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heterograd import Circuit, get_loss
-from heterograd.rules import RULES, Deltas, Params, Signals, make_rule
+from heterograd import Circuit, HeterogradError, get_loss
+from heterograd.rules import RULES, Deltas, Params, Rule, Signals, make_rule
+
+
+def applies_to_circuit(rule: Rule, topology: str) -> bool:
+    """Rules for converted models only (sign symmetry) and dfa off the ``direct`` wiring refuse a Circuit."""
+    return rule.circuit_engine and (rule.feedback != "direct" or topology == "direct")
 
 
 def _setup(topology: str, dtype: torch.dtype):
@@ -24,7 +29,11 @@ def _setup(topology: str, dtype: torch.dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rule_contract(name, topology, dtype):
     c, x, y, loss, trace = _setup(topology, dtype)
-    rule = make_rule(name, weight_decay=1e-3, feedback_gain=0.7)
+    rule = make_rule(name, weight_decay=1e-3, feedback_gain=0.7 if name != "kp" else 1.0)
+    if not applies_to_circuit(rule, topology):  # the rule says so, clearly, before any step
+        with pytest.raises(HeterogradError, match=name):
+            rule.init(c)
+        return
     state = rule.init(c)
     u = rule.teaching(c, trace, x, y, loss)
     if u is None:
@@ -49,7 +58,7 @@ def test_rule_contract(name, topology, dtype):
 
 
 def test_unknown_rule_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown rule 'nope'; valid choices: bp, fa, .*hsp, poly"):
+    with pytest.raises(ValueError, match=r"unknown rule 'nope'; valid choices: bp, brsf, dfa, fa, .*hsp, kp, poly"):
         make_rule("nope")
 
 

@@ -8,6 +8,7 @@ from .circuits import Circuit, Trace
 from .data import Dataset, load_dataset
 from .errors import HeterogradError
 from .losses import get_loss
+from .nn import convert, probe
 from .optim import make_motif
 from .rules import RULES, Deltas, Rule, Signals, make_rule, register_rule
 from .train import RunResult, TrainConfig, Trainer, TrainingInterrupted, apply_steps, evaluate, local_step, train
@@ -27,12 +28,14 @@ __all__ = [
     "TrainingInterrupted",
     "__version__",
     "apply_steps",
+    "convert",
     "evaluate",
     "get_loss",
     "load_dataset",
     "local_step",
     "make_motif",
     "make_rule",
+    "probe",
     "register_rule",
     "train",
 ]

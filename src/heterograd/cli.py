@@ -70,7 +70,7 @@ def results_table(summaries: list[dict[str, Any]], title: str = "") -> str:
 def train(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir>")] = "digits",
-    rule: Annotated[str, typer.Option(help="bp | fa | hsp | poly (or any registered rule)")] = "hsp",
+    rule: Annotated[str, typer.Option(help="bp | fa | dfa | hsp | kp | poly (any registered rule)")] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     seed: Annotated[int, typer.Option(help="seed for weights, masks, data order")] = 0,
     out: Annotated[Path | None, typer.Option(help="results folder (default runs/<data>-<rule>-s<seed>)")] = None,

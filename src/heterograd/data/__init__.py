@@ -14,6 +14,7 @@ per-channel normalisation and the seeded crop/flip augmentation.
 from heterograd.data.dataset import Dataset, iterate_minibatches
 from heterograd.data.idx import read_idx
 from heterograd.data.images import Augment, channel_stats, normalize_channels, random_crop, random_hflip
+from heterograd.data.sequences import sorting_task
 from heterograd.data.sources import DATASETS, load_dataset
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "random_crop",
     "random_hflip",
     "read_idx",
+    "sorting_task",
 ]

@@ -3,9 +3,9 @@
 >>> from heterograd.models import make_model
 >>> model = make_model("resnet20", (3, 32, 32), 10, seed=0)
 
-Every parametrised layer is ``nn.Linear``, ``nn.Conv2d`` or ``nn.BatchNorm2d``; the rest are activations,
-pooling, flattening and residual sums. Construction is seeded (``seed=`` or ``generator=``) and leaves the
-global RNG alone.
+Every parametrised layer of the image models is ``nn.Linear``, ``nn.Conv2d`` or ``nn.BatchNorm2d``; the rest are
+activations, pooling, flattening and residual sums. The minGPT-style :class:`GPT` adds ``nn.Embedding`` and
+``nn.LayerNorm``. Construction is seeded (``seed=`` or ``generator=``) and leaves the global RNG alone.
 """
 
 from heterograd.models._init import count_parameters
@@ -13,10 +13,15 @@ from heterograd.models.lenet import lenet5
 from heterograd.models.mlp import mlp
 from heterograd.models.registry import MODELS, ModelEntry, make_model
 from heterograd.models.resnet import BasicBlock, ResNet, ZeroPadShortcut, resnet, resnet20, resnet56
+from heterograd.models.transformer import GPT, Block, CausalSelfAttention, GPTConfig
 
 __all__ = [
+    "GPT",
     "MODELS",
     "BasicBlock",
+    "Block",
+    "CausalSelfAttention",
+    "GPTConfig",
     "ModelEntry",
     "ResNet",
     "ZeroPadShortcut",

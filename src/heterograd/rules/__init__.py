@@ -1,24 +1,31 @@
 """Plasticity rules: pure functions of local signals that return deltas.
 
-Registered rules (by name): ``bp``, ``fa``, ``hsp``, ``poly``. Add your own with
+Registered rules (by name): ``bp``, ``fa``, ``hsp``, ``kp``, ``poly``, ``dfa``, ``usf``, ``brsf``, ``frsf``
+(and the ``freeze`` combinator). Add your own with
 :func:`register_rule`; the training loop needs no change.
 """
 
 from .base import Deltas, FeedbackSignals, ForwardSignals, Params, Rule, Signals
 
 # Registration side effects: importing the modules fills RULES.
-from .classic import BP, FA, HSP
+from .baselines import BRSF, DFA, FRSF, USF
+from .classic import BP, FA, HSP, KP
 from .combinators import Freeze
 from .poly import B_FEATURES, N_FEATURES, W_FEATURES, Poly, bilinear_theta, format_poly, poly_delta
 from .registry import RULES, make_rule, register_rule
 
 __all__ = [
     "BP",
+    "BRSF",
     "B_FEATURES",
+    "DFA",
     "FA",
+    "FRSF",
     "HSP",
+    "KP",
     "N_FEATURES",
     "RULES",
+    "USF",
     "W_FEATURES",
     "Deltas",
     "FeedbackSignals",

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
+from ..synapses import DENSE, Synapse
+
 if TYPE_CHECKING:
     from ..circuits import Circuit, Trace
     from ..losses import Loss
@@ -35,12 +37,30 @@ class ForwardSignals:
         p: ``(n, n_l)`` postsynaptic forward potential at time t.
         h: ``(n, n_l)`` postsynaptic activity at time t.
         u: ``(n, n_l)`` postsynaptic feedback potential at time t'.
+        synapse: the connection type (:mod:`heterograd.synapses`); the Circuit engine's is dense. For a
+            conv synapse the tensors are ``(n, C, *S)`` and ``W`` is ``(C_out, C_in/g, *k)``.
+        scale: the correlation's batch factor, ``C(u, h) = scale · Σ u ⊗ h``. ``None`` (the Circuit
+            engine): ``u`` is per sample and ``scale = 1/n``. A converted ``torch.nn`` layer passes the
+            loss gradient at its output as ``u`` (already carrying the loss's ``1/n``) and ``scale = 1``.
+        C: ``C(u, h_pre)`` at that scale when the engine already computed it (a conv layer gets it from
+            the same native call as the transport), else ``None``.
+        Cb: likewise the bias correlation ``C(u, 1)`` ``(n_l,)``, or ``None``.
+        p, h may be ``None`` for a converted layer (it sees its potential, not the activity after the
+        next nonlinearity); rules that need them say so (:meth:`Rule.needs_potential`).
     """
 
     h_pre: Tensor
     p: Tensor
     h: Tensor
     u: Tensor
+    synapse: Synapse = DENSE
+    scale: float | None = None
+    C: Tensor | None = None
+    Cb: Tensor | None = None
+
+    def batch_scale(self) -> float:
+        """The factor of ``C(u, h) = scale · Σ u ⊗ h``: ``1/n`` for the Circuit engine."""
+        return 1.0 / self.u.shape[0] if self.scale is None else self.scale
 
 
 @dataclass(frozen=True)
@@ -55,14 +75,21 @@ class FeedbackSignals:
             ``h_post`` is the very tensor ``h_pre`` of forward layer ``src`` and
             ``u_pre`` its ``u``, so a rule may reuse that layer's outer product.
         src, dst: layer indices of the edge.
+        synapse, scale: as in :class:`ForwardSignals` (an adjacent edge's synapse type is ``W_src``'s).
+            A converted layer has no presynaptic potential: there ``p_post`` is ``None``.
     """
 
     h_post: Tensor
-    p_post: Tensor
+    p_post: Tensor | None
     u_pre: Tensor
     adjacent: bool
     src: int
     dst: int
+    synapse: Synapse = DENSE
+    scale: float | None = None
+
+    def batch_scale(self) -> float:
+        return 1.0 / self.u_pre.shape[0] if self.scale is None else self.scale
 
 
 @dataclass(frozen=True)
@@ -142,6 +169,42 @@ class Rule(ABC):
     name: ClassVar[str]
     uses_autograd: ClassVar[bool] = False
     plastic_feedback: ClassVar[bool] = False
+    feedback: ClassVar[str] = "frozen"
+    """What ``B`` is in a converted model: ``plastic`` (a parameter the rule updates), ``frozen`` (a fixed
+    buffer), ``none`` (no ``B``: transport is derived from ``W``, see :meth:`transport_weights`),
+    ``direct`` (a fixed buffer ``D`` from the output error, direct feedback alignment)."""
+    heterosynaptic: ClassVar[bool] = False
+    """True when the feedback pathway learns by its own local rule (never by reading ``W``)."""
+    circuit_engine: ClassVar[bool] = True
+    """Whether the rule applies to the :class:`~heterograd.circuits.Circuit` engine."""
+    uses_correlation: ClassVar[bool] = False
+    """Whether :meth:`deltas` reads the bilinear correlation ``C(u, h)`` (an engine may then precompute it)."""
+    nn_engine: ClassVar[bool] = True
+    """Whether the rule applies to converted ``torch.nn`` models (:func:`heterograd.nn.convert`)."""
+
+    def transport_weights(self, W: Tensor, B: Tensor | None, synapse: Synapse, generator: Any = None) -> Tensor:
+        """The matrix that carries the feedback through a converted layer, laid out like ``B``.
+
+        Default: ``B`` itself. ``bp`` returns ``W`` (exact adjoint); the sign-symmetry rules build it from
+        ``sign(W)``. ``generator`` is the layer's own ``torch.Generator`` (for batchwise-random draws).
+        """
+        assert B is not None
+        return B
+
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None] | None:
+        """Optional fast path for one converted layer: ``(-ΔW, -Δb, -ΔB)`` directly, the ``.grad`` to write.
+
+        ``B`` is passed only when it is plastic. Must equal the negated :meth:`deltas` of the same one-layer
+        signals (a test checks every rule that implements it). ``None`` (the default): the engine calls
+        :meth:`deltas`.
+        """
+        return None
+
+    def needs_potential(self) -> bool:
+        """Whether :meth:`deltas` reads ``p`` (a converted layer then keeps its output for the backward)."""
+        return False
 
     def init(self, circuit: Circuit) -> Any:
         """Create the rule's own state (default: none)."""

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor
 
 from ..errors import HeterogradError
-from .base import Deltas, Params, Rule, Signals
-from .bilinear import bias_delta, feedback_delta, forward_delta, neg_outer_mean
+from ..synapses import Synapse
+from .base import Deltas, ForwardSignals, Params, Rule, Signals
+from .bilinear import bilinear_layer_grads, feedback_delta, forward_delta, neg_correlation, sig_bias_delta
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -43,7 +44,13 @@ class BP(Rule):
 
     name: ClassVar[str] = "bp"
     uses_autograd: ClassVar[bool] = True
+    feedback: ClassVar[str] = "none"
+    uses_correlation: ClassVar[bool] = True
     weight_decay: float = 0.0
+
+    def transport_weights(self, W: Tensor, B: Tensor | None, synapse: Synapse, generator: Any = None) -> Tensor:
+        """``W`` itself (laid out like ``B``): the exact adjoint, so a converted layer's ``u`` is the gradient."""
+        return synapse.as_feedback(W)
 
     def __post_init__(self) -> None:
         _check_decay(self.weight_decay)
@@ -56,6 +63,11 @@ class BP(Rule):
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
         return _forward_only(signals, params, self.weight_decay), state
 
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
+
     def describe(self) -> str:
         return f"ΔW = -η(∇_W ℓ + {self.weight_decay:g} W)  [autograd]"
 
@@ -66,6 +78,7 @@ class FA(Rule):
     """Feedback alignment: the bilinear forward rule with frozen random ``B`` (``G ≡ 0``)."""
 
     name: ClassVar[str] = "fa"
+    uses_correlation: ClassVar[bool] = True
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -73,6 +86,11 @@ class FA(Rule):
 
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
         return _forward_only(signals, params, self.weight_decay), state
+
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
 
     def describe(self) -> str:
         return f"ΔW = -η(u·h + {self.weight_decay:g} W),  ΔB = 0"
@@ -91,6 +109,9 @@ class HSP(Rule):
 
     name: ClassVar[str] = "hsp"
     plastic_feedback: ClassVar[bool] = True
+    feedback: ClassVar[str] = "plastic"
+    heterosynaptic: ClassVar[bool] = True
+    uses_correlation: ClassVar[bool] = True
     weight_decay: float = 0.0
     feedback_gain: float = 1.0
 
@@ -99,8 +120,8 @@ class HSP(Rule):
 
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
         lam = self.weight_decay
-        # one outer product per layer, -u hᵀ/n; B's deltas read its transpose before W's are finished in place
-        neg_outers = [neg_outer_mean(sig.u, sig.h_pre) for sig in signals.forward]
+        # one correlation per layer, -C(u, h); B's deltas read it (laid out like B) before W's are finished in place
+        neg_outers = [neg_correlation(sig) for sig in signals.forward]
         dB: list[Tensor | None] = []
         for sig, B in zip(signals.feedback, params.B, strict=True):
             G_fwd = neg_outers[sig.src - 1] if sig.adjacent else None
@@ -109,9 +130,32 @@ class HSP(Rule):
         db: list[Tensor | None] = []
         for sig, W, b, nG in zip(signals.forward, params.W, params.b, neg_outers, strict=True):
             dW.append(nG.sub_(W, alpha=lam) if lam else nG)
-            db.append(bias_delta(sig.u, b, lam) if b is not None else None)
+            db.append(sig_bias_delta(sig, b, lam) if b is not None else None)
         return Deltas(dW, db, dB), state
+
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return bilinear_layer_grads(sig, W, b, B, self.weight_decay, self.feedback_gain)
 
     def describe(self) -> str:
         lam, c = self.weight_decay, self.feedback_gain
         return f"ΔW = -η(u·h + {lam:g} W),  ΔB = -η({c:g} h·u + {lam:g} B)"
+
+
+@register_rule
+@dataclass(frozen=True)
+class KP(HSP):
+    """Kolen–Pollack: the bilinear rule with gain ``c = 1`` (``ΔB = ΔW'`` up to decay), a named ``hsp``.
+
+    ``B - W'`` decays as ``(1 - ηλ)^t`` from any start; use ``hsp`` for another gain.
+    """
+
+    name: ClassVar[str] = "kp"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.feedback_gain != 1.0:
+            raise HeterogradError(
+                f"kp is hsp with feedback gain c = 1, got feedback_gain={self.feedback_gain}; use rule 'hsp' for c != 1"
+            )

@@ -50,6 +50,7 @@ class Freeze(Rule):
     """
 
     name: ClassVar[str] = "freeze"
+    nn_engine: ClassVar[bool] = False
     rule: Rule | None = None
     layers: tuple[int, ...] = (1,)
     freeze_feedback: bool = True

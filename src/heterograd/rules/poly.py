@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import HeterogradError
-from .base import Deltas, Params, Rule, Signals
+from .base import Deltas, FeedbackSignals, ForwardSignals, Params, Rule, Signals
 from .registry import register_rule
 
 N_FEATURES = 8
@@ -102,6 +102,84 @@ def _as_theta(value: Sequence[float] | Tensor, what: str) -> Tensor:
     return t
 
 
+def _per_sample(u: Tensor, scale: float) -> tuple[Tensor, float]:
+    """Per-sample ``u`` and the batch-mean factor ``1/n`` from a signal whose correlation factor is ``scale``."""
+    n = u.shape[0]
+    f = scale * n
+    return (u if f == 1.0 else u * f), 1.0 / n
+
+
+def _synapse_forward_delta(
+    th: Tensor, sig: ForwardSignals, W: Tensor, b: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """``-Σ_k θ_k f_k`` for ``W`` and ``b`` of any synapse type, features as correlations ``C(f(u, p), g(h))``."""
+    syn, t = sig.synapse, [float(v) for v in th]
+    u, m = _per_sample(sig.u, sig.batch_scale())
+    h = sig.h_pre
+    if t[1] and sig.p is None:
+        raise HeterogradError("poly's p·h feature needs the layer potential p, which these signals lack")
+    left = t[0] * u
+    if t[1]:
+        left = left + t[1] * sig.p
+    if t[4]:
+        left = left + t[4] * u * u
+    acc = syn.correlation(left, h, m)
+    if t[5]:
+        acc += t[5] * syn.correlation(u, h if syn.kind == "embedding" else h * h, m)
+    if t[2]:
+        acc += t[2] * syn.post_mean(u, h, m)
+    if t[3]:
+        acc += t[3] * syn.pre_mean(h, u, tuple(W.shape), m)
+    if t[6]:
+        acc += t[6] * W
+    if t[7]:
+        acc += t[7]
+    dW = acc.neg_()
+    if b is None:
+        return dW, None
+    lb = left + (t[2] + t[5]) * u if (t[2] or t[5]) else left
+    positions = u[0, 0].numel() if syn.kind == "conv" else u[0].numel() // u.shape[-1]
+    accb = syn.bias_correlation(lb, m)
+    if t[3]:
+        accb += t[3] * positions
+    if t[6]:
+        accb += t[6] * b
+    if t[7]:
+        accb += t[7]
+    return dW, accb.neg_()
+
+
+def _synapse_feedback_delta(th: Tensor, sig: FeedbackSignals, B: Tensor) -> Tensor:
+    """``-Σ_k θ_k f_k`` for an adjacent ``B`` of any synapse type, laid out like ``B``."""
+    syn, t = sig.synapse, [float(v) for v in th]
+    if not sig.adjacent:
+        raise HeterogradError("poly on a non-dense synapse needs adjacent feedback edges")
+    u, m = _per_sample(sig.u_pre, sig.batch_scale())
+    h = sig.h_post
+    if t[1] and sig.p_post is None:
+        raise HeterogradError(
+            "poly's p·u feature for B needs the presynaptic potential, which a converted layer does not see; "
+            "set theta_b[1] = 0"
+        )
+    right = t[0] * h
+    if t[1]:
+        right = right + t[1] * sig.p_post
+    if t[4]:
+        right = right + t[4] * h * h
+    acc = syn.correlation(u, right, m)
+    if t[5]:
+        acc += t[5] * syn.correlation(u * u, h, m)
+    if t[2]:
+        acc += t[2] * syn.pre_mean(h, u, tuple(acc.shape), m)
+    if t[3]:
+        acc += t[3] * syn.post_mean(u, h, m)
+    dB = syn.as_feedback(acc)
+    dB = dB.add(B, alpha=t[6]) if t[6] else dB.clone()
+    if t[7]:
+        dB += t[7]
+    return dB.neg_()
+
+
 @register_rule
 @dataclass(frozen=True)
 class Poly(Rule):
@@ -115,6 +193,8 @@ class Poly(Rule):
 
     name: ClassVar[str] = "poly"
     plastic_feedback: ClassVar[bool] = True
+    feedback: ClassVar[str] = "plastic"
+    heterosynaptic: ClassVar[bool] = True
     weight_decay: float = 0.0
     feedback_gain: float = 1.0
     theta_w: Any = None
@@ -137,19 +217,33 @@ class Poly(Rule):
             raise HeterogradError(f"{what} has {theta.shape[0]} rows but the circuit needs {count}")
         return theta[i]
 
+    def needs_potential(self) -> bool:
+        return bool((self._tw[..., 1] != 0).any())
+
     def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
         L, K = len(params.W), len(params.B)
         dW: list[Tensor | None] = []
         db: list[Tensor | None] = []
         for i, (sig, W, b) in enumerate(zip(signals.forward, params.W, params.b, strict=True)):
             th = self._row(self._tw, i, L, "theta_w")
-            dW.append(poly_delta(th, sig.u, sig.p, sig.h_pre, W))
-            ones = sig.h_pre.new_ones(sig.h_pre.shape[0], 1)
-            db.append(poly_delta(th, sig.u, sig.p, ones, b.unsqueeze(-1)).squeeze(-1))
+            if sig.scale is None and sig.synapse.kind == "dense":  # the Circuit engine: the batched dense kernel
+                dW.append(poly_delta(th, sig.u, sig.p, sig.h_pre, W))
+                if b is not None:
+                    ones = sig.h_pre.new_ones(sig.h_pre.shape[0], 1)
+                    db.append(poly_delta(th, sig.u, sig.p, ones, b.unsqueeze(-1)).squeeze(-1))
+                else:
+                    db.append(None)
+            else:
+                w, bb = _synapse_forward_delta(th, sig, W, b)
+                dW.append(w)
+                db.append(bb)
         dB: list[Tensor | None] = []
         for k, (sig, B) in enumerate(zip(signals.feedback, params.B, strict=True)):
             th = self._row(self._tb, k, K, "theta_b")
-            dB.append(poly_delta(th, sig.h_post, sig.p_post, sig.u_pre, B))
+            if sig.scale is None and sig.synapse.kind == "dense":
+                dB.append(poly_delta(th, sig.h_post, sig.p_post, sig.u_pre, B))
+            else:
+                dB.append(_synapse_feedback_delta(th, sig, B))
         return Deltas(dW, db, dB), state
 
     def describe(self) -> str:

@@ -1,0 +1,279 @@
+"""``convert(model, rule)``: any ``torch.nn`` module tree learns by a local plasticity rule.
+
+Every ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Embedding`` becomes a plastic equivalent (same
+module object and parameters; its class is swapped) that carries its own feedback weights ``B``;
+BatchNorm / LayerNorm / GroupNorm affine parameters learn by the local rule ``Δγ = -mean(u ⊙ x̂)``,
+``Δβ = -mean(u)``. Parameter-free modules need nothing. A module with trainable parameters that no synapse
+type covers is an error (all of them named at once): nothing is silently trained by autograd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import HeterogradError, unknown_choice
+from ..rules import RULES, Rule, make_rule
+from ..synapses import DENSE, Conv, Embedding, Synapse
+from .layers import (
+    DirectContext,
+    PlasticBatchNorm1d,
+    PlasticBatchNorm2d,
+    PlasticBatchNorm3d,
+    PlasticConv1d,
+    PlasticConv2d,
+    PlasticEmbedding,
+    PlasticGroupNorm,
+    Plasticity,
+    PlasticLayerNorm,
+    PlasticLinear,
+    PlasticModule,
+)
+
+FEEDBACK_INITS: tuple[str, ...] = ("random", "transpose", "anti")
+"""``random``: uniform on ``±1/√fan_in`` (the scale of torch's default ``W`` init); ``transpose``: ``B = W``
+as transport (backprop's start); ``anti``: ``B = -W`` as transport."""
+
+_SYNAPSE_TYPES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: PlasticLinear,
+    nn.Conv1d: PlasticConv1d,
+    nn.Conv2d: PlasticConv2d,
+    nn.Embedding: PlasticEmbedding,
+}
+_NORM_TYPES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.BatchNorm1d: PlasticBatchNorm1d,
+    nn.BatchNorm2d: PlasticBatchNorm2d,
+    nn.BatchNorm3d: PlasticBatchNorm3d,
+    nn.LayerNorm: PlasticLayerNorm,
+    nn.GroupNorm: PlasticGroupNorm,
+}
+
+
+def _build_rule(rule: str | Rule, options: dict[str, Any]) -> Rule:
+    if isinstance(rule, Rule):
+        if options:
+            raise HeterogradError(f"rule options {sorted(options)} apply only to a rule given by name")
+        r = rule
+    else:
+        if rule not in RULES:
+            raise unknown_choice("rule", rule, RULES)
+        cls = RULES[rule]
+        fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+        bad = sorted(k for k in options if k not in fields)
+        if bad:
+            raise HeterogradError(
+                f"rule {rule!r} has no option {', '.join(bad)}; its options: {', '.join(sorted(fields)) or 'none'}"
+            )
+        r = make_rule(rule, **options)
+    if not r.nn_engine:
+        raise HeterogradError(
+            f"rule {r.name!r} applies to the Circuit engine only; in a converted model freeze a layer with "
+            "module.requires_grad_(False) and pick one of: "
+            + ", ".join(sorted(n for n, c in RULES.items() if c.nn_engine))
+        )
+    return r
+
+
+def _base_type(m: nn.Module, table: dict[type[nn.Module], type[nn.Module]]) -> type[nn.Module] | None:
+    """The supported torch type ``m`` is (exactly, or a subclass that keeps its ``forward``), else ``None``."""
+    for base in table:
+        if type(m) is base or (isinstance(m, base) and type(m).forward is base.forward):
+            return base
+    return None
+
+
+def _synapse_of(name: str, m: nn.Module, base: type[nn.Module]) -> Synapse:
+    if base is nn.Linear:
+        return DENSE
+    if base is nn.Embedding:
+        e: Any = m
+        if e.max_norm is not None or e.sparse or e.scale_grad_by_freq:
+            raise HeterogradError(
+                f"embedding {name!r} uses max_norm/sparse/scale_grad_by_freq, which the lookup synapse does not "
+                "support; build it without them"
+            )
+        return Embedding(e.num_embeddings, e.padding_idx)
+    c: Any = m
+    if c.padding_mode != "zeros":
+        raise HeterogradError(
+            f"conv {name!r} has padding_mode={c.padding_mode!r}; the conv synapse supports zero padding only"
+        )
+    return Conv(tuple(c.weight.shape), c.stride, c.padding, c.dilation, c.groups)
+
+
+def _initial_feedback(W: Tensor, syn: Synapse, init: str, gen: torch.Generator) -> Tensor:
+    """``B`` laid out like the synapse wants (dense: ``(in, out)`` stored in ``W``'s memory order)."""
+    if init == "random":
+        fan_in = max(1, W[0].numel()) if syn.kind == "conv" else W.shape[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        R = (torch.rand(W.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        M = R.to(dtype=W.dtype, device=W.device)
+    else:
+        M = W.detach().clone() * (1.0 if init == "transpose" else -1.0)
+    return syn.as_feedback(M)
+
+
+def _unsupported_message(bad: list[tuple[str, nn.Module]]) -> str:
+    names = "; ".join(f"{n or '<root>'!r} ({type(m).__name__})" for n, m in bad)
+    return (
+        f"heterograd.convert cannot train these modules by a local rule: {names}. Build them from nn.Linear / "
+        "nn.Conv1d / nn.Conv2d / nn.Embedding / norm layers (see heterograd.models.transformer for attention), "
+        "or freeze their parameters with module.requires_grad_(False) before converting"
+    )
+
+
+def convert(
+    model: nn.Module,
+    rule: str | Rule = "hsp",
+    *,
+    feedback_init: str | None = None,
+    seed: int = 0,
+    example_input: Tensor | None = None,
+    **rule_options: Any,
+) -> nn.Module:
+    """Make every plastic connection of ``model`` learn by ``rule``, in place; returns ``model``.
+
+    Args:
+        model: any module tree. ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` (zero padding, any stride, dilation,
+            groups) and ``nn.Embedding`` become plastic synapses; BatchNorm/LayerNorm/GroupNorm affine
+            parameters learn by the local rule; modules without parameters are left as they are.
+        rule: a registered rule name (``bp``, ``fa``, ``dfa``, ``hsp``, ``kp``, ``poly``, ``usf``, ``brsf``,
+            ``frsf``) or a :class:`~heterograd.rules.Rule`.
+        feedback_init: ``random`` (default), ``transpose`` (``B = W`` as transport) or ``anti``; only for rules
+            that carry a ``B`` (plastic or frozen).
+        seed: seeds every random feedback matrix (and the per-layer generators of ``brsf``).
+        example_input: a batch the model accepts; required by ``dfa`` (it sizes each layer's ``D``).
+        **rule_options: the rule's hyperparameters, e.g. ``weight_decay=1e-4``, ``feedback_gain=0.5``.
+
+    The loop is the standard one: ``loss.backward()`` is the t' sweep, after which each plastic parameter's
+    ``.grad`` holds ``-Δ/η`` of the rule (``B``'s too where it is plastic), so any ``torch.optim`` optimiser
+    applies the update. ``B`` is a parameter named ``feedback`` when plastic, a buffer when frozen, absent
+    (``None``) when the rule derives the transport from ``W`` (``bp``, ``usf``, ``brsf``).
+
+    Raises:
+        HeterogradError: an unknown rule or option, a rule that does not apply to converted models, a
+        module with trainable parameters no synapse type covers (all named), a model converted twice.
+    """
+    if not isinstance(model, nn.Module):
+        raise HeterogradError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    r = _build_rule(rule, rule_options)
+    has_B = r.feedback in ("plastic", "frozen")
+    if feedback_init is not None:
+        if not has_B:
+            raise HeterogradError(
+                f"rule {r.name!r} keeps no feedback weights of its own (feedback: {r.feedback}); drop feedback_init"
+            )
+        if feedback_init not in FEEDBACK_INITS:
+            raise unknown_choice("feedback init", feedback_init, FEEDBACK_INITS)
+    init = feedback_init or "random"
+    if r.feedback == "direct" and example_input is None:
+        raise HeterogradError("rule 'dfa' sizes each layer's direct feedback D: pass example_input=<a batch>")
+    if r.feedback != "direct" and example_input is not None:
+        raise HeterogradError(f"example_input is only used by rule 'dfa', not {r.name!r}; drop it")
+
+    plan: list[tuple[str, nn.Module, type[nn.Module], bool]] = []
+    bad: list[tuple[str, nn.Module]] = []
+    converted: list[str] = []
+    for name, m in model.named_modules():
+        if isinstance(m, PlasticModule):
+            converted.append(name or "<root>")
+            continue
+        syn_base = _base_type(m, _SYNAPSE_TYPES)
+        norm_base = _base_type(m, _NORM_TYPES)
+        if syn_base is not None:
+            plan.append((name, m, syn_base, True))
+        elif norm_base is not None:
+            if any(p.requires_grad for p in m.parameters(recurse=False)):
+                plan.append((name, m, norm_base, False))
+        elif any(p.requires_grad for p in m.parameters(recurse=False)):
+            bad.append((name, m))
+    if converted:
+        raise HeterogradError(
+            f"model is already converted ({', '.join(converted[:3])}...); convert a fresh model for another rule"
+        )
+    if bad:
+        raise HeterogradError(_unsupported_message(bad))
+
+    gen = torch.Generator().manual_seed(int(seed))
+    in_shapes: dict[str, tuple[int, ...]] = {}
+    out_size = 0
+    if r.feedback == "direct":
+        assert example_input is not None
+        hooks = [
+            m.register_forward_hook(lambda mod, inp, out, nm=name: in_shapes.__setitem__(nm, tuple(inp[0].shape)))
+            for name, m, _, is_syn in plan
+            if is_syn
+        ]
+        saved = [(b, b.detach().clone()) for b in model.buffers()]  # e.g. BatchNorm statistics: leave them be
+        try:
+            with torch.no_grad():
+                out = model(example_input)
+        finally:
+            for h in hooks:
+                h.remove()
+            with torch.no_grad():
+                for b, v in saved:
+                    b.copy_(v)
+        if not isinstance(out, Tensor):
+            raise HeterogradError("dfa needs a model whose output is one tensor (the output error is taken there)")
+        out_size = out[0].numel()
+    direct = DirectContext() if r.feedback == "direct" else None
+
+    for k, (name, m, base, is_syn) in enumerate(plan):
+        if not is_syn:
+            m.__class__ = _NORM_TYPES[base]
+            m.plasticity = Plasticity(r, None, name)  # type: ignore[assignment]
+            continue
+        syn = _synapse_of(name, m, base)
+        W: Tensor = m.weight  # type: ignore[assignment]
+        layer_gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + k) if r.name == "brsf" else None
+        m.__class__ = _SYNAPSE_TYPES[base]
+        m.plasticity = Plasticity(r, syn, name, generator=layer_gen, direct=direct)  # type: ignore[assignment]
+        if not syn.has_transport or (not has_B and r.feedback != "direct"):
+            m.register_buffer("feedback", None)
+        elif r.feedback == "direct":
+            shape = in_shapes.get(name)
+            if shape is None:
+                raise HeterogradError(f"dfa: layer {name!r} was not used by the example input's forward pass")
+            fan = math.prod(shape[1:])
+            D = (torch.rand((out_size, *shape[1:]), generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(fan)
+            m.register_buffer("feedback", D.to(dtype=W.dtype, device=W.device))
+        else:
+            B = _initial_feedback(W.detach(), syn, init, gen)
+            if r.feedback == "plastic":
+                m.register_parameter("feedback", nn.Parameter(B, requires_grad=W.requires_grad))
+            else:
+                m.register_buffer("feedback", B)
+    if direct is not None:
+        model.register_forward_hook(CaptureOutputError(direct))
+    return model
+
+
+class CaptureOutputError:
+    """Forward hook of a dfa model: at t' the gradient at the model's output (the error ``e``) goes to ``context``.
+
+    A picklable object (not a closure), so ``copy.deepcopy`` and ``torch.save(model)`` keep it tied to the
+    copied layers' shared context.
+    """
+
+    def __init__(self, context: DirectContext) -> None:
+        self.context = context
+
+    def _store(self, grad: Tensor) -> None:
+        self.context.e = grad
+
+    def __call__(self, module: nn.Module, inputs: Any, out: Any) -> None:
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(self._store)
+
+
+def plastic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` of every converted module of ``model`` (synapses and norm layers), in order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PlasticModule)]
+
+
+__all__ = ["FEEDBACK_INITS", "convert", "plastic_layers"]

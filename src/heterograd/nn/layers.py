@@ -1,0 +1,405 @@
+"""Plastic layers of converted models and the custom autograd functions that run their t' sweep.
+
+Autograd is only the scheduler here: it orders the feedback sweep through the parameter-free operations
+(nonlinearities, pooling, residual sums, reshapes, softmax carry the feedback by their local derivative)
+and, at every plastic connection, calls :class:`PlasticFunction.backward`, which
+
+* sends the feedback to the presynaptic side by transport with the layer's ``B`` (or what the rule says:
+  ``W`` for ``bp``, ``sign(W)``-built matrices for sign symmetry, ``D e`` for direct feedback), and only
+  when the input needs feedback at all (never into the model's input);
+* hands the local signals ``(u, h)`` to the rule and returns ``-Δ/η`` as the "gradient" of ``W``, ``b``
+  and (when plastic) ``B``; autograd accumulates it into ``.grad`` so that ``torch.optim``, schedulers,
+  clipping and data-parallel hooks work unchanged. Autograd never computes ``∇W`` of a plastic layer.
+
+Signals of a converted layer: ``u`` is the loss gradient arriving at the layer's output (it carries the
+loss's ``1/n``), so the correlation has ``scale = 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import HeterogradError
+from ..rules import FeedbackSignals, ForwardSignals, Params, Rule, Signals
+from ..synapses import Conv, Synapse
+
+
+@dataclass
+class DirectContext:
+    """The output error ``e`` ``(n, ...)`` captured at the model output, shared by a model's dfa layers."""
+
+    e: Tensor | None = None
+
+
+@dataclass(eq=False)
+class Plasticity:
+    """What a plastic layer needs at t': its rule, synapse type and per-layer state (never in ``state_dict``).
+
+    Attributes:
+        rule: the learning rule; synapse: the connection type (``None`` for normalisation layers).
+        name: the module path in the converted model.
+        generator: the layer's own seeded generator (batchwise-random feedback), or ``None``.
+        direct: the shared output-error holder of direct feedback alignment, or ``None``.
+        exact: probes only: transport with ``W`` and return the true gradient (a bp pass).
+        record: probes only: when a dict, the backward stores ``u``, ``h``, ``p`` and the returned ``W`` grad.
+    """
+
+    rule: Rule
+    synapse: Synapse | None
+    name: str
+    generator: torch.Generator | None = None
+    direct: DirectContext | None = None
+    exact: bool = False
+    record: dict[str, Tensor] | None = field(default=None, repr=False)
+    keep_potential: bool = field(init=False)
+    plastic_feedback: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keep_potential = self.rule.needs_potential()
+        self.plastic_feedback = self.rule.feedback == "plastic"
+
+
+def _weight_decay(rule: Rule) -> float:
+    return float(getattr(rule, "weight_decay", 0.0) or 0.0)
+
+
+def _direct_transport(pl: Plasticity, D: Tensor, x: Tensor) -> Tensor:
+    """``D e`` shaped like ``x`` ``(n, ...)`` from the captured output error ``e`` ``(n, K...)``; ``D`` ``(K, ...)``."""
+    assert pl.direct is not None
+    e = pl.direct.e
+    if e is None:
+        raise HeterogradError(
+            f"dfa layer {pl.name!r}: no output error was captured; the loss must be computed from the converted "
+            "model's output tensor"
+        )
+    n = x.shape[0]
+    return (e.reshape(n, -1) @ D.reshape(D.shape[0], -1)).reshape(x.shape)
+
+
+class PlasticFunction(torch.autograd.Function):
+    """``p = W ⋆ x + b`` at t; at t' transport and the rule's update (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
+        syn = pl.synapse
+        assert syn is not None
+        dev = W.device.type
+        if syn.has_transport and torch.is_autocast_enabled(dev):  # AMP: compute and keep in its dtype
+            dt = torch.get_autocast_dtype(dev)
+            x, W, b, B = (None if t is None else t.to(dt) for t in (x, W, b, B))
+            with torch.autocast(dev, enabled=False):
+                p = syn.forward(x, W, b)
+        else:
+            p = syn.forward(x, W, b)
+        ctx.pl = pl
+        ctx.save_for_backward(x, W, b, B, p if (pl.keep_potential or pl.record is not None) else None)
+        return p
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, W, b, B, p = ctx.saved_tensors
+        pl: Plasticity = ctx.pl
+        rule, syn = pl.rule, pl.synapse
+        assert syn is not None
+        need_x, need_W, need_b, need_B = ctx.needs_input_grad[:4]
+        need_x = need_x and syn.has_transport
+        if not g.is_contiguous():
+            g = g.contiguous()
+        if pl.exact:  # probes: the true gradient (transport with W, update C(u, h))
+            v, C = syn.transport_and_correlation(g, syn.as_feedback(W) if need_x else None, x, 1.0, need_x)
+            if pl.record is not None:
+                pl.record.update(u=g, h=x, p=p, dW=-C)
+            gb = syn.bias_correlation(g, 1.0) if (need_b and b is not None) else None
+            return v, (C if need_W else None), gb, None, None
+        need_b = need_b and b is not None
+        # transport: to the presynaptic side only where it needs feedback (never into the model's input)
+        direct = pl.direct is not None
+        M = rule.transport_weights(W, B, syn, pl.generator) if (need_x and not direct) else None
+        v: Tensor | None = _direct_transport(pl, B, x) if (need_x and direct) else None
+        C: Tensor | None = None
+        Cb: Tensor | None = None
+        if rule.uses_correlation and need_W and isinstance(syn, Conv):  # transport, C(u, h), C(u, 1): one call
+            v_conv, C, Cb = syn.transport_correlation_bias(g, M, x, 1.0, M is not None, need_b)
+            if M is not None:
+                v = v_conv
+        elif M is not None:
+            v = syn.transport(g, M, x)
+        if not (need_W or need_b or need_B):
+            return v, None, None, None, None
+        plastic_B = pl.plastic_feedback and B is not None and need_B
+        fsig = ForwardSignals(x, p, p, g, syn, 1.0, C, Cb)
+        grads = rule.layer_grads(fsig, W, b if need_b else None, B if plastic_B else None)
+        if grads is None:  # the general path: the rule's deltas on one layer's signals
+            fb = (FeedbackSignals(x, None, g, True, 1, 0, syn, 1.0),) if plastic_B else ()
+            params = Params((W,), (b,), (B,) if plastic_B else ())
+            d, _ = rule.deltas(Signals((fsig,), fb), params, None)
+            grads = tuple(None if t is None else t.neg_() for t in (d.W[0], d.b[0], d.B[0] if plastic_B else None))
+        gW, gb, gB = grads
+        if pl.record is not None and gW is not None:
+            pl.record.update(u=g, h=x, p=p, dW=-gW)
+        return v, (gW if need_W else None), (gb if need_b else None), (gB if plastic_B else None), None
+
+
+def plastic_forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
+    """Run a plastic connection: through :class:`PlasticFunction` when anything needs feedback, else plainly."""
+    if torch.is_grad_enabled() and (
+        W.requires_grad or x.requires_grad or (b is not None and b.requires_grad) or (B is not None and B.requires_grad)
+    ):
+        return PlasticFunction.apply(x, W, b, B, pl)
+    assert pl.synapse is not None
+    return pl.synapse.forward(x, W, b)
+
+
+class AffineFunction(torch.autograd.Function):
+    """``y = γ ⊙ x̂ + β`` of a normalisation layer, with the local rule ``Δγ = -(Σ u ⊙ x̂ + λγ)``, ``Δβ = -(Σ u + λβ)``.
+
+    ``x̂`` ``(n, ...)``; ``γ``, ``β`` broadcast to it through ``view`` (e.g. ``(1, C, 1, 1)``). The feedback to
+    ``x̂`` is ``γ ⊙ u`` (the per-neuron gain, a local derivative). ``λ`` is the rule's weight decay.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, xhat: Tensor, gamma: Tensor, beta: Tensor | None, view: tuple[int, ...], pl: Plasticity
+    ) -> Tensor:
+        y = xhat * gamma.view(view)
+        if beta is not None:
+            y = y + beta.view(view)
+        ctx.view, ctx.pl = view, pl
+        ctx.save_for_backward(xhat, gamma, beta)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        xhat, gamma, beta = ctx.saved_tensors
+        view = ctx.view
+        if len(view) == g.dim() and view[0] == 1:  # channel view (1, C, 1, ...)
+            dims = [i for i, s in enumerate(view) if s == 1]
+        else:  # trailing view (LayerNorm's normalized_shape)
+            dims = list(range(g.dim() - len(view)))
+        lam = 0.0 if ctx.pl.exact else _weight_decay(ctx.pl.rule)
+        v = g * gamma.view(view) if ctx.needs_input_grad[0] else None
+        gg = gb = None
+        if ctx.needs_input_grad[1]:
+            gg = (g * xhat).sum(dims).reshape(gamma.shape)
+            if lam:
+                gg.add_(gamma, alpha=lam)
+        if beta is not None and ctx.needs_input_grad[2]:
+            gb = g.sum(dims).reshape(beta.shape)
+            if lam:
+                gb.add_(beta, alpha=lam)
+        return v, gg, gb, None, None
+
+
+def _affine(xhat: Tensor, gamma: Tensor | None, beta: Tensor | None, view: tuple[int, ...], pl: Plasticity) -> Tensor:
+    if gamma is None:
+        return xhat if beta is None else xhat + beta.view(view)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xhat, gamma, beta)):
+        return AffineFunction.apply(xhat, gamma, beta, view, pl)
+    y = xhat * gamma.view(view)
+    return y if beta is None else y + beta.view(view)
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Fused BatchNorm with a plastic affine map: ``y = γ ⊙ x̂ + β`` with ``x̂`` normalised over ``(n, *S)``.
+
+    One native kernel each way (no activation-sized ``x̂`` is kept: the same memory as torch's BatchNorm).
+    The backward returns the local derivative of the normalisation times ``γ`` to the input, and the local
+    rule ``(Σ u ⊙ x̂ + λγ, Σ u + λβ)`` as the "gradient" of ``γ``, ``β`` (from the same kernel).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        rm: Tensor | None,
+        rv: Tensor | None,
+        training: bool,
+        momentum: float,
+        eps: float,
+        pl: Plasticity,
+    ) -> Tensor:
+        out, mean, invstd = torch.ops.aten.native_batch_norm(x, gamma, beta, rm, rv, training, momentum, eps)
+        ctx.training, ctx.eps, ctx.pl = training, eps, pl
+        ctx.save_for_backward(x, gamma, beta, rm, rv, mean, invstd)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, gamma, beta, rm, rv, mean, invstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        gx, gg, gb = torch.ops.aten.native_batch_norm_backward(
+            g.contiguous(), x, gamma, rm, rv, mean, invstd, ctx.training, ctx.eps, mask
+        )
+        lam = 0.0 if ctx.pl.exact else _weight_decay(ctx.pl.rule)
+        if lam and gg is not None:
+            gg.add_(gamma, alpha=lam)
+        if lam and gb is not None:
+            gb.add_(beta, alpha=lam)
+        return gx, gg, gb, None, None, None, None, None, None
+
+
+class LayerNormFunction(torch.autograd.Function):
+    """Fused LayerNorm with a plastic affine map (``γ``, ``β`` shaped ``normalized_shape``; ``β`` may be ``None``).
+
+    As :class:`BatchNormFunction`: one native kernel each way, the local rule for ``γ``, ``β``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, gamma: Tensor, beta: Tensor | None, shape: list[int], eps: float, pl: Plasticity
+    ) -> Tensor:
+        out, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, gamma, beta, eps)
+        ctx.shape, ctx.pl = shape, pl
+        ctx.save_for_backward(x, gamma, beta, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, gamma, beta, mean, rstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], beta is not None and ctx.needs_input_grad[2]]
+        gx, gg, gb = torch.ops.aten.native_layer_norm_backward(
+            g.contiguous(), x, ctx.shape, mean, rstd, gamma, beta, mask
+        )
+        lam = 0.0 if ctx.pl.exact else _weight_decay(ctx.pl.rule)
+        if lam and gg is not None:
+            gg.add_(gamma, alpha=lam)
+        if lam and gb is not None:
+            gb.add_(beta, alpha=lam)
+        return gx, gg, gb, None, None, None
+
+
+def _needs_plastic_norm(x: Tensor, gamma: Tensor | None, beta: Tensor | None) -> bool:
+    return (
+        gamma is not None
+        and torch.is_grad_enabled()
+        and (x.requires_grad or gamma.requires_grad or (beta is not None and beta.requires_grad))
+    )
+
+
+# --------------------------------------------------------------------------- plastic modules
+class PlasticModule:
+    """Marker mixin of converted modules; ``plasticity`` holds the rule and synapse type."""
+
+    plasticity: Plasticity
+
+
+class PlasticLinear(nn.Linear, PlasticModule):
+    """``nn.Linear`` learning by a local rule: ``weight`` ``(out, in)``, ``feedback`` ``(in, out)`` like ``Wᵀ``."""
+
+    feedback: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return plastic_forward(x, self.weight, self.bias, self.feedback, self.plasticity)
+
+
+class PlasticConv1d(nn.Conv1d, PlasticModule):
+    """``nn.Conv1d`` learning by a local rule. ``feedback`` ``B`` shaped like ``weight``."""
+
+    feedback: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return plastic_forward(x, self.weight, self.bias, self.feedback, self.plasticity)
+
+
+class PlasticConv2d(nn.Conv2d, PlasticModule):
+    """``nn.Conv2d`` learning by a local rule. ``feedback`` ``B`` shaped like ``weight``."""
+
+    feedback: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return plastic_forward(x, self.weight, self.bias, self.feedback, self.plasticity)
+
+
+class PlasticEmbedding(nn.Embedding, PlasticModule):
+    """``nn.Embedding`` learning by a local rule (lookup synapse; no feedback to send: its input is an index)."""
+
+    feedback: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return plastic_forward(x, self.weight, None, None, self.plasticity)
+
+
+class _PlasticBatchNorm(PlasticModule):
+    """BatchNorm whose affine parameters learn by the local rule (:class:`BatchNormFunction`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn: Any = self
+        bn._check_input_dim(x)
+        eaf = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            eaf = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        training = bn.training or (bn.running_mean is None and bn.running_var is None)
+        use_stats = not bn.training or bn.track_running_stats
+        rm = bn.running_mean if use_stats else None
+        rv = bn.running_var if use_stats else None
+        if _needs_plastic_norm(x, bn.weight, bn.bias):
+            if torch.is_autocast_enabled(x.device.type):  # as autocast runs batch_norm: in the input's dtype
+                with torch.autocast(x.device.type, enabled=False):
+                    return BatchNormFunction.apply(
+                        x, bn.weight, bn.bias, rm, rv, training, eaf, bn.eps, self.plasticity
+                    )
+            return BatchNormFunction.apply(x, bn.weight, bn.bias, rm, rv, training, eaf, bn.eps, self.plasticity)
+        return F.batch_norm(x, rm, rv, bn.weight, bn.bias, training, eaf, bn.eps)
+
+
+class PlasticBatchNorm1d(_PlasticBatchNorm, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` whose affine ``γ``, ``β`` ``(C,)`` learn by the local rule."""
+
+
+class PlasticBatchNorm2d(_PlasticBatchNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose affine ``γ``, ``β`` ``(C,)`` learn by the local rule."""
+
+
+class PlasticBatchNorm3d(_PlasticBatchNorm, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` whose affine ``γ``, ``β`` ``(C,)`` learn by the local rule."""
+
+
+class PlasticLayerNorm(nn.LayerNorm, PlasticModule):
+    """``nn.LayerNorm`` whose elementwise affine ``γ``, ``β`` (``normalized_shape``) learn by the local rule."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = list(self.normalized_shape)
+        if not _needs_plastic_norm(x, self.weight, self.bias):
+            return F.layer_norm(x, shape, self.weight, self.bias, self.eps)
+        if torch.is_autocast_enabled(x.device.type):  # autocast runs layer_norm in float32
+            with torch.autocast(x.device.type, enabled=False):
+                return LayerNormFunction.apply(x.float(), self.weight, self.bias, shape, self.eps, self.plasticity)
+        return LayerNormFunction.apply(x, self.weight, self.bias, shape, self.eps, self.plasticity)
+
+
+class PlasticGroupNorm(nn.GroupNorm, PlasticModule):
+    """``nn.GroupNorm`` whose per-channel affine ``γ``, ``β`` ``(C,)`` learn by the local rule."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        xhat = F.group_norm(x, self.num_groups, None, None, self.eps)
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return _affine(xhat, self.weight, self.bias, view, self.plasticity)
+
+
+__all__ = [
+    "AffineFunction",
+    "BatchNormFunction",
+    "DirectContext",
+    "LayerNormFunction",
+    "PlasticBatchNorm1d",
+    "PlasticBatchNorm2d",
+    "PlasticBatchNorm3d",
+    "PlasticConv1d",
+    "PlasticConv2d",
+    "PlasticEmbedding",
+    "PlasticFunction",
+    "PlasticGroupNorm",
+    "PlasticLayerNorm",
+    "PlasticLinear",
+    "PlasticModule",
+    "Plasticity",
+    "plastic_forward",
+]
