@@ -156,8 +156,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped cleanly on SIGINT/SIGTERM at a step boundary (a ``KeyboardInterrupt``).
 
     Attributes:
-        signum: the signal received; step: steps completed; checkpoint: the checkpoint written
-        (``None`` when the run had no output folder).
+        signum: the signal received.
+        step: steps completed.
+        checkpoint: the checkpoint written (``None`` when the run had no output folder).
     """
 
     def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
