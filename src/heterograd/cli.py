@@ -115,7 +115,7 @@ def train(
         bool,
         typer.Option(
             "--tensorboard",
-            help="also log metrics and config to DIR/tensorboard (pip install 'heterograd[tensorboard]')",
+            help="also log metrics and config to DIR/tensorboard (needs heterograd's tensorboard extra)",
         ),
     ] = False,
     checkpoint_every: Annotated[
