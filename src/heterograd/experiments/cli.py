@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="progress bars on a terminal (a log gets two lines per experiment)")
         ] = True,
     ) -> None:
-        """Reproduce a claim of THEORY.md as a figure, the measured numbers and a verdict."""
+        """Reproduce a claim of the theory (docs/theory.md) as a figure, the measured numbers and a verdict."""
         from ..progress import is_terminal
         from . import load_all
         from .base import run_experiment
