@@ -45,6 +45,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "heterograd.checkpoint",
             "heterograd.plots",
             "heterograd.runtime",
+            "heterograd.progress",
+            "heterograd.tensorboard",
             "heterograd._version",
         ),
     ),

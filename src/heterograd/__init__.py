@@ -1,6 +1,6 @@
 """heterograd: heterosynaptic circuits that learn by local two-signal plasticity.
 
-See THEORY.md for the science (Ziyin, Chuang, Poggio, arXiv:2505.02248).
+The theory in brief is docs/theory.md (after Ziyin, Chuang, Poggio, arXiv:2505.02248).
 """
 
 from ._version import __version__

@@ -69,6 +69,13 @@ def results_table(summaries: list[dict[str, Any]], title: str = "") -> str:
 @app.command()
 def train(
     ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML, YAML or JSON file with the keys of a run's config.json (any run's config.json works); "
+            "options given on the command line override it"
+        ),
+    ] = None,
     data: Annotated[str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir>")] = "digits",
     rule: Annotated[str, typer.Option(help="bp | fa | dfa | hsp | kp | poly (any registered rule)")] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
@@ -101,7 +108,16 @@ def train(
     n_test: Annotated[int | None, typer.Option(help="use only the first N test samples")] = None,
     theta_w: Annotated[str | None, typer.Option(help="poly: 8 coefficients for W (u·h,p·h,u,h,u²h,uh²,W,1)")] = None,
     theta_b: Annotated[str | None, typer.Option(help="poly: 8 coefficients for B (h·u,p·u,h,u,h²u,hu²,B,1)")] = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    progress: Annotated[
+        bool, typer.Option(help="a progress bar on a terminal, a line per epoch in a log (at most 10)")
+    ] = True,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="also log metrics and config to DIR/tensorboard (needs heterograd's tensorboard extra)",
+        ),
+    ] = False,
     checkpoint_every: Annotated[
         int | None, typer.Option(help="write checkpoint.pt every K steps and at the end (Ctrl-C/SIGTERM always do)")
     ] = None,
@@ -126,6 +142,7 @@ def train(
 
     Ctrl-C or SIGTERM stops at the next step, writes checkpoint.pt and exits 130 / 143;
     `heterograd train --resume DIR` then finishes the run exactly as if never interrupted.
+    `heterograd train --config runs/a/config.json --out runs/b` reruns runs/a.
     """
     from .hardware import parse_device_options
     from .optim import cli_options
@@ -168,6 +185,13 @@ def train(
         device_model=device_model,
         device_model_options=parse_device_options(device_model_options),
     )
+    if config is not None:
+        if resume is not None:
+            raise HeterogradError(
+                "--config and --resume both set the run's options; a resumed run uses its own, drop --config"
+            )
+        cfg = _from_config_file(config, _explicit_overrides(ctx, cfg))
+    data, rule, seed = cfg.data, cfg.rule, cfg.seed
     if distributed and resume is not None:
         raise HeterogradError("--distributed cannot --resume yet; start a fresh run or resume without --distributed")
     if resume is not None:
@@ -186,12 +210,12 @@ def train(
 
             trainer = DistributedTrainer(cfg)
             if trainer.rank != 0:  # only rank 0 writes and reports
-                trainer.fit(None, progress=False)
+                trainer.fit(None, progress=False)  # no --tensorboard either: rank 0 writes
                 return
         else:
             trainer = Trainer(cfg)
     try:
-        result = trainer.fit(out_dir, progress=progress)
+        result = trainer.fit(out_dir, progress=progress, tensorboard=tensorboard)
     except TrainingInterrupted as exc:
         import signal
 
@@ -212,9 +236,27 @@ def train(
         typer.echo(f"results written to {out_dir}")
 
 
-_NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx"})
+_NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx", "config", "tensorboard"})
 _MOTIF_OPTIONS = frozenset({"momentum", "nesterov", "betas", "eps", "optimizer_weight_decay", "optimizer_options"})
 _OPTION_FIELD = {"compile_step": "compile"}  # CLI parameter -> TrainConfig field, where they differ
+
+
+def _from_config_file(path: Path, overrides: dict[str, Any]) -> Any:
+    """The run's config from a config file, with the options given on the command line (``overrides``) on top.
+
+    Optimiser options merge: the file's ``optimizer_options`` updated by the command line's motif options.
+    """
+    import dataclasses
+
+    from .config import TrainConfig, load_config_file
+
+    values = load_config_file(path)
+    if "optimizer_options" in overrides:
+        overrides = {
+            **overrides,
+            "optimizer_options": {**values.get("optimizer_options", {}), **overrides["optimizer_options"]},
+        }
+    return dataclasses.replace(TrainConfig(**values), **overrides)
 
 
 def _explicit_overrides(ctx: typer.Context | None, cfg: Any) -> dict[str, Any]:
@@ -240,7 +282,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="results folder; one subfolder per rule")] = Path("results/demo"),
     epochs: Annotated[int, typer.Option(help="epochs per rule")] = 20,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    progress: Annotated[bool, typer.Option(help="progress bars on a terminal, a few lines per rule in a log")] = True,
 ) -> None:
     """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes."""
     from .data import load_dataset

@@ -1,16 +1,23 @@
-"""Configuration of a training run: :class:`TrainConfig` and the validation of every field.
+"""Configuration of a training run: :class:`TrainConfig`, the validation of every field, config files.
 
 Kept apart from the loop (:mod:`heterograd.train`) so that the command line, experiments and
-evolution can build and check a configuration without importing the trainer.
+evolution can build and check a configuration without importing the trainer. :func:`load_config_file`
+reads a TOML, YAML or JSON file with the keys of a run's ``config.json`` (``heterograd train --config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import math
 import numbers
+import tomllib
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .circuits import ACTIVATIONS, FEEDBACK_INITS, TOPOLOGIES, parse_hidden
@@ -170,3 +177,149 @@ def _check_real(name: str, value: Any) -> None:
     """``value`` must be a finite real number (not bool, not a string)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise HeterogradError(f"{_flag(name)} must be a finite number, got {value!r}; pass e.g. {_flag(name)} 0.05")
+
+
+# --------------------------------------------------------------------------- config files
+#: keys that ``config.json`` records about a run but that do not configure one; a config file may hold
+#: them (so any run's ``config.json`` can be fed back) and they are ignored.
+RECORDED_ONLY = frozenset({"environment", "rule_equation"})
+
+_FORMATS = {".json": "JSON", ".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON (``.json``) file into a mapping.
+
+    Raises :class:`HeterogradError` for a missing file, another suffix, a syntax error or a file whose
+    top level is not a table / mapping / object.
+    """
+    p = Path(path)
+    kind = _FORMATS.get(p.suffix.lower())
+    if kind is None:
+        raise HeterogradError(f"--config {p}: unknown file type {p.suffix!r}; use a .toml, .yaml, .yml or .json file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise HeterogradError(f"--config {p}: cannot read it ({exc.strerror}); pass an existing file") from None
+    try:
+        if kind == "JSON":
+            data = json.loads(text)
+        elif kind == "TOML":
+            data = tomllib.loads(text)
+        else:
+            data = _load_yaml(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise HeterogradError(f"--config {p}: not valid {kind} ({exc})") from None
+    except Exception as exc:  # yaml.YAMLError
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise HeterogradError(f"--config {p}: not valid {kind} ({type(exc).__name__}: {first})") from None
+    if not isinstance(data, dict):
+        raise HeterogradError(f"--config {p}: the top level must be a table of key = value, got {type(data).__name__}")
+    return data
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, except that ``1e-4`` is a number (YAML 1.1 alone reads it as a string)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    number = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", number, list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def load_config_file(
+    path: str | Path, schema: type = TrainConfig, recorded_only: frozenset[str] = RECORDED_ONLY
+) -> dict[str, Any]:
+    """Read a config file and check it against the fields of ``schema`` (a dataclass, default :class:`TrainConfig`).
+
+    The file has the same keys as the ``config.json`` a run writes (so that file reproduces the run); the
+    keys in ``recorded_only`` (for training runs ``environment`` and ``rule_equation``) are accepted and
+    dropped. Any other unknown key, or a value of the wrong type, raises one :class:`HeterogradError` naming
+    the key. Lists become tuples where the field is a tuple. Returns ``{field: value}`` for
+    ``schema(**values)``; value ranges are checked later by ``schema.validate()``.
+    """
+    data = read_config_file(path)
+    hints = typing.get_type_hints(schema)
+    fields = [f.name for f in dataclasses.fields(schema)]
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in recorded_only:
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise HeterogradError(f"--config {path}: unknown key {key!r}; {hint}valid keys: {', '.join(fields)}")
+        tp = hints[key]
+        if not _has_type(value, tp):
+            raise HeterogradError(
+                f"--config {path}: key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+            )
+        out[key] = _as_tuples(value, tp)
+    return out
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    """Whether a parsed value fits a field annotation (str, int, float, bool, None, unions, tuples, lists, dicts).
+
+    Tuple and list fields also take a comma-separated string (``hidden = "128,128"``), as on the command line.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            return True
+        if not isinstance(value, list | tuple):
+            return False
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args, strict=True))
+        return all(_has_type(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _as_tuples(value: Any, tp: Any) -> Any:
+    """Turn (nested) lists into tuples where the annotation says tuple (JSON, TOML and YAML only have lists)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            if a is not type(None) and _has_type(value, a):
+                return _as_tuples(value, a)
+        return value
+    if origin is tuple and isinstance(value, list | tuple):
+        inner = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        return tuple(_as_tuples(v, a) for v, a in zip(value, inner, strict=True))
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    """Readable name of a field annotation for error messages."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin in (tuple, list):
+        return "a list (or a comma-separated string)"
+    if origin is dict:
+        return "a table of name = value"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))

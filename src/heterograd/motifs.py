@@ -67,9 +67,12 @@ def cerebellar_circuit(
     deep nuclei, the complex-spike timing; the error is the exact output error of the loss.
 
     Args:
-        n_mossy, n_out: input and output widths; n_granule: expansion width (``>> n_mossy``).
+        n_mossy: input width.
+        n_granule: expansion width (``>> n_mossy``).
+        n_out: output width.
         mossy_per_granule: fan-in ``k`` of each granule cell, ``1 <= k <= n_mossy``, or ``None`` (dense).
-        weight_decay: ``λ`` of the Purkinje synapses. seed, dtype, device: as for :class:`Circuit`.
+        weight_decay: ``λ`` of the Purkinje synapses.
+        seed: as for :class:`Circuit`; so are dtype and device.
     """
     if mossy_per_granule is not None and not 1 <= mossy_per_granule <= n_mossy:
         raise HeterogradError(
@@ -125,9 +128,13 @@ def pyramidal_circuit(
     two signals the rule needs.
 
     Args:
-        sizes: widths ``(n_0, ..., n_L)``; activation: somatic nonlinearity ``σ``.
-        topology, density: apical wiring (see :data:`heterograd.circuits.TOPOLOGIES`).
-        weight_decay, feedback_gain: ``λ`` and ``c`` of the rule. seed, dtype, device: as for :class:`Circuit`.
+        sizes: widths ``(n_0, ..., n_L)``.
+        activation: somatic nonlinearity ``σ``.
+        topology: apical wiring (see :data:`heterograd.circuits.TOPOLOGIES`).
+        density: mask density of the apical wiring (``sparse`` / ``amorphous``).
+        weight_decay: ``λ`` of the rule.
+        feedback_gain: ``c`` of the rule.
+        seed: as for :class:`Circuit`; so are dtype and device.
     """
     circuit = Circuit(
         list(sizes),

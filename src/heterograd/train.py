@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +47,7 @@ from .hardware import HardwareCircuit, attach_hardware
 from .losses import Loss, get_loss
 from .optim import Motif, make_motif
 from .probes import measure
+from .progress import Progress
 from .results import prepare_out_dir, write_csv, write_json
 from .rules import Deltas, Params, Rule, Signals, make_rule
 from .runtime import DTYPES, environment
@@ -161,8 +161,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped cleanly on SIGINT/SIGTERM at a step boundary (a ``KeyboardInterrupt``).
 
     Attributes:
-        signum: the signal received; step: steps completed; checkpoint: the checkpoint written
-        (``None`` when the run had no output folder).
+        signum: the signal received.
+        step: steps completed.
+        checkpoint: the checkpoint written (``None`` when the run had no output folder).
     """
 
     def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
@@ -463,6 +464,7 @@ class Trainer:
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
         handle_signals: bool = True,
+        tensorboard: bool = False,
     ) -> RunResult:
         """Train until ``config.epochs`` epochs are done; write the run directory if ``out_dir`` is given.
 
@@ -480,31 +482,32 @@ class Trainer:
 
         ``summary.json`` depends only on the configuration, data and machine (same seed, same file);
         wall-clock time goes to ``timing.json`` (and ``RunResult.summary["wall_seconds"]``).
-        """
-        from tqdm.auto import tqdm
 
+        ``progress`` shows a bar on a terminal and, when stderr is not one (a log file, CI), a line per
+        epoch (at most 10 per run). ``tensorboard`` also writes every logged row as scalars and the
+        config as text to ``out_dir/tensorboard`` (needs ``heterograd[tensorboard]``).
+        """
         c = self.config
+        if tensorboard and out_dir is None:
+            raise HeterogradError("--tensorboard writes next to metrics.csv and needs an output folder (--out)")
+        if tensorboard:
+            from .tensorboard import TensorBoardLog, require_tensorboard
+
+            require_tensorboard()  # before anything is written
         out = prepare_out_dir(out_dir) if out_dir is not None else None
+        tb = TensorBoardLog(out / "tensorboard", self.step_count or None) if tensorboard and out is not None else None
         if out is not None:
-            write_json(
-                out / "config.json",
-                {**c.to_dict(), "environment": environment(), "rule_equation": self.rule.describe()},
-            )
+            recorded = {**c.to_dict(), "environment": environment(), "rule_equation": self.rule.describe()}
+            write_json(out / "config.json", recorded)
+            if tb is not None:
+                tb.config(recorded)
         start = time.perf_counter()
         start_step = self.step_count
         diverged, diverged_step, reason = False, None, None
         loss_acc = torch.full((), self.loss_sum, dtype=torch.float64, device=self.device)
         n_acc = self.loss_count
         total_steps = c.epochs * self.steps_per_epoch
-        bar = tqdm(
-            total=total_steps,
-            initial=self.step_count,
-            disable=not progress,
-            desc=f"{c.rule} on {c.data}",
-            unit="step",
-            leave=False,
-            file=sys.stderr,
-        )
+        bar = Progress(total_steps, f"{c.rule} on {c.data}", "step", enabled=progress, initial=self.step_count)
         self._stop_signal = None
 
         def sync_acc() -> None:
@@ -555,7 +558,10 @@ class Trainer:
                             if reason is not None:
                                 row["diverged"] = reason
                             self.rows.append(row)
-                            bar.set_postfix(loss=f"{self.last_train_loss:.4g}")
+                            if tb is not None:
+                                tb.row(row)
+                            if end_of_epoch or reason is not None:
+                                bar.phase(epoch + 1, c.epochs, _epoch_line(row, epoch + 1, c.epochs))
                             if on_log is not None:
                                 on_log(row)
                             if out is not None:
@@ -563,7 +569,7 @@ class Trainer:
                             if reason is not None:
                                 diverged, diverged_step = True, self.step_count
                                 break
-                        bar.update(1)
+                        bar.update(1, loss=f"{self.last_train_loss:.4g}")
                         if out is not None and c.checkpoint_every and self.step_count % c.checkpoint_every == 0:
                             sync_acc()
                             self.elapsed += time.perf_counter() - start
@@ -581,6 +587,8 @@ class Trainer:
                     raise TrainingInterrupted(self._stop_signal, self.step_count, self.checkpoint_file)
         finally:
             bar.close()
+            if tb is not None:
+                tb.close()
             if out is not None and self.rows:
                 write_csv(out / "metrics.csv", self.rows)
         if out is not None and c.checkpoint_every and not diverged:
@@ -644,6 +652,20 @@ class Trainer:
             "steps": self.step_count,
             "device": str(self.device),
         }
+
+
+def _epoch_line(row: dict[str, Any], epoch: int, epochs: int) -> str:
+    """One log line for a finished epoch: step, train loss, test loss/accuracy, DC score (when measured)."""
+    parts = [f"epoch {epoch}/{epochs}", f"step {row['step']}", f"train loss {row['train_loss']:.4g}"]
+    if "test_loss" in row:
+        parts.append(f"test loss {row['test_loss']:.4g}")
+    if row.get("test_accuracy") is not None:
+        parts.append(f"test acc {row['test_accuracy']:.3f}")
+    if "dc_score" in row:
+        parts.append(f"DC {row['dc_score']:.2f}")
+    if "diverged" in row:
+        parts.append(f"diverged: {row['diverged']}")
+    return "  ".join(parts)
 
 
 def train(

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 
 def bench(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML, YAML or JSON file with BenchConfig keys (as in bench.json's config); options given on "
+            "the command line override it"
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="folder for bench.json and bench.md")] = Path("results/bench"),
     quick: Annotated[bool, typer.Option("--quick", help="tiny smoke test (a few seconds)")] = False,
     sizes: Annotated[
@@ -32,7 +40,7 @@ def bench(
     """Time training steps of hsp/fa/poly against autograd backprop and autograd feedback alignment."""
     from .runner import IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
 
-    kw: dict = {"device": device, "compile": compile_step, "threads": threads, "memory": memory}
+    kw: dict[str, Any] = {"device": device, "compile": compile_step, "threads": threads, "memory": memory}
     kw["max_seconds"] = max_seconds
     if sizes is not None:
         kw["sizes"] = parse_sizes_arg(sizes)
@@ -42,11 +50,36 @@ def bench(
         kw["dtypes"] = tuple(s.strip() for s in dtypes.split(",") if s.strip())
     if repeats is not None:
         kw["repeats"] = repeats
+    if config is not None:
+        kw = {**_read_config(config), **{k: v for k, v in kw.items() if _given(ctx, _OPTION.get(k, k))}}
     cfg = BenchConfig.quick(**kw) if quick else BenchConfig(**kw)
     result = run_benchmark(cfg, progress=lambda msg: typer.echo(msg, err=True))
     jp, mp = write_results(result, out)
     typer.echo(markdown(result))
     typer.echo(f"written {jp} and {mp} ({result['wall_seconds']} s)")
+
+
+_OPTION = {"compile": "compile_step"}  # BenchConfig field -> option name, where they differ
+
+
+def _given(ctx: typer.Context, option: str) -> bool:
+    """Whether ``option`` was given on the command line (not left at its default)."""
+    src = ctx.get_parameter_source(option)
+    return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """BenchConfig fields from a config file; strings in the command-line formats are accepted for the lists."""
+    from ..config import load_config_file
+    from .runner import BenchConfig, parse_sizes_arg
+
+    values = load_config_file(path, BenchConfig, frozenset({"notes"}))
+    if isinstance(values.get("sizes"), str):
+        values["sizes"] = parse_sizes_arg(values["sizes"])
+    for key in ("impls", "dtypes"):
+        if isinstance(values.get(key), str):
+            values[key] = tuple(s.strip() for s in values[key].split(",") if s.strip())
+    return values
 
 
 def register(app: typer.Typer) -> None:

@@ -358,7 +358,8 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         if r >= 3 and time.perf_counter() - t_rounds > cfg.max_seconds:
             cfg.notes.append(f"stopped after {r} of {cfg.repeats} rounds: time budget of {cfg.max_seconds} s spent")
             break
-        say(f"round {r + 1}/{cfg.repeats}")
+        if r % 5 == 0 or r == cfg.repeats - 1:  # a few lines, not one per round
+            say(f"round {r + 1}/{cfg.repeats}")
         k = r % len(cases)
         for case in cases[k:] + cases[:k]:  # round-robin, rotated so no case always runs first
             step, n = steps[case], per_block[case]

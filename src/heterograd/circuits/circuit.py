@@ -82,8 +82,10 @@ class Circuit(nn.Module):
         density: mask density for ``sparse`` / ``amorphous`` feedback.
         feedback_init: ``random``, ``transpose`` or ``anti`` (see :data:`FEEDBACK_INITS`).
         bias: give every forward layer a bias ``b_l`` ``(n_l,)``.
-        seed / generator: randomness for weights and masks (one of them; default seed 0).
-        dtype, device: of all tensors.
+        seed: randomness for weights and masks (default 0; or pass ``generator`` instead).
+        generator: a ``torch.Generator`` to draw weights and masks from, instead of ``seed``.
+        dtype: dtype of all tensors.
+        device: device of all tensors.
 
     Parameters (``requires_grad=False``: learning is local, never autograd):
         ``W[l-1]``: ``(n_l, n_{l-1})``; ``b[l-1]``: ``(n_l,)``; ``B[k]``: ``(n_dst, n_src)`` for ``edges[k]``.

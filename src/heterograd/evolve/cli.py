@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,11 +16,41 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+#: keys an evolution's config.json records that do not configure a run (ignored in a --config file)
+RECORDED_ONLY = frozenset({"genome", "environment"})
+#: command-line options that are not fields of EvolveConfig
+_NOT_CONFIG = frozenset({"ctx", "config", "out", "resume", "progress"})
+
+
+def _from_config_file(ctx: typer.Context, path: Path, cli_cfg: Any) -> Any:
+    """The file's :class:`EvolveConfig` with the options given on the command line on top."""
+    from ..config import load_config_file
+    from .run import EvolveConfig
+
+    values = load_config_file(path, EvolveConfig, RECORDED_ONLY)
+    given = {
+        name: getattr(cli_cfg, name)
+        for name in ctx.params
+        if name not in _NOT_CONFIG
+        and (src := ctx.get_parameter_source(name)) is not None
+        and src.name not in ("DEFAULT", "DEFAULT_MAP")
+    }
+    return dataclasses.replace(EvolveConfig(**values), **given)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``evolve`` command to the main app."""
 
     @app.command()
     def evolve(
+        ctx: typer.Context,
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                help="TOML, YAML or JSON file with the keys of an evolution's config.json; command-line options "
+                "override it"
+            ),
+        ] = None,
         task: Annotated[str, typer.Option(help="teacher | digits | mnist1d")] = "teacher",
         population: Annotated[int, typer.Option(help="circuits (genomes) per generation P")] = 128,
         generations: Annotated[int, typer.Option(help="generations G (with --resume: the new total)")] = 15,
@@ -53,7 +84,9 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto (batched back end)")] = "cpu",
         block: Annotated[int, typer.Option(help="circuits per batched computation (also the Ray shard unit)")] = 64,
         threads: Annotated[int, typer.Option(help="torch threads; 0 keeps torch's default (more cores: use ray)")] = 1,
-        progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+        progress: Annotated[
+            bool, typer.Option(help="a progress bar on a terminal, a line per generation in a log (at most 20)")
+        ] = True,
     ) -> None:
         """Evolve plasticity rules: select polynomial rule genomes on final loss, track the emergence of DC."""
         from .run import EvolveConfig
@@ -92,6 +125,8 @@ def register(app: typer.Typer) -> None:
             threads=threads or None,
             block=block,
         )
+        if config is not None:
+            cfg = _from_config_file(ctx, config, cfg)
         res = run_evolution(cfg, out, resume=resume, progress=progress)
         cols = ["generation", "best_fitness", "median_fitness", "reference_loss", "top_descent_fraction", "dc_fraction"]
         widths = [max(12, len(c)) for c in cols]

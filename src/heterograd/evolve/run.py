@@ -315,7 +315,7 @@ def evolve(
     the checkpoint of its last complete generation; ``resume=True`` continues from it and gives the same
     result as an uninterrupted run.
     """
-    from tqdm.auto import tqdm
+    from ..progress import Progress
 
     cfg = cfg.validate()
     out = prepare_out_dir(out_dir) if out_dir is not None else None
@@ -347,9 +347,9 @@ def evolve(
     own_backend = backend is None
     be = backend or make_backend(cfg.backend, workers=cfg.workers, ray_address=cfg.ray_address, device=cfg.device)
     start = time.perf_counter()
-    bar = tqdm(
-        total=cfg.generations, initial=min(start_gen, cfg.generations), disable=not progress,
-        desc=f"evolve {cfg.task}", unit="gen", leave=False, file=sys.stderr,
+    bar = Progress(
+        cfg.generations, f"evolve {cfg.task}", "gen", enabled=progress, initial=min(start_gen, cfg.generations),
+        lines=20,
     )  # fmt: skip
     completed = start_gen
     old_threads = torch.get_num_threads()
@@ -386,9 +386,11 @@ def evolve(
                     },
                 )
                 write_csv(out / "generations.csv", rows, CSV_COLUMNS)
-            bar.update(1)
-            bar.set_postfix(median=f"{row['median_fitness']:.3g}", ref=f"{row['reference_loss']:.3g}",
-                            dc=f"{row['dc_fraction']:.2f}")  # fmt: skip
+            bar.update(1, median=f"{row['median_fitness']:.3g}", ref=f"{row['reference_loss']:.3g}",
+                       dc=f"{row['dc_fraction']:.2f}")  # fmt: skip
+            bar.phase(completed, cfg.generations, f"generation {completed}/{cfg.generations}  best "
+                      f"{row['best_fitness']:.4g}  median {row['median_fitness']:.4g}  bilinear "
+                      f"{row['reference_loss']:.4g}  DC fraction {row['dc_fraction']:.2f}")  # fmt: skip
             if on_generation is not None:
                 on_generation(row)
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -19,13 +20,19 @@ def register(app: typer.Typer) -> None:
         ),
         quick: Annotated[bool, typer.Option(help="CI-sized run (each experiment under ~60 s on 2 cores)")] = False,
         seed: Annotated[int, typer.Option(help="base seed")] = 0,
-        progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+        progress: Annotated[
+            bool, typer.Option(help="progress bars on a terminal (a log gets two lines per experiment)")
+        ] = True,
     ) -> None:
-        """Reproduce a claim of THEORY.md as a figure, the measured numbers and a verdict."""
+        """Reproduce a claim of the theory (docs/theory.md) as a figure, the measured numbers and a verdict."""
+        from ..progress import is_terminal
         from . import load_all
         from .base import run_experiment
         from .report import write_report
 
+        # the training runs inside an experiment show bars on a terminal only: in a log, the two lines
+        # per experiment below are its progress
+        progress = progress and is_terminal(sys.stderr)
         names = list(load_all()) if name == "all" else [name]
         summaries = []
         for n in names:

@@ -103,7 +103,8 @@ def measure(
 
     Args:
         circuit: the circuit whose weights produced ``u``.
-        x, y: the batch ``(n, n_0)`` and its labels/targets.
+        x: the batch ``(n, n_0)``.
+        y: its labels ``(n,)`` or targets ``(n, K)``.
         u: feedback potentials, ``u[l]`` ``(n, n_l)`` (as from ``circuit.run_feedback``).
         deltas: the rule's proposed deltas, for ``dw_cos_l``; optional.
         weight_decay: ``λ`` of the reference descent direction ``-(∇_W ℓ + λW)``.
