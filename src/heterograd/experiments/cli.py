@@ -1,4 +1,8 @@
-"""``heterograd repro NAME|all --out DIR [--quick] [--seed S]``."""
+"""``heterograd repro NAME|all --out DIR [--quick] [--seed S]``.
+
+Exit codes (so CI and scripts notice): 0 every claim run holds; 1 at least one claim does not hold;
+3 at least one experiment crashed (takes precedence over 1); 2 a usage error (bad name or option).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+EXIT_HOLDS = 0
+EXIT_DOES_NOT_HOLD = 1
+EXIT_CRASHED = 3
+
+
+def exit_code(summaries: list[dict]) -> int:
+    """The ``repro`` exit code for these summaries: 3 if any crashed, else 1 if any does not hold, else 0."""
+    if any("error" in s for s in summaries):
+        return EXIT_CRASHED
+    if not all(s["holds"] for s in summaries):
+        return EXIT_DOES_NOT_HOLD
+    return EXIT_HOLDS
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +38,11 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="base seed")] = 0,
         progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     ) -> None:
-        """Reproduce a claim of THEORY.md as a figure, the measured numbers and a verdict."""
+        """Reproduce a claim as a figure, the measured numbers and a verdict.
+
+        Exit code: 0 every claim holds; 1 a claim does not hold; 3 an experiment crashed (wins over 1);
+        2 usage error. `repro all` always runs every experiment and writes report.md first.
+        """
         from . import load_all
         from .base import run_experiment
         from .report import write_report
@@ -39,3 +60,10 @@ def register(app: typer.Typer) -> None:
         if name == "all":
             path = write_report(summaries, out, quick=quick)
             typer.echo(f"report: {path}")
+        code = exit_code(summaries)
+        if code:
+            typer.echo(
+                "some experiment crashed (exit 3)" if code == EXIT_CRASHED else "some claim does not hold (exit 1)",
+                err=True,
+            )
+            raise typer.Exit(code)
