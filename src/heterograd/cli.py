@@ -78,11 +78,19 @@ def train(
     activation: Annotated[str, typer.Option(help="tanh | relu | sigmoid | identity")] = "tanh",
     lr: Annotated[float, typer.Option(help="learning rate η")] = 0.05,
     batch_size: Annotated[int, typer.Option(help="minibatch size n")] = 32,
-    weight_decay: Annotated[float, typer.Option(help="weight decay λ on W, b and B")] = 1e-4,
-    feedback_gain: Annotated[float, typer.Option(help="feedback plasticity gain c (hsp, poly default)")] = 1.0,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="weight decay λ on W, b and B  [default: 1e-4 where the rule has it]")
+    ] = None,
+    feedback_gain: Annotated[
+        float | None, typer.Option(help="feedback plasticity gain c (hsp, poly, freeze)  [default: 1.0]")
+    ] = None,
     topology: Annotated[str, typer.Option(help="layered | sparse | direct | amorphous")] = "layered",
-    density: Annotated[float, typer.Option(help="feedback mask density for sparse/amorphous, in (0, 1]")] = 1.0,
-    feedback_init: Annotated[str, typer.Option(help="random | transpose (B=Wᵀ) | anti (B=-Wᵀ)")] = "random",
+    density: Annotated[
+        float | None, typer.Option(help="feedback mask density, sparse/amorphous only, in (0, 1]  [default: 1.0]")
+    ] = None,
+    feedback_init: Annotated[
+        str, typer.Option(help="random | transpose (B=Wᵀ) | anti (B=-Wᵀ); ±Wᵀ needs adjacent-layer feedback")
+    ] = "random",
     loss: Annotated[str | None, typer.Option(help="ce | mse (default: ce for classes, mse for regression)")] = None,
     optimizer: Annotated[str, typer.Option(help="optimiser motif: sgd | momentum | rmsprop | adam | adamw")] = "sgd",
     momentum: Annotated[float | None, typer.Option(help="momentum μ (momentum, rmsprop)")] = None,

@@ -236,7 +236,7 @@ class Trainer:
             [self.data.input_dim, *c.hidden, self.data.output_dim],
             c.activation,
             topology=c.topology,
-            density=c.density,
+            density=1.0 if c.density is None else c.density,  # None: the topology has no mask
             feedback_init=c.feedback_init,
             seed=c.seed,
             dtype=self.dtype,

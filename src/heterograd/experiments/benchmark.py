@@ -25,12 +25,12 @@ from ..results import atomic_write_text
 from ..train import TrainConfig, Trainer
 from .base import Context, Verdict, experiment, mean_std, save_figure, seeds_for
 
-METHODS: dict[str, tuple[str, str, float]] = {
-    "bp": ("bp", "layered", 1.0),
-    "fa": ("fa", "layered", 1.0),
-    "hsp (c=1)": ("hsp", "layered", 1.0),
+METHODS: dict[str, tuple[str, str, float | None]] = {
+    "bp": ("bp", "layered", None),
+    "fa": ("fa", "layered", None),
+    "hsp (c=1)": ("hsp", "layered", None),
     "hsp sparse d=0.2": ("hsp", "sparse", 0.2),
-    "hsp direct": ("hsp", "direct", 1.0),
+    "hsp direct": ("hsp", "direct", None),
 }
 HIDDEN = (256, 256)
 

@@ -31,14 +31,14 @@ HIDDEN = (128, 128)
 WEIGHT_DECAY = 1e-4
 
 # name -> (rule, topology, density) for the circuits TrainConfig builds itself
-TOPOLOGY_RUNS: dict[str, tuple[str, str, float]] = {
-    "bp": ("bp", "layered", 1.0),
-    "fa": ("fa", "layered", 1.0),
-    "hsp layered": ("hsp", "layered", 1.0),
+TOPOLOGY_RUNS: dict[str, tuple[str, str, float | None]] = {
+    "bp": ("bp", "layered", None),
+    "fa": ("fa", "layered", None),
+    "hsp layered": ("hsp", "layered", None),
     "hsp sparse d=0.5": ("hsp", "sparse", 0.5),
     "hsp sparse d=0.2": ("hsp", "sparse", 0.2),
     "hsp sparse d=0.05": ("hsp", "sparse", 0.05),
-    "hsp direct": ("hsp", "direct", 1.0),
+    "hsp direct": ("hsp", "direct", None),
     "hsp amorphous d=0.5": ("hsp", "amorphous", 0.5),
 }
 HSP_TOPOLOGIES = [k for k in TOPOLOGY_RUNS if k.startswith("hsp")]

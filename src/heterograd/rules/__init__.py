@@ -10,7 +10,7 @@ from .base import Deltas, FeedbackSignals, ForwardSignals, Params, Rule, Signals
 from .classic import BP, FA, HSP
 from .combinators import Freeze
 from .poly import B_FEATURES, N_FEATURES, W_FEATURES, Poly, bilinear_theta, format_poly, poly_delta
-from .registry import RULES, make_rule, register_rule
+from .registry import RULES, check_rule_hyperparameters, make_rule, register_rule, rule_hyperparameters
 
 __all__ = [
     "BP",
@@ -29,8 +29,10 @@ __all__ = [
     "Rule",
     "Signals",
     "bilinear_theta",
+    "check_rule_hyperparameters",
     "format_poly",
     "make_rule",
     "poly_delta",
     "register_rule",
+    "rule_hyperparameters",
 ]
