@@ -42,14 +42,17 @@ def valid_runs(draw: st.DrawFn) -> tuple[TrainConfig, Dataset]:
     classification = draw(st.booleans())
     n_out = draw(st.integers(2, 4)) if classification else draw(st.integers(1, 3))
     ds = _dataset(draw(st.integers(0, 2**16)), draw(st.integers(1, 6)), n_out, classification)
+    hidden = tuple(draw(st.lists(st.integers(1, 12), min_size=0, max_size=3)))
+    topology = draw(st.sampled_from(TOPOLOGIES))
+    skips = topology in ("direct", "amorphous") and len(hidden) >= 2  # edges that skip layers: B = ±Wᵀ undefined
     cfg = TrainConfig(
         data="synthetic",
         rule=draw(st.sampled_from(RULE_NAMES)),
-        hidden=tuple(draw(st.lists(st.integers(1, 12), min_size=0, max_size=3))),
+        hidden=hidden,
         activation=draw(st.sampled_from(sorted(ACTIVATIONS))),
-        topology=draw(st.sampled_from(TOPOLOGIES)),
-        density=draw(st.floats(0.05, 1.0)),
-        feedback_init=draw(st.sampled_from(FEEDBACK_INITS)),
+        topology=topology,
+        density=draw(st.floats(0.05, 1.0)) if topology in ("sparse", "amorphous") else None,
+        feedback_init="random" if skips else draw(st.sampled_from(FEEDBACK_INITS)),
         optimizer=draw(st.sampled_from(sorted(MOTIFS))),
         lr=draw(st.floats(1e-4, 0.02)),
         weight_decay=draw(st.sampled_from([0.0, 1e-4, 1e-2])),

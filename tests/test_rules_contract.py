@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from heterograd import Circuit, get_loss
-from heterograd.rules import RULES, Deltas, Params, Signals, make_rule
+from heterograd.rules import RULES, Deltas, Params, Signals, make_rule, rule_hyperparameters
 
 
 def _setup(topology: str, dtype: torch.dtype):
-    c = Circuit([7, 6, 5, 3], topology=topology, density=0.5, seed=0, dtype=dtype)
+    density = 0.5 if topology in ("sparse", "amorphous") else 1.0
+    c = Circuit([7, 6, 5, 3], topology=topology, density=density, seed=0, dtype=dtype)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(9, 7, generator=g, dtype=dtype)
     y = torch.randint(0, 3, (9,), generator=g)
@@ -24,7 +25,8 @@ def _setup(topology: str, dtype: torch.dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rule_contract(name, topology, dtype):
     c, x, y, loss, trace = _setup(topology, dtype)
-    rule = make_rule(name, weight_decay=1e-3, feedback_gain=0.7)
+    hyper = {k: v for k, v in {"weight_decay": 1e-3, "feedback_gain": 0.7}.items() if k in rule_hyperparameters(name)}
+    rule = make_rule(name, **hyper)
     state = rule.init(c)
     u = rule.teaching(c, trace, x, y, loss)
     if u is None:

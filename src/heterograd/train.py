@@ -284,7 +284,8 @@ class Trainer:
         """Probes on the fixed probe batch (first ``probe_size`` training samples), nothing applied."""
         with torch.no_grad():
             out = local_step(self.circuit, self.rule, self.rule_state, self.loss, self.probe_x, self.probe_y)
-        return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, self.config.weight_decay)
+        lam = self.config.weight_decay or 0.0  # None: the rule has no separate λ (poly with θ given)
+        return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, lam)
 
     def divergence_reason(self, train_loss: float) -> str | None:
         """Why the run counts as diverged (``None`` if it does not): a non-finite loss, non-finite
