@@ -101,3 +101,30 @@ def test_resume_is_not_tripped_by_defaults(tmp_path: Path):
     main([*TINY, "--rule", "fa", "--out", str(out), "--no-progress", "--checkpoint-every", "1"])
     main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"])
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
+
+
+# --------------------------------------------------------------------------- run folders (issue 15.5)
+def test_train_refuses_a_folder_holding_an_earlier_run_and_overwrite_clears_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    main([*TINY, "--rule", "fa", "--out", str(out), "--no-progress", "--checkpoint-every", "1"])
+    assert (out / "checkpoint.pt").exists()
+    before = (out / "config.json").read_text()
+    with pytest.raises(SystemExit) as exc:
+        main([*TINY, "--rule", "hsp", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "is not empty" in err and "--overwrite" in err and "--resume" in err
+    assert (out / "config.json").read_text() == before  # the earlier run is untouched
+    main([*TINY, "--rule", "hsp", "--out", str(out), "--no-progress", "--overwrite"])
+    assert not (out / "checkpoint.pt").exists()  # 0.1.0 left it behind, and --resume then resumed the OLD run
+    assert json.loads((out / "config.json").read_text())["rule"] == "hsp"
+
+
+def test_overwrite_never_clears_a_folder_that_is_not_a_run(tmp_path, capsys):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    with pytest.raises(SystemExit):
+        main([*TINY, "--out", str(tmp_path), "--no-progress", "--overwrite"])
+    assert "no heterograd run" in capsys.readouterr().err and keep.read_text() == "mine"
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(tmp_path), "--overwrite"])
+    assert "--overwrite would delete the run --resume continues" in capsys.readouterr().err

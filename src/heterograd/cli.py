@@ -117,6 +117,9 @@ def train(
         Path | None,
         typer.Option(help="continue the run in this folder from its checkpoint.pt; other options must match"),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="clear --out first if it holds an earlier run (else it must be empty)")
+    ] = False,
     compile_step: Annotated[
         bool, typer.Option("--compile", help="torch.compile the local step (first step compiles, ~tens of s)")
     ] = False,
@@ -128,6 +131,7 @@ def train(
 
     Ctrl-C or SIGTERM stops at the next step, writes checkpoint.pt and exits 130 / 143;
     `heterograd train --resume DIR` then finishes the run exactly as if never interrupted.
+    --out must be empty or new (or the folder being resumed); --overwrite clears an earlier run there.
     """
     from .optim import cli_options
     from .train import TrainConfig, Trainer, TrainingInterrupted
@@ -167,6 +171,8 @@ def train(
         theta_b=_floats(theta_b, "--theta-b"),
         compile=compile_step,
     )
+    if overwrite and resume is not None:
+        raise HeterogradError("--overwrite would delete the run --resume continues; drop --overwrite")
     if distributed and resume is not None:
         raise HeterogradError("--distributed cannot --resume yet; start a fresh run or resume without --distributed")
     if resume is not None:
@@ -190,7 +196,7 @@ def train(
         else:
             trainer = Trainer(cfg)
     try:
-        result = trainer.fit(out_dir, progress=progress)
+        result = trainer.fit(out_dir, progress=progress, overwrite=overwrite)
     except TrainingInterrupted as exc:
         import signal
 
@@ -211,7 +217,7 @@ def train(
         typer.echo(f"results written to {out_dir}")
 
 
-_NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx"})
+_NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx", "overwrite"})
 _MOTIF_OPTIONS = frozenset({"momentum", "nesterov", "betas", "eps", "optimizer_weight_decay", "optimizer_options"})
 _OPTION_FIELD = {"compile_step": "compile"}  # CLI parameter -> TrainConfig field, where they differ
 
@@ -240,6 +246,7 @@ def demo(
     epochs: Annotated[int, typer.Option(help="epochs per rule")] = 20,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="clear earlier demo runs in --out first")] = False,
 ) -> None:
     """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes."""
     from .data import load_dataset
@@ -250,7 +257,7 @@ def demo(
     summaries = []
     for rule in ("bp", "fa", "hsp"):
         res = Trainer(TrainConfig(data="digits", rule=rule, epochs=epochs, seed=seed), ds).fit(
-            out / rule, progress=progress
+            out / rule, progress=progress, overwrite=overwrite
         )
         summaries.append(res.summary)
     table = results_table(summaries, title=f"digits, 64-128-128-10 tanh, {epochs} epochs, seed {seed}")

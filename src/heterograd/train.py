@@ -47,7 +47,7 @@ from .errors import HeterogradError
 from .losses import Loss, get_loss
 from .optim import Motif, make_motif
 from .probes import measure
-from .results import prepare_out_dir, write_csv, write_json
+from .results import prepare_out_dir, prepare_run_dir, write_csv, write_json
 from .rules import Deltas, Params, Rule, Signals, make_rule
 from .runtime import DTYPES, environment
 
@@ -268,6 +268,7 @@ class Trainer:
         self.elapsed = 0.0
         self.checkpoint_file: Path | None = None
         self.resumed_from: Path | None = None
+        self._run_dir: Path | None = None  # the folder this run writes to (set by resume and the first fit)
         self._stop_signal: int | None = None
 
     # ..................................................................... steps
@@ -406,6 +407,7 @@ class Trainer:
         trainer = cls(cfg, dataset)
         trainer.load_state_dict(ck, src)
         trainer.resumed_from = checkpoint_path(run_dir)
+        trainer._run_dir = Path(run_dir).resolve()
         return trainer
 
     @contextlib.contextmanager
@@ -449,8 +451,12 @@ class Trainer:
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
         handle_signals: bool = True,
+        overwrite: bool = False,
     ) -> RunResult:
         """Train until ``config.epochs`` epochs are done; write the run directory if ``out_dir`` is given.
+
+        ``out_dir`` must be empty (or new) unless it is this run's own folder (the one it was resumed
+        from, or fitted into before); ``overwrite=True`` clears a non-empty earlier run folder first.
 
         A diverging run (non-finite loss, or weights beyond ``divergence_threshold``) stops at the
         logged step where it is detected, keeps everything written so far and reports
@@ -470,7 +476,13 @@ class Trainer:
         from tqdm.auto import tqdm
 
         c = self.config
-        out = prepare_out_dir(out_dir) if out_dir is not None else None
+        out = None
+        if out_dir is not None:
+            own = self._run_dir is not None and Path(out_dir).resolve() == self._run_dir
+            if own and overwrite:
+                raise HeterogradError(f"--overwrite would delete the run being resumed in {out_dir}; drop --overwrite")
+            out = prepare_out_dir(out_dir) if own else prepare_run_dir(out_dir, overwrite=overwrite)
+            self._run_dir = out.resolve()
         if out is not None:
             write_json(
                 out / "config.json",
