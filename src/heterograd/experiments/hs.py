@@ -166,8 +166,9 @@ def run(ctx: Context) -> Verdict:
             learning[c].append(bool(ok and math.isfinite(ratio) and ratio <= LEARNING_LOSS_RATIO))
             loss_ratio.append(ratio)
             norms.append(sum(float(w.norm()) for w in circuit.W))
+            n_logs = len(range(0, steps_b, every_b)) + 1
             for l in (1, 2):
-                phi_runs[c][l].append(series[l])
+                phi_runs[c][l].append(series[l] + [math.nan] * (n_logs - len(series[l])))  # a diverged run stops
                 finals[l].append(series[l][-1] if ok else math.nan)
         for l, target in ((1, c * c), (2, c)):
             m, s = mean_std(finals[l])
