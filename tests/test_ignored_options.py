@@ -128,3 +128,15 @@ def test_overwrite_never_clears_a_folder_that_is_not_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(tmp_path), "--overwrite"])
     assert "--overwrite would delete the run --resume continues" in capsys.readouterr().err
+
+
+def test_a_0_1_0_config_with_ignored_values_still_resumes_as_unset():
+    from heterograd.config import without_ignored_options
+
+    old = {"rule": "fa", "topology": "layered", "weight_decay": 1e-4, "feedback_gain": 1.0, "density": 1.0}
+    new = without_ignored_options(old)
+    assert new == {**old, "feedback_gain": None, "density": None}
+    TrainConfig(**{k: v for k, v in new.items()}).validate()  # no error: nothing set that would be ignored
+    poly = {"rule": "poly", "topology": "sparse", "density": 0.5, "weight_decay": 1e-4, "feedback_gain": 1.0}
+    poly |= {"theta_w": [1.0] + [0.0] * 7, "theta_b": [1.0] + [0.0] * 7}
+    assert without_ignored_options(poly) | {} == {**poly, "weight_decay": None, "feedback_gain": None}

@@ -169,6 +169,28 @@ class TrainConfig:
         return d
 
 
+def without_ignored_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the options its rule or topology ignored set to ``None``.
+
+    heterograd 0.1.0 recorded every option in ``config.json`` and checkpoints, also those the run
+    ignored (``feedback_gain`` of an ``fa`` run, ``density`` of a ``layered`` one); they had no effect,
+    so resuming such a run reads them as unset instead of rejecting the checkpoint.
+    """
+    out = dict(saved)
+    rule, topology = out.get("rule"), out.get("topology")
+    if isinstance(rule, str) and rule in RULES:
+        takes = rule_hyperparameters(rule)
+        for name in ("weight_decay", "feedback_gain", "theta_w", "theta_b"):
+            if name in out and name not in takes:
+                out[name] = None
+        given = {k: out.get(k) for k in ("weight_decay", "feedback_gain", "theta_w", "theta_b")}
+        for name in RULES[rule].unused_hyperparameters({k: v for k, v in given.items() if v is not None}):
+            out[name] = None
+    if isinstance(topology, str) and topology not in MASKED_TOPOLOGIES:
+        out["density"] = None
+    return out
+
+
 RULE_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}  # where the rule has them
 MASKED_TOPOLOGIES = ("sparse", "amorphous")  # the topologies --density applies to
 

@@ -41,7 +41,7 @@ from .checkpoint import (
     to_device,
 )
 from .circuits import Circuit, Trace
-from .config import TrainConfig
+from .config import TrainConfig, without_ignored_options
 from .data import Dataset, iterate_minibatches, load_dataset
 from .errors import HeterogradError
 from .losses import Loss, get_loss
@@ -377,7 +377,7 @@ class Trainer:
         ck = load_checkpoint(run_dir)
         src = str(checkpoint_path(run_dir))
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        saved = dict(ck["config"])
+        saved = without_ignored_options(dict(ck["config"]))  # 0.1.0 recorded ignored options too
         unknown = sorted(set(saved) - known)
         if unknown:
             raise HeterogradError(
