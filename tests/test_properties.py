@@ -102,6 +102,12 @@ def test_training_keeps_shapes_finite_values_and_locality(run: tuple[TrainConfig
 
 # -------------------------------------------------------------------------------------- invalid input
 _names = st.text(st.characters(categories=["L", "N", "P"]), min_size=0, max_size=8)
+
+
+def _is_set(v: object) -> bool:
+    return v is not None
+
+
 _not_numbers = st.one_of(st.text(max_size=4), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
 INVALID_FIELDS: dict[str, st.SearchStrategy[object]] = {
     "rule": st.one_of(_names.filter(lambda s: s not in RULES), st.integers(), st.none()),
@@ -113,8 +119,11 @@ INVALID_FIELDS: dict[str, st.SearchStrategy[object]] = {
     "batch_size": st.one_of(st.integers(max_value=0), st.floats(), _not_numbers),
     "seed": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**63), st.floats(), st.text(max_size=3)),
     "lr": st.one_of(st.floats(max_value=0.0), st.sampled_from([math.nan, math.inf]), _not_numbers),
-    "weight_decay": st.one_of(st.floats(max_value=-1e-12), st.just(math.nan), _not_numbers),
-    "density": st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0 + 1e-9), st.just(math.nan), _not_numbers),
+    # None is valid for these two: "not set", resolved where the rule / topology uses them
+    "weight_decay": st.one_of(st.floats(max_value=-1e-12), st.just(math.nan), _not_numbers.filter(_is_set)),
+    "density": st.one_of(
+        st.floats(max_value=0.0), st.floats(min_value=1.0 + 1e-9), st.just(math.nan), _not_numbers.filter(_is_set)
+    ),
     "hidden": st.one_of(
         st.lists(st.integers(max_value=0), min_size=1, max_size=3),
         st.lists(st.floats(0.5, 9.5).filter(lambda v: v != int(v)), min_size=1, max_size=2),
