@@ -27,7 +27,17 @@ from ..data import load_dataset
 from ..losses import get_loss
 from ..probes import hebbian_alignment
 from ..rules import HSP
-from .base import Context, Verdict, experiment, local_training, mean_std, plot_band, save_figure, seeds_for
+from .base import (
+    Context,
+    Verdict,
+    experiment,
+    local_training,
+    mean_std,
+    plot_band,
+    save_figure,
+    seeds_for,
+    torch_threads,
+)
 
 SIZES = (20, 64, 64, 5)
 LR = 0.05
@@ -50,6 +60,12 @@ def _alignments(circuit: Circuit, x: torch.Tensor, y: torch.Tensor) -> list[floa
 @experiment("hebbian")
 def run(ctx: Context) -> Verdict:
     """Near stationarity the update aligns with the Hebbian direction, more with larger λ; anti-Hebbian under noise."""
+    with torch_threads(1):  # tiny matrices: one thread avoids oversubscription on a shared machine
+        return _run(ctx)
+
+
+def _run(ctx: Context) -> Verdict:
+    """The experiment body (called by :func:`run` with one torch thread)."""
     seeds = seeds_for(ctx, 3)
     lambdas = [0.0, 1e-2, 3e-2, 1e-1] if ctx.quick else [0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
     steps = 1500 if ctx.quick else 4000

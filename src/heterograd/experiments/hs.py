@@ -33,7 +33,17 @@ from ..data import load_dataset
 from ..losses import get_loss
 from ..probes import measure
 from ..rules import HSP
-from .base import Context, Verdict, experiment, local_training, mean_std, plot_band, save_figure, seeds_for
+from .base import (
+    Context,
+    Verdict,
+    experiment,
+    local_training,
+    mean_std,
+    plot_band,
+    save_figure,
+    seeds_for,
+    torch_threads,
+)
 
 SIZES = (20, 64, 64, 5)
 LR = 0.05
@@ -54,6 +64,12 @@ def _residuals(circuit: Circuit, c: float) -> list[float]:
 @experiment("hs")
 def run(ctx: Context) -> Verdict:
     """Heterosynaptic stability: ||B - cWᵀ|| decays as (1-ηλ)^t and φ_l converges to Π_{k>l} c."""
+    with torch_threads(1):  # tiny matrices: one thread avoids oversubscription on a shared machine
+        return _run(ctx)
+
+
+def _run(ctx: Context) -> Verdict:
+    """The experiment body (called by :func:`run` with one torch thread)."""
     quick = ctx.quick
     seeds = seeds_for(ctx, 3)
     lambdas = [1e-3, 1e-2, 5e-2] if quick else [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]

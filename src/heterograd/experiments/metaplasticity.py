@@ -45,7 +45,17 @@ from ..losses import get_loss
 from ..probes import measure
 from ..rules import HSP
 from ..train import local_step
-from .base import Context, Verdict, experiment, local_training, mean_std, plot_band, save_figure, seeds_for
+from .base import (
+    Context,
+    Verdict,
+    experiment,
+    local_training,
+    mean_std,
+    plot_band,
+    save_figure,
+    seeds_for,
+    torch_threads,
+)
 
 SIZES = (64, 64, 10)
 LR = 0.05
@@ -66,6 +76,12 @@ def _first_persistent(steps: list[int], values: list[float], positive: bool) -> 
 @experiment("metaplasticity")
 def run(ctx: Context) -> Verdict:
     """From B(0) = -W(0)ᵀ, φ of the hidden layer turns from negative to positive and a fixed synapse's update flips."""
+    with torch_threads(1):  # tiny matrices: one thread avoids oversubscription on a shared machine
+        return _run(ctx)
+
+
+def _run(ctx: Context) -> Verdict:
+    """The experiment body (called by :func:`run` with one torch thread)."""
     seeds = seeds_for(ctx, 3)
     steps = 800 if ctx.quick else 3000
     every = 10  # logs every 10 steps up to step 300, then every 50
