@@ -210,10 +210,11 @@ def test_probe_keeps_batchnorm_statistics_and_grads():
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_layer_fast_path_equals_negated_deltas(float64, rule, kind):
     """A rule's one-layer fast path (the .grad a converted layer writes) is its deltas, negated."""
-    from heterograd.rules import FeedbackSignals, Params, Signals, make_rule
+    from heterograd.rules import FeedbackSignals, Params, Signals, make_rule, rule_hyperparameters
     from heterograd.synapses import Conv
 
-    r = make_rule(rule, weight_decay=0.01, feedback_gain=0.6 if rule != "kp" else 1.0)
+    options = {"weight_decay": 0.01, "feedback_gain": 0.6 if rule != "kp" else 1.0}
+    r = make_rule(rule, **{k: v for k, v in options.items() if k in rule_hyperparameters(rule)})
     g = torch.Generator().manual_seed(0)
     if kind == "dense":
         syn, h, u = DENSE, torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g)

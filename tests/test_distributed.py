@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from heterograd.errors import HeterogradError
 from heterograd.losses import get_loss
 from heterograd.optim import make_motif
 from heterograd.rules import make_rule
-from heterograd.train import apply_steps, local_step
+from heterograd.train import TrainingInterrupted, apply_steps, local_step
 
 SIZES = [64, 24, 16, 10]
 BATCHES = (24, 25, 7)  # even split, uneven split (12/13), small odd batch (3/4)
@@ -68,7 +69,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
     from heterograd.distributed import DistributedTrainer, distributed_local_step
 
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
     try:
         results = {}
         for rule_name in ("hsp", "fa", "poly"):
@@ -81,6 +82,19 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         trainer.fit(Path(out_dir) / "run", progress=False)
         results["trainer"] = [t.detach().clone() for t in trainer.circuit.plastic_tensors()]
         results["trainer_losses"] = [row["train_loss"] for row in trainer.rows]
+        # a stop signal that reaches rank 1 only: every rank must stop at the same step (0.1.0: rank 0 went on
+        # and waited in the next all-reduce until the group timed out)
+        stopper = DistributedTrainer(TrainConfig(**{**CONFIG, "epochs": 3}))  # type: ignore[arg-type]
+
+        def on_log(row: dict, tr: DistributedTrainer = stopper) -> None:
+            if rank == 1 and row["step"] >= 4 and tr._stop_signal is None:
+                tr._stop_signal = signal.SIGTERM
+
+        try:
+            stopper.fit(Path(out_dir) / "stopped", progress=False, on_log=on_log, handle_signals=False)
+            results["stopped_at"] = None
+        except TrainingInterrupted as exc:
+            results["stopped_at"] = (exc.step, exc.signum)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -112,6 +126,13 @@ def test_distributed_trainer_equals_trainer(two_rank_results):
     expected = [row["train_loss"] for row in single.rows]
     assert r0["trainer_losses"] == pytest.approx(expected, abs=1e-12)
     assert (out / "run" / "summary.json").exists()  # rank 0 wrote the run directory
+
+
+def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(two_rank_results):
+    r0, r1, out = two_rank_results
+    assert r1["stopped_at"] is not None and r1["stopped_at"][1] == signal.SIGTERM
+    assert r0["stopped_at"] == r1["stopped_at"]  # same step, same signal, no rank left waiting
+    assert (out / "stopped" / "checkpoint.pt").exists()  # rank 0 wrote the checkpoint to resume from
 
 
 def test_shard_bounds_cover_the_batch():

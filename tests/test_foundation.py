@@ -92,7 +92,7 @@ def test_sparse_mask_is_kept_under_plasticity(digits):
 def test_topologies_learn_digits(digits, topology):
     r = Trainer(
         TrainConfig(
-            topology=topology, density=0.3 if topology in ("sparse", "amorphous") else 1.0, epochs=5, probes=False
+            topology=topology, density=0.3 if topology in ("sparse", "amorphous") else None, epochs=5, probes=False
         ),
         digits,
     ).fit(None, progress=False)

@@ -66,7 +66,7 @@ def _run_both(rule_name: str, name: str, hyper: dict[str, Any], opt_cls: type, l
     c = Circuit(SIZES, "tanh", feedback_init="transpose", seed=3, dtype=torch.float64)
     model = _torch_model(c)
     opt = opt_cls(model.parameters(), **_torch_kwargs(name, hyper, l2))
-    rule = make_rule(rule_name, weight_decay=l2, feedback_gain=1.0)
+    rule = make_rule(rule_name, weight_decay=l2, feedback_gain=1.0 if rule_name != "bp" else None)
     motif = make_motif(name, **hyper)
     loss = get_loss("ce")
     rstate, mstate = rule.init(c), motif.init(c.plastic_tensors())

@@ -42,14 +42,17 @@ def valid_runs(draw: st.DrawFn) -> tuple[TrainConfig, Dataset]:
     classification = draw(st.booleans())
     n_out = draw(st.integers(2, 4)) if classification else draw(st.integers(1, 3))
     ds = _dataset(draw(st.integers(0, 2**16)), draw(st.integers(1, 6)), n_out, classification)
+    hidden = tuple(draw(st.lists(st.integers(1, 12), min_size=0, max_size=3)))
+    topology = draw(st.sampled_from(TOPOLOGIES))
+    skips = topology in ("direct", "amorphous") and len(hidden) >= 2  # edges that skip layers: B = ±Wᵀ undefined
     cfg = TrainConfig(
         data="synthetic",
         rule=draw(st.sampled_from(RULE_NAMES)),
-        hidden=tuple(draw(st.lists(st.integers(1, 12), min_size=0, max_size=3))),
+        hidden=hidden,
         activation=draw(st.sampled_from(sorted(ACTIVATIONS))),
-        topology=draw(st.sampled_from(TOPOLOGIES)),
-        density=draw(st.floats(0.05, 1.0)),
-        feedback_init=draw(st.sampled_from(FEEDBACK_INITS)),
+        topology=topology,
+        density=draw(st.floats(0.05, 1.0)) if topology in ("sparse", "amorphous") else None,
+        feedback_init="random" if skips else draw(st.sampled_from(FEEDBACK_INITS)),
         optimizer=draw(st.sampled_from(sorted(MOTIFS))),
         lr=draw(st.floats(1e-4, 0.02)),
         weight_decay=draw(st.sampled_from([0.0, 1e-4, 1e-2])),
@@ -99,6 +102,12 @@ def test_training_keeps_shapes_finite_values_and_locality(run: tuple[TrainConfig
 
 # -------------------------------------------------------------------------------------- invalid input
 _names = st.text(st.characters(categories=["L", "N", "P"]), min_size=0, max_size=8)
+
+
+def _is_set(v: object) -> bool:
+    return v is not None
+
+
 _not_numbers = st.one_of(st.text(max_size=4), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
 INVALID_FIELDS: dict[str, st.SearchStrategy[object]] = {
     "rule": st.one_of(_names.filter(lambda s: s not in RULES), st.integers(), st.none()),
@@ -110,8 +119,11 @@ INVALID_FIELDS: dict[str, st.SearchStrategy[object]] = {
     "batch_size": st.one_of(st.integers(max_value=0), st.floats(), _not_numbers),
     "seed": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**63), st.floats(), st.text(max_size=3)),
     "lr": st.one_of(st.floats(max_value=0.0), st.sampled_from([math.nan, math.inf]), _not_numbers),
-    "weight_decay": st.one_of(st.floats(max_value=-1e-12), st.just(math.nan), _not_numbers),
-    "density": st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0 + 1e-9), st.just(math.nan), _not_numbers),
+    # None is valid for these two: "not set", resolved where the rule / topology uses them
+    "weight_decay": st.one_of(st.floats(max_value=-1e-12), st.just(math.nan), _not_numbers.filter(_is_set)),
+    "density": st.one_of(
+        st.floats(max_value=0.0), st.floats(min_value=1.0 + 1e-9), st.just(math.nan), _not_numbers.filter(_is_set)
+    ),
     "hidden": st.one_of(
         st.lists(st.integers(max_value=0), min_size=1, max_size=3),
         st.lists(st.floats(0.5, 9.5).filter(lambda v: v != int(v)), min_size=1, max_size=2),

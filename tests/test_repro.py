@@ -40,24 +40,134 @@ def test_my_experiments_are_registered_first_in_order():
     assert set(MINE) <= set(load_all())
 
 
-# --------------------------------------------------------------------------- quick experiments
-@pytest.mark.parametrize("name", ["hs", "flexibility"])
-def test_quick_experiment_writes_valid_summary(tmp_path, name):
+# --------------------------------------------------------------------------- quick experiments: verdicts
+def _quick(tmp_path: Path, name: str) -> dict:
     run_experiment(name, tmp_path, quick=True)
     s = _check_summary(tmp_path, name)
     assert s["quick"] is True
-    if name == "hs":  # the closed form is exact: float64 round-off only
-        assert s["measured"]["max_rel_error_vs_closed_form"] < 1e-9
+    return s
+
+
+def test_quick_hs_holds_every_counted_circuit_learns_and_the_control_is_flagged(tmp_path):
+    s = _quick(tmp_path, "hs")
+    m = s["measured"]
+    assert m["max_rel_error_vs_closed_form"] < 1e-9  # the closed form is exact: float64 round-off only
+    for c in ("1", "0.5", "0.25"):  # counted: DC holds, every circuit keeps learning (issue 12: c=0.25 collapsed)
+        assert m[f"keeps_learning_c{c}"] == "1/1", m
+    assert m["keeps_learning_c-0.5"] == "0/1"  # the built-in failing case: DC violated, stops learning
+    assert m["control_c-0.5_flagged_not_learning"] and m["max_rel_phi_error"] < 0.05
+    assert s["holds"] is True
+
+
+def test_quick_metaplasticity_verdict_rests_on_what_could_fail(tmp_path):
+    s = _quick(tmp_path, "metaplasticity")
+    m, seed = s["measured"], s["measured"]["per_seed"][0]
+    # true by construction at step 0 (B = -Wᵀ): described, not counted
+    assert m["by_construction_phi_start_mean"] == pytest.approx(-1.0)
+    assert m["by_construction_descent_fraction_start_mean"] == 0.0
+    assert "by construction" in s["threshold"]
+    # the evidence: φ_1 turns positive; synapses chosen at step 0 reverse their sign of plasticity
+    assert seed["phi_turns_positive_at_step"] is not None and seed["reversed_fraction"] > 0.5
+    assert seed["probe_synapses"] == 64  # all hidden neurons, chosen before any learning
+    assert s["holds"] is True
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dc", "metaplasticity", "hebbian", "benchmark"])
-def test_quick_experiment_writes_valid_summary_slow(tmp_path, name):
-    run_experiment(name, tmp_path, quick=True)
-    _check_summary(tmp_path, name)
-    if name == "benchmark":
-        table = (tmp_path / name / "benchmark.md").read_text()
-        assert "| bp |" in table and "| hsp (c=1) |" in table
+def test_quick_dc_holds_and_c_minus_one_does_not_learn(tmp_path):
+    s = _quick(tmp_path, "dc")
+    m = s["measured"]
+    for depth in (1, 2):  # the built-in failing case: c = -1 violates DC and must be reported as not learning
+        cell = m["by_config"][f"L{depth}_c-1"]
+        assert cell["dc_satisfied"] == "0/1" and cell["learns"] == "0/1" and cell["diverged"] == "0/1"
+        assert m["by_config"][f"L{depth}_c+1"]["learns"] == "1/1"
+    assert m["diverged_runs"] == 0 and s["holds"] is True
+
+
+def test_quick_hebbian_holds_and_label_noise_turns_the_output_anti_hebbian(tmp_path):
+    s = _quick(tmp_path, "hebbian")
+    m = s["measured"]
+    assert m["output_layer_alignment_label_noise"]["0.01"] < 0 < m["output_layer_alignment_true_targets"]["0.01"]
+    assert m["diverged_runs"] == 0 and m["monotone_in_lambda"] and s["holds"] is True
+    out0 = m["alignment_by_lambda_and_layer"]["0"][-1]
+    assert f"{out0:+.3f}" in s["notes"]  # the note quotes the measured λ = 0 value, it does not assert a sign
+
+
+@pytest.mark.slow
+def test_quick_flexibility_holds(tmp_path):
+    s = _quick(tmp_path, "flexibility")
+    m = s["measured"]
+    assert all(v == "0/1" for v in m["diverged"].values()) and all(m["checks"].values())
+    assert s["holds"] is True
+
+
+def test_quick_benchmark_holds_and_reports_no_empty_column(tmp_path):
+    s = _quick(tmp_path, "benchmark")
+    table = (tmp_path / "benchmark" / "benchmark.md").read_text()
+    assert "| bp |" in table and "| hsp (c=1) |" in table and "diverged" in table
+    for cell in s["measured"]["cells"]["digits"].values():
+        assert "min_hidden_phi" not in cell and None not in cell.values() and cell["diverged"] == "0/1"
+    assert s["holds"] is True
+
+
+@pytest.mark.slow
+def test_quick_evolution_judges_the_last_generations_against_the_reference_dc_score(tmp_path):
+    s = _quick(tmp_path, "evolution")
+    m = s["measured"]
+    assert "last 5" in s["threshold"] and m["last_5_mean_median_over_reference"] <= 1.5
+    assert m["last_5_mean_median_dc_score"] >= m["last_5_mean_reference_median_dc_score"]
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "evolution" / "run" / "generations.csv").open()))
+    assert float(rows[0]["median_over_reference"]) > 1.5  # generation 0 (random rules) fails the loss bar
+    assert s["holds"] is True
+
+
+# --------------------------------------------------------------------------- diverged seeds, exit codes
+def test_mean_std_never_averages_a_diverged_seed_away():
+    import math
+
+    from heterograd.experiments.base import diverged_count, mean_std
+
+    assert mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1))
+    for bad in (math.nan, None, math.inf):
+        m, sd = mean_std([0.5, bad, 0.7])
+        assert math.isnan(m) and math.isnan(sd)  # 0.1.0 returned 0.6: the mean of the survivors
+    assert diverged_count([0.5, math.nan, None, 0.7]) == 2
+
+
+def _fake_experiment(monkeypatch, name: str, outcome: str) -> None:
+    from heterograd.experiments.base import EXPERIMENTS, Verdict
+
+    load_all()
+
+    def fake(ctx):
+        """A fake claim."""
+        if outcome == "crash":
+            raise RuntimeError("boom")
+        return Verdict(claim="fake", measured={"x": 1}, threshold="x", holds=outcome == "holds")
+
+    monkeypatch.setitem(EXPERIMENTS, name, fake)
+
+
+@pytest.mark.parametrize(("outcome", "code"), [("holds", 0), ("fails", 1), ("crash", 3)])
+def test_repro_exit_code_tells_holds_fails_and_crash_apart(monkeypatch, tmp_path, capsys, outcome, code):
+    from heterograd.cli import main
+
+    _fake_experiment(monkeypatch, "fake-claim", outcome)
+    with pytest.raises(SystemExit) as exc:
+        main(["repro", "fake-claim", "--out", str(tmp_path), "--no-progress"])
+        raise SystemExit(0)  # main returns normally only on success
+    assert exc.value.code == code
+    assert "fake-claim" in capsys.readouterr().out
+
+
+def test_repro_help_documents_the_exit_codes():
+    from typer.testing import CliRunner
+
+    from heterograd.cli import app
+
+    out = " ".join(CliRunner().invoke(app, ["repro", "--help"]).output.replace("│", " ").split())
+    assert "Exit code" in out and "1 a claim does not hold" in out and "3 an experiment crashed" in out
 
 
 @pytest.mark.slow
@@ -79,9 +189,10 @@ def test_repro_all_quick_via_cli(tmp_path):
         text=True,
         timeout=1800,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = (out / "report.md").read_text()
     names = list(load_all())
+    summaries = [json.loads((out / n / "summary.json").read_text()) for n in names]
+    assert proc.returncode == (0 if all(s["holds"] for s in summaries) else 1), proc.stderr[-2000:]
+    report = (out / "report.md").read_text()
     for name in names:
         s = _check_summary(out, name)
         assert f"`{name}`" in report

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from heterograd import Circuit, HeterogradError, get_loss
-from heterograd.rules import RULES, Deltas, Params, Rule, Signals, make_rule
+from heterograd.rules import RULES, Deltas, Params, Rule, Signals, make_rule, rule_hyperparameters
 
 
 def applies_to_circuit(rule: Rule, topology: str) -> bool:
@@ -15,7 +15,8 @@ def applies_to_circuit(rule: Rule, topology: str) -> bool:
 
 
 def _setup(topology: str, dtype: torch.dtype):
-    c = Circuit([7, 6, 5, 3], topology=topology, density=0.5, seed=0, dtype=dtype)
+    density = 0.5 if topology in ("sparse", "amorphous") else 1.0
+    c = Circuit([7, 6, 5, 3], topology=topology, density=density, seed=0, dtype=dtype)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(9, 7, generator=g, dtype=dtype)
     y = torch.randint(0, 3, (9,), generator=g)
@@ -29,7 +30,9 @@ def _setup(topology: str, dtype: torch.dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rule_contract(name, topology, dtype):
     c, x, y, loss, trace = _setup(topology, dtype)
-    rule = make_rule(name, weight_decay=1e-3, feedback_gain=0.7 if name != "kp" else 1.0)
+    gain = 1.0 if name == "kp" else 0.7  # kp is hsp with c = 1
+    hyper = {k: v for k, v in {"weight_decay": 1e-3, "feedback_gain": gain}.items() if k in rule_hyperparameters(name)}
+    rule = make_rule(name, **hyper)
     if not applies_to_circuit(rule, topology):  # the rule says so, clearly, before any step
         with pytest.raises(HeterogradError, match=name):
             rule.init(c)

@@ -85,11 +85,19 @@ def train(
     activation: Annotated[str, typer.Option(help="tanh | relu | sigmoid | identity")] = "tanh",
     lr: Annotated[float, typer.Option(help="learning rate η")] = 0.05,
     batch_size: Annotated[int, typer.Option(help="minibatch size n")] = 32,
-    weight_decay: Annotated[float, typer.Option(help="weight decay λ on W, b and B")] = 1e-4,
-    feedback_gain: Annotated[float, typer.Option(help="feedback plasticity gain c (hsp, poly default)")] = 1.0,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="weight decay λ on W, b and B  [default: 1e-4 where the rule has it]")
+    ] = None,
+    feedback_gain: Annotated[
+        float | None, typer.Option(help="feedback plasticity gain c (hsp, poly, freeze)  [default: 1.0]")
+    ] = None,
     topology: Annotated[str, typer.Option(help="layered | sparse | direct | amorphous")] = "layered",
-    density: Annotated[float, typer.Option(help="feedback mask density for sparse/amorphous, in (0, 1]")] = 1.0,
-    feedback_init: Annotated[str, typer.Option(help="random | transpose (B=Wᵀ) | anti (B=-Wᵀ)")] = "random",
+    density: Annotated[
+        float | None, typer.Option(help="feedback mask density, sparse/amorphous only, in (0, 1]  [default: 1.0]")
+    ] = None,
+    feedback_init: Annotated[
+        str, typer.Option(help="random | transpose (B=Wᵀ) | anti (B=-Wᵀ); ±Wᵀ needs adjacent-layer feedback")
+    ] = "random",
     loss: Annotated[str | None, typer.Option(help="ce | mse (default: ce for classes, mse for regression)")] = None,
     optimizer: Annotated[str, typer.Option(help="optimiser motif: sgd | momentum | rmsprop | adam | adamw")] = "sgd",
     momentum: Annotated[float | None, typer.Option(help="momentum μ (momentum, rmsprop)")] = None,
@@ -125,6 +133,9 @@ def train(
         Path | None,
         typer.Option(help="continue the run in this folder from its checkpoint.pt; other options must match"),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="clear --out first if it holds an earlier run (else it must be empty)")
+    ] = False,
     compile_step: Annotated[
         bool, typer.Option("--compile", help="torch.compile the local step (first step compiles, ~tens of s)")
     ] = False,
@@ -143,6 +154,7 @@ def train(
     Ctrl-C or SIGTERM stops at the next step, writes checkpoint.pt and exits 130 / 143;
     `heterograd train --resume DIR` then finishes the run exactly as if never interrupted.
     `heterograd train --config runs/a/config.json --out runs/b` reruns runs/a.
+    --out must be empty or new (or the folder being resumed); --overwrite clears an earlier run there.
     """
     from .hardware import parse_device_options
     from .optim import cli_options
@@ -192,6 +204,8 @@ def train(
             )
         cfg = _from_config_file(config, _explicit_overrides(ctx, cfg))
     data, rule, seed = cfg.data, cfg.rule, cfg.seed
+    if overwrite and resume is not None:
+        raise HeterogradError("--overwrite would delete the run --resume continues; drop --overwrite")
     if distributed and resume is not None:
         raise HeterogradError("--distributed cannot --resume yet; start a fresh run or resume without --distributed")
     if resume is not None:
@@ -215,7 +229,7 @@ def train(
         else:
             trainer = Trainer(cfg)
     try:
-        result = trainer.fit(out_dir, progress=progress, tensorboard=tensorboard)
+        result = trainer.fit(out_dir, progress=progress, tensorboard=tensorboard, overwrite=overwrite)
     except TrainingInterrupted as exc:
         import signal
 
@@ -236,7 +250,7 @@ def train(
         typer.echo(f"results written to {out_dir}")
 
 
-_NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx", "config", "tensorboard"})
+_NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx", "config", "tensorboard", "overwrite"})
 _MOTIF_OPTIONS = frozenset({"momentum", "nesterov", "betas", "eps", "optimizer_weight_decay", "optimizer_options"})
 _OPTION_FIELD = {"compile_step": "compile"}  # CLI parameter -> TrainConfig field, where they differ
 
@@ -283,6 +297,7 @@ def demo(
     epochs: Annotated[int, typer.Option(help="epochs per rule")] = 20,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     progress: Annotated[bool, typer.Option(help="progress bars on a terminal, a few lines per rule in a log")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="clear earlier demo runs in --out first")] = False,
 ) -> None:
     """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes."""
     from .data import load_dataset
@@ -293,7 +308,7 @@ def demo(
     summaries = []
     for rule in ("bp", "fa", "hsp"):
         res = Trainer(TrainConfig(data="digits", rule=rule, epochs=epochs, seed=seed), ds).fit(
-            out / rule, progress=progress
+            out / rule, progress=progress, overwrite=overwrite
         )
         summaries.append(res.summary)
     table = results_table(summaries, title=f"digits, 64-128-128-10 tanh, {epochs} epochs, seed {seed}")
@@ -323,7 +338,7 @@ _register_subcommands()
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # a command's typer.Exit(code) comes back as its return value
     except HeterogradError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -339,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

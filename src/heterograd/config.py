@@ -25,7 +25,7 @@ from .errors import HeterogradError, unknown_choice
 from .hardware import make_device_model
 from .losses import LOSSES
 from .optim import MOTIFS
-from .rules import RULES
+from .rules import RULES, check_rule_hyperparameters, rule_hyperparameters
 from .runtime import DTYPES, resolve_device
 
 
@@ -34,6 +34,12 @@ class TrainConfig:
     """Everything that defines a training run (saved resolved as ``config.json``).
 
     Defaults reproduce ``heterograd train --data digits --rule hsp``.
+
+    ``weight_decay``, ``feedback_gain`` and ``density`` default to ``None``, "not set":
+    :meth:`validate` fills in the default (``1e-4``, ``1.0``, ``1.0``) only where the rule or the
+    topology uses it, and leaves ``None`` where it would be ignored, so ``config.json`` never
+    records a value that had no effect. Setting one where it has no effect (``feedback_gain``
+    with ``fa``, ``density`` with ``layered``) is a :class:`HeterogradError`.
     """
 
     data: str = "digits"
@@ -44,10 +50,10 @@ class TrainConfig:
     activation: str = "tanh"
     lr: float = 0.05
     batch_size: int = 32
-    weight_decay: float = 1e-4
-    feedback_gain: float = 1.0
+    weight_decay: float | None = None
+    feedback_gain: float | None = None
     topology: str = "layered"
-    density: float = 1.0
+    density: float | None = None
     feedback_init: str = "random"
     loss: str | None = None
     optimizer: str = "sgd"
@@ -97,12 +103,16 @@ class TrainConfig:
         for name in ("log_every", "n_train", "n_test", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, optional=True)
-        for name in ("lr", "weight_decay", "feedback_gain", "density", "divergence_threshold"):
+        for name in ("lr", "divergence_threshold"):
             _check_real(name, getattr(self, name))
+        for name in ("weight_decay", "feedback_gain", "density"):
+            if getattr(self, name) is not None:
+                _check_real(name, getattr(self, name))
+        wd, dens = self.weight_decay, self.density
         checks: list[tuple[bool, str]] = [
             (self.lr > 0, f"--lr must be a positive number, got {self.lr}; e.g. --lr 0.05"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}; e.g. --weight-decay 1e-4"),
-            (0 < self.density <= 1, f"--density must be in (0, 1], got {self.density}; e.g. --density 0.2"),
+            (wd is None or wd >= 0, f"--weight-decay must be >= 0, got {wd}; e.g. --weight-decay 1e-4"),
+            (dens is None or 0 < dens <= 1, f"--density must be in (0, 1], got {dens}; e.g. --density 0.2"),
             (
                 self.divergence_threshold > 0,
                 f"divergence_threshold must be > 0, got {self.divergence_threshold}; e.g. 1e6",
@@ -142,14 +152,65 @@ class TrainConfig:
         model = make_device_model(self.device_model, self.device_model_options)  # clear error on a bad name/key
         if self.compile and not model.is_ideal:
             raise HeterogradError("--compile does not support a device model yet; drop --compile or --device-model")
+        self._resolve_applicable()
         self.device = resolve_device(self.device)
         return self
+
+    def _resolve_applicable(self) -> None:
+        """Reject options that would be ignored; fill in the defaults of the unset ones that apply."""
+        hyper = {k: getattr(self, k) for k in ("weight_decay", "feedback_gain", "theta_w", "theta_b")}
+        check_rule_hyperparameters(self.rule, **hyper)
+        given = {k: v for k, v in hyper.items() if v is not None}
+        unused = RULES[self.rule].unused_hyperparameters(given)
+        takes = rule_hyperparameters(self.rule)
+        for name, default in RULE_DEFAULTS.items():
+            if getattr(self, name) is None and name in takes and name not in unused:
+                setattr(self, name, default)
+        if self.topology in MASKED_TOPOLOGIES:
+            if self.density is None:
+                self.density = 1.0
+        elif self.density is not None:
+            raise HeterogradError(
+                f"--density sets the feedback mask of the sparse and amorphous topologies; topology "
+                f"{self.topology!r} has no mask and would ignore it; drop --density or use --topology sparse"
+            )
+        if self.feedback_init != "random" and self.topology in ("direct", "amorphous") and len(self.hidden) >= 2:
+            raise HeterogradError(
+                f"--feedback-init {self.feedback_init} sets B = ±Wᵀ, which exists only for feedback edges between "
+                f"adjacent layers; topology {self.topology!r} with {len(self.hidden)} hidden layers has edges that "
+                "skip layers, which would start random; use --feedback-init random or --topology layered/sparse"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
 
+
+def without_ignored_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the options its rule or topology ignored set to ``None``.
+
+    heterograd 0.1.0 recorded every option in ``config.json`` and checkpoints, also those the run
+    ignored (``feedback_gain`` of an ``fa`` run, ``density`` of a ``layered`` one); they had no effect,
+    so resuming such a run reads them as unset instead of rejecting the checkpoint.
+    """
+    out = dict(saved)
+    rule, topology = out.get("rule"), out.get("topology")
+    if isinstance(rule, str) and rule in RULES:
+        takes = rule_hyperparameters(rule)
+        for name in ("weight_decay", "feedback_gain", "theta_w", "theta_b"):
+            if name in out and name not in takes:
+                out[name] = None
+        given = {k: out.get(k) for k in ("weight_decay", "feedback_gain", "theta_w", "theta_b")}
+        for name in RULES[rule].unused_hyperparameters({k: v for k, v in given.items() if v is not None}):
+            out[name] = None
+    if isinstance(topology, str) and topology not in MASKED_TOPOLOGIES:
+        out["density"] = None
+    return out
+
+
+RULE_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}  # where the rule has them
+MASKED_TOPOLOGIES = ("sparse", "amorphous")  # the topologies --density applies to
 
 _EXAMPLES = {
     "rule": "hsp",

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -105,4 +106,38 @@ def prepare_out_dir(out: str | os.PathLike[str]) -> Path:
         raise HeterogradError(f"cannot create output folder {p}: {exc.strerror}; pass a writable --out") from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise HeterogradError(f"output folder {p} is not writable; pass a writable --out")
+    return p
+
+
+RUN_MARKERS = ("config.json", "checkpoint.pt", "summary.json", "metrics.csv")  # files a heterograd run writes
+
+
+def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """The folder of a *new* run: created if missing; an existing one must be empty.
+
+    A non-empty folder would mix the new run with an earlier one (its ``checkpoint.pt`` would later
+    be resumed, its figures kept): it is an error unless ``overwrite``, which clears it first, and
+    only if it looks like a run folder (holds one of :data:`RUN_MARKERS`), so a mistyped ``--out .``
+    never deletes anything else.
+    """
+    p = prepare_out_dir(out)
+    entries = sorted(p.iterdir())
+    if not entries:
+        return p
+    names = ", ".join(e.name for e in entries[:4]) + (", ..." if len(entries) > 4 else "")
+    if not overwrite:
+        raise HeterogradError(
+            f"--out {p} is not empty ({names}); a new run there would mix with what it holds: pass --overwrite "
+            f"to clear it, --resume {p} to continue the run in it, or choose another --out"
+        )
+    if not any((p / m).exists() for m in RUN_MARKERS):
+        raise HeterogradError(
+            f"--out {p} holds {names} but no heterograd run ({', '.join(RUN_MARKERS)}); --overwrite only clears run "
+            "folders: choose another --out or empty it yourself"
+        )
+    for e in entries:
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e)
+        else:
+            e.unlink()
     return p

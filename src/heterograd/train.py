@@ -40,7 +40,7 @@ from .checkpoint import (
     to_device,
 )
 from .circuits import Circuit, Trace
-from .config import TrainConfig
+from .config import TrainConfig, without_ignored_options
 from .data import Dataset, iterate_minibatches, load_dataset
 from .errors import HeterogradError
 from .hardware import HardwareCircuit, attach_hardware
@@ -48,7 +48,7 @@ from .losses import Loss, get_loss
 from .optim import Motif, make_motif
 from .probes import measure
 from .progress import Progress
-from .results import prepare_out_dir, write_csv, write_json
+from .results import prepare_out_dir, prepare_run_dir, write_csv, write_json
 from .rules import Deltas, Params, Rule, Signals, make_rule
 from .runtime import DTYPES, environment
 
@@ -242,7 +242,7 @@ class Trainer:
             [self.data.input_dim, *c.hidden, self.data.output_dim],
             c.activation,
             topology=c.topology,
-            density=c.density,
+            density=1.0 if c.density is None else c.density,  # None: the topology has no mask
             feedback_init=c.feedback_init,
             seed=c.seed,
             dtype=self.dtype,
@@ -277,6 +277,7 @@ class Trainer:
         self.elapsed = 0.0
         self.checkpoint_file: Path | None = None
         self.resumed_from: Path | None = None
+        self._run_dir: Path | None = None  # the folder this run writes to (set by resume and the first fit)
         self._stop_signal: int | None = None
 
     # ..................................................................... steps
@@ -297,7 +298,8 @@ class Trainer:
         """Probes on the fixed probe batch (first ``probe_size`` training samples), nothing applied."""
         with torch.no_grad():
             out = local_step(self.circuit, self.rule, self.rule_state, self.loss, self.probe_x, self.probe_y)
-        return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, self.config.weight_decay)
+        lam = self.config.weight_decay or 0.0  # None: the rule has no separate λ (poly with θ given)
+        return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, lam)
 
     def divergence_reason(self, train_loss: float) -> str | None:
         """Why the run counts as diverged (``None`` if it does not): a non-finite loss, non-finite
@@ -391,7 +393,7 @@ class Trainer:
         ck = load_checkpoint(run_dir)
         src = str(checkpoint_path(run_dir))
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        saved = dict(ck["config"])
+        saved = without_ignored_options(dict(ck["config"]))  # 0.1.0 recorded ignored options too
         unknown = sorted(set(saved) - known)
         if unknown:
             raise HeterogradError(
@@ -421,6 +423,7 @@ class Trainer:
         trainer = cls(cfg, dataset)
         trainer.load_state_dict(ck, src)
         trainer.resumed_from = checkpoint_path(run_dir)
+        trainer._run_dir = Path(run_dir).resolve()
         return trainer
 
     @contextlib.contextmanager
@@ -465,8 +468,12 @@ class Trainer:
         on_log: Callable[[dict[str, Any]], None] | None = None,
         handle_signals: bool = True,
         tensorboard: bool = False,
+        overwrite: bool = False,
     ) -> RunResult:
         """Train until ``config.epochs`` epochs are done; write the run directory if ``out_dir`` is given.
+
+        ``out_dir`` must be empty (or new) unless it is this run's own folder (the one it was resumed
+        from, or fitted into before); ``overwrite=True`` clears a non-empty earlier run folder first.
 
         A diverging run (non-finite loss, or weights beyond ``divergence_threshold``) stops at the
         logged step where it is detected, keeps everything written so far and reports
@@ -494,7 +501,13 @@ class Trainer:
             from .tensorboard import TensorBoardLog, require_tensorboard
 
             require_tensorboard()  # before anything is written
-        out = prepare_out_dir(out_dir) if out_dir is not None else None
+        out = None
+        if out_dir is not None:
+            own = self._run_dir is not None and Path(out_dir).resolve() == self._run_dir
+            if own and overwrite:
+                raise HeterogradError(f"--overwrite would delete the run being resumed in {out_dir}; drop --overwrite")
+            out = prepare_out_dir(out_dir) if own else prepare_run_dir(out_dir, overwrite=overwrite)
+            self._run_dir = out.resolve()
         tb = TensorBoardLog(out / "tensorboard", self.step_count or None) if tensorboard and out is not None else None
         if out is not None:
             recorded = {**c.to_dict(), "environment": environment(), "rule_equation": self.rule.describe()}

@@ -142,7 +142,18 @@ class Circuit(nn.Module):
             W.append(w)
             bb = (torch.rand(self.sizes[l], generator=generator, dtype=torch.float64) * 2 - 1) * bound
             b.append(bb if bias else torch.zeros(self.sizes[l], dtype=torch.float64))
-        edges = build_edges(topology, self.sizes, self.density, generator)
+        edges = build_edges(topology, self.sizes, self.density, generator)  # checks topology and density range
+        if self.density != 1.0 and topology in ("layered", "direct"):
+            raise HeterogradError(
+                f"density sets the feedback mask of the sparse and amorphous topologies; topology {topology!r} "
+                "has no mask and would ignore it; leave density at 1 or use topology='sparse'"
+            )
+        if feedback_init != "random" and not all(e.adjacent for e in edges):
+            raise HeterogradError(
+                f"feedback_init={feedback_init!r} sets B = ±Wᵀ, which exists only for feedback edges between adjacent "
+                f"layers; topology {topology!r} here has edges that skip layers, which would start random; use "
+                "feedback_init='random' or topology 'layered'/'sparse'"
+            )
         B = []
         for edge in edges:
             if edge.adjacent and feedback_init != "random":

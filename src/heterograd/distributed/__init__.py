@@ -154,6 +154,22 @@ class DistributedTrainer(Trainer):
 
         self.local_step = step
 
+    def stop_requested(self) -> bool:
+        """Whether any rank was asked to stop (SIGINT/SIGTERM); every rank gets the same answer at the same step.
+
+        The local flag (the signal number, 0 if none) is all-reduced with MAX after every step, so a signal
+        that reaches one rank only (e.g. ``kill`` of one process) stops all of them together instead of
+        leaving the others waiting in the next all-reduce until the group times out. One 1-element
+        all-reduce per step.
+        """
+        dist = _dist()
+        flag = torch.tensor([self._stop_signal or 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+        if signum:
+            self._stop_signal = signum
+        return signum != 0
+
     def fit(self, out_dir: str | Path | None = None, *, progress: bool = True, **kwargs: Any) -> RunResult:
         """As :meth:`Trainer.fit`; ranks other than 0 write nothing and show no progress."""
         lead = self.rank == 0

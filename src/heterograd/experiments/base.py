@@ -94,13 +94,23 @@ def seeds_for(ctx: Context, n: int) -> list[int]:
     return [ctx.seed] if ctx.quick else [ctx.seed + i for i in range(n)]
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and (population) standard deviation of the finite values; ``(nan, nan)`` if none."""
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    if not v:
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and (population) standard deviation over *all* values.
+
+    A missing or non-finite value (a diverged seed) makes both ``nan``: a run that diverged is never
+    averaged away, and a ``nan`` fails every threshold comparison, so it counts against the claim.
+    Count such runs with :func:`diverged_count` and report them next to the mean.
+    """
+    if not values or diverged_count(values):
         return math.nan, math.nan
+    v = [float(x) for x in values]  # type: ignore[arg-type]
     m = sum(v) / len(v)
     return m, math.sqrt(sum((x - m) ** 2 for x in v) / len(v))
+
+
+def diverged_count(values: Sequence[float | None]) -> int:
+    """How many of ``values`` are missing or non-finite (diverged runs)."""
+    return sum(1 for x in values if x is None or not math.isfinite(float(x)))
 
 
 def save_figure(fig: Any, out: Path, name: str) -> str:

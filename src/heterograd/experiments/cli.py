@@ -1,4 +1,8 @@
-"""``heterograd repro NAME|all --out DIR [--quick] [--seed S]``."""
+"""``heterograd repro NAME|all --out DIR [--quick] [--seed S]``.
+
+Exit codes (so CI and scripts notice): 0 every claim run holds; 1 at least one claim does not hold;
+3 at least one experiment crashed (takes precedence over 1); 2 a usage error (bad name or option).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+EXIT_HOLDS = 0
+EXIT_DOES_NOT_HOLD = 1
+EXIT_CRASHED = 3
+
+
+def exit_code(summaries: list[dict]) -> int:
+    """The ``repro`` exit code for these summaries: 3 if any crashed, else 1 if any does not hold, else 0."""
+    if any("error" in s for s in summaries):
+        return EXIT_CRASHED
+    if not all(s["holds"] for s in summaries):
+        return EXIT_DOES_NOT_HOLD
+    return EXIT_HOLDS
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +41,11 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="progress bars on a terminal (a log gets two lines per experiment)")
         ] = True,
     ) -> None:
-        """Reproduce a claim of the theory (docs/theory.md) as a figure, the measured numbers and a verdict."""
+        """Reproduce a claim of the theory (docs/theory.md) as a figure, the measured numbers and a verdict.
+
+        Exit code: 0 every claim holds; 1 a claim does not hold; 3 an experiment crashed (wins over 1);
+        2 usage error. `repro all` always runs every experiment and writes report.md first.
+        """
         from ..progress import is_terminal
         from . import load_all
         from .base import run_experiment
@@ -46,3 +67,10 @@ def register(app: typer.Typer) -> None:
         if name == "all":
             path = write_report(summaries, out, quick=quick)
             typer.echo(f"report: {path}")
+        code = exit_code(summaries)
+        if code:
+            typer.echo(
+                "some experiment crashed (exit 3)" if code == EXIT_CRASHED else "some claim does not hold (exit 1)",
+                err=True,
+            )
+            raise typer.Exit(code)

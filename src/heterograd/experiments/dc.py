@@ -83,7 +83,7 @@ def run(ctx: Context) -> Verdict:
                 pairs = len(finite) * (len(finite) - 1) / 2
                 dc_layers = (pos * (pos - 1) / 2 + neg * (neg - 1) / 2) / pairs if pairs else math.nan
                 satisfied = bool(not s["diverged"] and len(finite) == len(signs) and neg == 0)
-                learns = bool(math.isfinite(acc) and acc > baseline)
+                learns = bool(not s["diverged"] and math.isfinite(acc) and acc > baseline)
                 runs.append(
                     {
                         "hidden_layers": depth,
@@ -140,7 +140,10 @@ def run(ctx: Context) -> Verdict:
     figures.append(save_figure(fig, ctx.out, "dc_scatter.png"))
 
     # ---------------------------------------------------------------- verdict
-    agree = [r["dc_satisfied"] == r["learns"] for r in runs]
+    # a diverged run (or a diverged baseline) has no DC status: it counts against the claim, never as agreement
+    agree = [
+        not r["diverged"] and math.isfinite(r["readout_baseline"]) and r["dc_satisfied"] == r["learns"] for r in runs
+    ]
     table: dict[str, Any] = {}
     for hidden in DEPTHS:
         depth = len(hidden)
@@ -154,6 +157,7 @@ def run(ctx: Context) -> Verdict:
                 "phi": [mean_std([r["phi"][i] for r in sel])[0] for i in range(depth)],
                 "dc_satisfied": f"{sum(r['dc_satisfied'] for r in sel)}/{len(sel)}",
                 "learns": f"{sum(r['learns'] for r in sel)}/{len(sel)}",
+                "diverged": f"{sum(r['diverged'] for r in sel)}/{len(sel)}",
             }
     measured: dict[str, Any] = {
         "runs_agreeing": f"{sum(agree)}/{len(agree)}",
@@ -162,6 +166,7 @@ def run(ctx: Context) -> Verdict:
         "dc_satisfied_no_learn": sum(r["dc_satisfied"] and not r["learns"] for r in runs),
         "dc_violated_and_learn": sum(not r["dc_satisfied"] and r["learns"] for r in runs),
         "dc_violated_no_learn": sum(not r["dc_satisfied"] and not r["learns"] for r in runs),
+        "diverged_runs": sum(r["diverged"] for r in runs),
         "by_config": table,
         "runs": runs,
     }
@@ -173,7 +178,7 @@ def run(ctx: Context) -> Verdict:
         measured=measured,
         threshold=(
             "every run agrees (100%): DC satisfied ⇔ final test accuracy above the same seed's readout-only "
-            "baseline (hidden layers frozen, output trained)"
+            "baseline (hidden layers frozen, output trained); a diverged run counts as disagreeing"
         ),
         holds=all(agree),
         figures=figures,

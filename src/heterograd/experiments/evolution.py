@@ -9,12 +9,15 @@ fraction (circuits whose measured per-neuron ``φ`` are sign-consistent, DC scor
 
 from __future__ import annotations
 
-from .base import Context, Verdict, experiment
+from .base import Context, Verdict, experiment, mean_std
 
 CLAIM = (
-    "Evolving random polynomial plasticity rules on final loss alone, the population median reaches "
-    "within 1.5x of the bilinear rule's loss and the DC fraction reaches 0.7 within 20 generations."
+    "Evolving random polynomial plasticity rules on final loss alone, the population median comes within 1.5x "
+    "of the bilinear rule's loss and is as dynamically consistent as the bilinear rule (per-neuron DC score), "
+    "over the last generations."
 )
+LAST_K = 5  # the verdict averages the last LAST_K generations (fixed in advance), never the best of all
+RATIO_MAX = 1.5
 
 
 @experiment("evolution")
@@ -30,22 +33,22 @@ def run(ctx: Context) -> Verdict:
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # a fresh run every time
     res = evolve(cfg, run_dir, progress=ctx.progress)
     rows = res.rows
-    ratio = [r["median_over_reference"] for r in rows]
-    dc = [r["dc_fraction"] for r in rows]
-    first_ratio = next((r["generation"] for r in rows if r["median_over_reference"] <= 1.5), None)
-    first_dc = next((r["generation"] for r in rows if r["dc_fraction"] >= 0.7), None)
-    first_descent = next((r["generation"] for r in rows if r["top_descent_fraction"] >= 1.0), None)
-    holds = first_ratio is not None and first_dc is not None
+    last = rows[-LAST_K:]
+    ratio_last = mean_std([r["median_over_reference"] for r in last])[0]
+    dc_last = mean_std([r["median_dc_score"] for r in last])[0]
+    ref_dc_last = mean_std([r["reference_median_dc_score"] for r in last])[0]
+    holds = ratio_last <= RATIO_MAX and dc_last >= ref_dc_last  # NaN (all diverged) fails both
     measured = {
-        "min_median_over_reference": min(ratio),
-        "first_generation_median_within_1.5x": first_ratio,
-        "max_dc_fraction": max(dc),
-        "first_generation_dc_fraction_0.7": first_dc,
-        "first_generation_all_descent": first_descent,
+        f"last_{LAST_K}_mean_median_over_reference": ratio_last,
+        f"last_{LAST_K}_mean_median_dc_score": dc_last,
+        f"last_{LAST_K}_mean_reference_median_dc_score": ref_dc_last,
+        f"last_{LAST_K}_mean_diverged_fraction": mean_std([r["diverged_fraction"] for r in last])[0],
+        "initial_median_dc_score": rows[0]["median_dc_score"],
         "initial_top_descent_fraction": rows[0]["top_descent_fraction"],
-        "final_median_over_reference": ratio[-1],
-        "final_dc_fraction": dc[-1],
-        "final_reference_dc_fraction": rows[-1]["reference_dc_fraction"],
+        "final_top_descent_fraction": rows[-1]["top_descent_fraction"],
+        "final_median_over_reference": rows[-1]["median_over_reference"],
+        "final_dc_fraction_at_0.9": rows[-1]["dc_fraction"],
+        "final_reference_dc_fraction_at_0.9": rows[-1]["reference_dc_fraction"],
         "reference_loss": rows[-1]["reference_loss"],
         "best_rule": rows[-1]["best_rule"],
         "population": population,
@@ -56,15 +59,19 @@ def run(ctx: Context) -> Verdict:
         claim=CLAIM,
         measured=measured,
         threshold=(
-            f"some generation <= {generations - 1} has median / reference <= 1.5, and some has DC fraction >= 0.7"
+            f"averaged over the last {LAST_K} of {generations} generations: population median loss / bilinear "
+            f"reference loss <= {RATIO_MAX}, and the population's median per-neuron DC score >= the bilinear "
+            "reference's median DC score"
         ),
         holds=holds,
         figures=["run/evolution.png"],
         notes=(
             f"teacher task (20-32-5 tanh students), P={population}, {generations} generations of 300 steps; "
             "reference = median of 8 circuits trained with the bilinear rule (λ=1e-4, c=1) on the same data. "
-            "DC per circuit: DC score over sign(θ_W[u·h])·φ_i of every neuron (φ_i measured against the exact "
-            "gradient on 256 training samples) >= 0.9. Per-generation numbers: run/generations.csv."
-            + (" Quick mode: smaller population and 15 generations." if ctx.quick else "")
+            "DC score of a circuit: (n₊² + n₋²)/n² over sign(θ_W[u·h])·φ_i of every neuron (φ_i measured against "
+            "the exact gradient on 256 training samples); 1 when every neuron is sign-consistent. The earlier "
+            "criterion (fraction of circuits with DC score >= 0.9) is reported but not used: the bilinear "
+            "reference itself mostly fails it (final_reference_dc_fraction_at_0.9). Per-generation numbers: "
+            "run/generations.csv." + (" Quick mode: smaller population and 15 generations." if ctx.quick else "")
         ),
     )

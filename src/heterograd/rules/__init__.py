@@ -12,7 +12,7 @@ from .baselines import BRSF, DFA, FRSF, USF
 from .classic import BP, FA, HSP, KP
 from .combinators import Freeze
 from .poly import B_FEATURES, N_FEATURES, W_FEATURES, Poly, bilinear_theta, format_poly, poly_delta
-from .registry import RULES, make_rule, register_rule
+from .registry import RULES, check_rule_hyperparameters, make_rule, register_rule, rule_hyperparameters
 
 __all__ = [
     "BP",
@@ -36,8 +36,10 @@ __all__ = [
     "Rule",
     "Signals",
     "bilinear_theta",
+    "check_rule_hyperparameters",
     "format_poly",
     "make_rule",
     "poly_delta",
     "register_rule",
+    "rule_hyperparameters",
 ]

@@ -206,6 +206,16 @@ class Rule(ABC):
         """Whether :meth:`deltas` reads ``p`` (a converted layer then keeps its output for the backward)."""
         return False
 
+    @classmethod
+    def unused_hyperparameters(cls, given: dict[str, Any]) -> dict[str, str]:
+        """Hyperparameters (among the fields) that ``given`` makes meaningless, each with the reason.
+
+        ``given`` holds the hyperparameters set for :func:`~heterograd.rules.make_rule` (no ``None``).
+        The default: every field always matters. A rule whose fields override each other says so
+        here, and setting an overridden one is an error rather than silently ignored.
+        """
+        return {}
+
     def init(self, circuit: Circuit) -> Any:
         """Create the rule's own state (default: none)."""
         return None

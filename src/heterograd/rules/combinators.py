@@ -57,6 +57,14 @@ class Freeze(Rule):
     weight_decay: float = 0.0
     feedback_gain: float = 1.0
 
+    @classmethod
+    def unused_hyperparameters(cls, given: dict[str, Any]) -> dict[str, str]:
+        """``weight_decay`` and ``feedback_gain`` only build the default inner rule."""
+        if given.get("rule") is None:
+            return {}
+        why = "they only build the default inner HSP rule, and an inner rule was given"
+        return {"weight_decay": why, "feedback_gain": why}
+
     def __post_init__(self) -> None:
         if self.rule is None:
             object.__setattr__(self, "rule", HSP(weight_decay=self.weight_decay, feedback_gain=self.feedback_gain))

@@ -202,6 +202,16 @@ class Poly(Rule):
     _tw: Tensor = field(init=False, repr=False, compare=False)
     _tb: Tensor = field(init=False, repr=False, compare=False)
 
+    @classmethod
+    def unused_hyperparameters(cls, given: dict[str, Any]) -> dict[str, str]:
+        """``weight_decay`` and ``feedback_gain`` only build the default coefficients; given θ replace them."""
+        out: dict[str, str] = {}
+        if given.get("theta_b") is not None:
+            out["feedback_gain"] = "theta_b sets the feedback coefficients (its h·u term is the gain c)"
+            if given.get("theta_w") is not None:
+                out["weight_decay"] = "theta_w and theta_b hold the decay terms (their W and B coefficients)"
+        return out
+
     def __post_init__(self) -> None:
         dw, db = bilinear_theta(self.weight_decay, self.feedback_gain)
         tw = dw if self.theta_w is None else _as_theta(self.theta_w, "theta_w")

@@ -22,19 +22,56 @@ def register_rule(cls: R) -> R:
     return cls
 
 
-def make_rule(name: str, **hyper: Any) -> Rule:
-    """Build a registered rule by name.
-
-    Hyperparameters the rule does not have are ignored (so one call site can pass
-    ``weight_decay`` and ``feedback_gain`` to any rule); ``None`` values mean "default".
-
-    >>> make_rule("hsp", weight_decay=1e-4, feedback_gain=0.5).feedback_gain
-    0.5
-    """
+def rule_hyperparameters(name: str) -> tuple[str, ...]:
+    """The hyperparameters rule ``name`` takes: the fields of its dataclass that ``__init__`` accepts."""
     try:
         cls = RULES[name]
     except KeyError:
         raise unknown_choice("rule", name, RULES) from None
-    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    kwargs = {k: v for k, v in hyper.items() if k in fields and v is not None}
-    return cls(**kwargs)
+    if not dataclasses.is_dataclass(cls):
+        return ()
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def check_rule_hyperparameters(name: str, **hyper: Any) -> None:
+    """Raise a :class:`HeterogradError` for a hyperparameter that rule ``name`` would ignore.
+
+    ``hyper`` maps hyperparameter names to values; ``None`` means "not set" and is never an error.
+    A value is an error when the rule has no such field (e.g. ``feedback_gain`` with ``fa``: its
+    feedback is fixed) or when the rule says the other values make it meaningless
+    (:meth:`Rule.unused_hyperparameters`, e.g. ``feedback_gain`` with ``poly`` given ``theta_b``).
+    """
+    given = {k: v for k, v in hyper.items() if v is not None}
+    fields = rule_hyperparameters(name)
+    for k in given:
+        if k not in fields:
+            takes = ", ".join(_flag(f) for f in fields if f in _CONFIG_HYPER) or "none of the rule options"
+            raise HeterogradError(
+                f"{_flag(k)} does not apply to rule {name!r}, which would ignore it (rule {name!r} takes {takes}); "
+                f"drop {_flag(k)} or choose a rule that has it"
+            )
+    for k, why in RULES[name].unused_hyperparameters(given).items():
+        if k in given:
+            raise HeterogradError(f"{_flag(k)} has no effect on rule {name!r} here: {why}; drop {_flag(k)}")
+
+
+def make_rule(name: str, **hyper: Any) -> Rule:
+    """Build a registered rule by name.
+
+    ``None`` values mean "not set" (the rule's default). A value the rule would ignore, because it
+    has no such hyperparameter or the other values override it, is a :class:`HeterogradError`
+    (see :func:`check_rule_hyperparameters`): an option is never dropped in silence.
+
+    >>> make_rule("hsp", weight_decay=1e-4, feedback_gain=0.5).feedback_gain
+    0.5
+    """
+    check_rule_hyperparameters(name, **hyper)
+    return RULES[name](**{k: v for k, v in hyper.items() if v is not None})
+
+
+# the rule options TrainConfig and the command line pass to make_rule (named in error messages)
+_CONFIG_HYPER = ("weight_decay", "feedback_gain", "theta_w", "theta_b")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
