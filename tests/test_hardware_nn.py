@@ -11,7 +11,7 @@ from torch import nn
 
 from heterograd.errors import HeterogradError
 from heterograd.hardware import DeviceModel, LayerDevices, attach
-from heterograd.nn import convert
+from heterograd.nn import convert, probe
 
 
 def _mlp(rule: str, seed: int = 0) -> nn.Module:
@@ -236,6 +236,19 @@ def test_evaluation_reads_stored_values_training_reads_are_noisy(digits):
     assert not torch.equal(n1, n2) and not torch.equal(n1, a)
     with handle.noiseless():
         assert torch.equal(model(x).detach(), a)
+
+
+def test_probes_measure_the_stored_conductances(digits):
+    """A probe on a model on noisy devices equals the probe of the same stored weights without devices."""
+    x, y = _data(digits, 64)
+    model = _mlp("hsp")
+    handle = attach(model, "harsh", seed=0, read_noise=1.0)
+    twin = _mlp("hsp")
+    twin.load_state_dict(model.state_dict())
+    on_device = probe(model, x, y, F.cross_entropy).as_dict()
+    plain = probe(twin, x, y, F.cross_entropy).as_dict()
+    assert on_device == plain
+    assert handle.noisy  # the probe did not switch the training reads off
 
 
 # --------------------------------------------------------------------------- seeds, checkpoints

@@ -17,9 +17,9 @@ for the feedback ``B`` (when the rule keeps one). Then
   bounds, states, stuck devices). ``B``'s array likewise where ``B`` is plastic; a frozen ``B`` is written
   once (programmed at :func:`attach`).
 
-Evaluation under ``torch.no_grad()`` reads the stored conductances without noise (what was learned), as do
-probes (their true-gradient pass transports with the stored ``W``); :meth:`DeviceHandle.noiseless` turns
-read noise off for grad-enabled passes. Normalisation layers' affine parameters and embeddings stay
+Evaluation under ``torch.no_grad()`` reads the stored conductances without noise (what was learned), and so
+do probes (:func:`heterograd.nn.probe`: reads are exact while a layer records); :meth:`DeviceHandle.noiseless`
+turns read noise off for any other grad-enabled pass. Normalisation layers' affine parameters and embeddings stay
 digital (exact). The ``ideal`` device changes nothing: :func:`attach` then installs no hook and
 :meth:`DeviceHandle.step` is ``optimizer.step()``, the plain run bit for bit.
 
@@ -66,7 +66,7 @@ class LayerDevices:
     def read_forward(self, W: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``(W, b)`` as the forward pass reads: ``W`` ``(out, in)`` / ``(C_out, C_in/g, *k)``, ``b`` ``(out,)``."""
         h = self.handle
-        if not h.noisy:
+        if not h.noisy or self.module.plasticity.record is not None:  # type: ignore[union-attr]
             return W, b
         g = h.read_generator
         return self.W.read(W, g), (None if b is None or self.b is None else self.b.read(b, g))
@@ -78,7 +78,7 @@ class LayerDevices:
         same fresh-noise model, an independent draw from the forward read.
         """
         h = self.handle
-        if not h.noisy:
+        if not h.noisy or self.module.plasticity.record is not None:  # type: ignore[union-attr]
             return M
         return (self.B if self.B is not None else self.W).read(M, h.read_generator)
 
