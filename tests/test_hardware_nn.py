@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -313,3 +315,15 @@ def test_attach_errors(digits):
     dfa = convert(nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)), "dfa", example_input=x)
     with pytest.raises(HeterogradError, match="dfa"):
         attach(dfa, "harsh")
+
+
+def test_docs_example_runs(capsys):
+    """The converted-model example of docs/hardware.md runs as printed and learns on the harsh device."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "hardware.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- example: hardware-attach -->\n```python\n(.*?)```", text, re.S)
+    assert block is not None
+    exec(compile(block.group(1), "docs/hardware.md", "exec"), {"__name__": "docs_example"})
+    out = capsys.readouterr().out
+    assert "2 layers on devices: read_noise=0.2" in out
+    acc = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert acc > 0.8

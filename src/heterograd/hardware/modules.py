@@ -31,6 +31,7 @@ torch's default initialisation and of ``convert``'s random ``B``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,8 +210,17 @@ class DeviceHandle:
         self.update_generator.set_state(state["update"])
 
     def describe(self) -> str:
-        fb = "" if self.feedback_model == self.model else f", feedback {self.feedback_model}"
-        return f"{len(self.layers)} layers on devices: {self.model}{fb}"
+        """E.g. ``"2 layers on devices: read_noise=0.2, w_range=3.0, ...; feedback: ideal"``."""
+        fb = "" if self.feedback_model == self.model else f"; feedback: {_short(self.feedback_model)}"
+        return f"{len(self.layers)} layers on devices: {_short(self.model)}{fb}"
+
+
+def _short(m: DeviceModel) -> str:
+    """The fields of ``m`` that differ from the ideal device (``"ideal"`` when none)."""
+    base = DeviceModel()
+    names = [f.name for f in dataclasses.fields(m)]
+    diff = [f"{k}={getattr(m, k)}" for k in names if getattr(m, k) != getattr(base, k)]
+    return ", ".join(diff) or "ideal"
 
 
 def _resolve(spec: str | DeviceModel, options: dict[str, Any], what: str) -> DeviceModel:
