@@ -327,3 +327,23 @@ def test_docs_example_runs(capsys):
     assert "2 layers on devices: read_noise=0.2" in out
     acc = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     assert acc > 0.8
+
+
+@pytest.mark.slow
+def test_quick_hardware_lenet_experiment_verdict(tmp_path):
+    from heterograd.experiments import run_experiment
+    from heterograd.experiments.hardware import compare
+
+    s = run_experiment("hardware-lenet", tmp_path, quick=True)
+    assert "error" not in s, s.get("traceback")
+    m = s["measured"]
+    assert set(m["loss_5_points_at"]) == {"read_noise", "levels", "asymmetry", "stuck_fraction"}
+    assert s["holds"] == (not m["hsp_less_graceful"])
+    for sweep, cmp in m["hsp_vs"].items():
+        d = m["mean_loss_points"][sweep]
+        for rival in ("bp", "fa"):
+            assert cmp[rival] == compare(d["hsp"], d[rival])
+    assert m["reference_accuracy"]["bp"] > 0.4  # LeNet learns on the reference device even in quick mode
+    assert abs(m["align_reference"]["bp"] - 1) < 1e-4  # bp's probe reads: exact gradient
+    assert (tmp_path / "hardware-lenet" / "hardware_lenet.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "hardware-lenet" / "hardware_lenet.md").is_file()
