@@ -292,9 +292,40 @@ def test_resume_from_state_dicts_continues_exactly(digits):
     saved = run(2)
     resumed = run(None, saved)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
-    other = _mlp("hsp")
     with pytest.raises(HeterogradError, match="seed"):
-        attach(other, "harsh", seed=6).load_state_dict(saved["device"])
+        attach(_mlp("hsp"), "harsh", seed=6).load_state_dict(saved["device"])
+    with pytest.raises(HeterogradError, match="differs in levels"):
+        attach(_mlp("hsp"), "harsh", seed=5, levels=16).load_state_dict(saved["device"])
+
+
+def test_device_state_saves_with_torch_save_weights_only(tmp_path):
+    model = _mlp("hsp")
+    h = attach(model, "harsh", seed=1)
+    torch.save({"model": model.state_dict(), "device": h.state_dict()}, tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    fresh = _mlp("hsp")
+    h2 = attach(fresh, "harsh", seed=1)
+    fresh.load_state_dict(ckpt["model"])
+    h2.load_state_dict(ckpt["device"])
+    assert torch.equal(h2.read_generator.get_state(), h.read_generator.get_state())
+
+
+def test_adam_steps_stay_on_the_grid(digits):
+    x, y = _data(digits, 128)
+    model = _mlp("kp")
+    handle = attach(model, "ideal", seed=0, w_range=3.0, levels=16)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    first = F.cross_entropy(model(x), y).item()
+    for _ in range(30):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        handle.step(opt)
+    with torch.no_grad():
+        assert F.cross_entropy(model(x), y).item() < 0.7 * first
+    for ld in handle.layers:
+        a = ld.W
+        k = (ld.module.weight.detach() - a.w_min) / (a.w_max - a.w_min) * 15
+        assert torch.allclose(k, k.round(), atol=1e-3)
 
 
 # --------------------------------------------------------------------------- errors

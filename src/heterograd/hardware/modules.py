@@ -198,14 +198,29 @@ class DeviceHandle:
         convert and attach a fresh model with the same arguments, load the model's, the optimiser's and this
         state.
         """
-        return {"seed": self.seed, "read": self.read_generator.get_state(), "update": self.update_generator.get_state()}
+        return {
+            "seed": self.seed,
+            "model": dataclasses.asdict(self.model),
+            "feedback_model": dataclasses.asdict(self.feedback_model),
+            "read": self.read_generator.get_state(),
+            "update": self.update_generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the seed and device models must be the ones this handle was attached with."""
         if int(state["seed"]) != self.seed:
             raise HeterogradError(
                 f"device state was saved with seed {state['seed']}, this handle has seed {self.seed}; attach with "
                 f"seed={state['seed']} (the per-device parameters are drawn from it)"
             )
+        for key in ("model", "feedback_model"):
+            mine = dataclasses.asdict(getattr(self, key))
+            if state[key] != mine:
+                diff = sorted(k for k in mine if state[key].get(k) != mine[k])
+                raise HeterogradError(
+                    f"device state was saved with another {key.replace('_', ' ')} (differs in {', '.join(diff)}); "
+                    "attach with the device model it was saved with"
+                )
         self.read_generator.set_state(state["read"])
         self.update_generator.set_state(state["update"])
 
