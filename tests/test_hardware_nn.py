@@ -310,6 +310,25 @@ def test_device_state_saves_with_torch_save_weights_only(tmp_path):
     assert torch.equal(h2.read_generator.get_state(), h.read_generator.get_state())
 
 
+def test_tensors_the_optimiser_leaves_alone_get_no_pulses(digits):
+    """Frozen layers and parameters without a gradient keep their stored values bit for bit."""
+    x, y = _data(digits, 64)
+    model = _mlp("hsp")
+    handle = attach(model, "moderate", seed=0)
+    model[2].bias.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        model[0].weight.grad = None  # the optimiser skips it
+        handle.step(opt)
+    after = model.state_dict()
+    assert torch.equal(after["0.weight"], before["0.weight"])
+    assert torch.equal(after["2.bias"], before["2.bias"])
+    assert not torch.equal(after["2.weight"], before["2.weight"])
+
+
 def test_adam_steps_stay_on_the_grid(digits):
     x, y = _data(digits, 128)
     model = _mlp("kp")

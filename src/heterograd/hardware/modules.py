@@ -164,8 +164,8 @@ class DeviceHandle:
         """Within this block parameter changes (e.g. ``scaler.step(opt)``) are written through the devices.
 
         On entry the stored tensors are remembered; on exit each changed one becomes
-        ``apply_update(W_old, W_new - W_old)``. Tensors that do not require grad (a frozen ``B``) are not written;
-        arrays with an ideal update keep the optimiser's result exactly.
+        ``apply_update(W_old, W_new - W_old)``. Tensors that do not require grad (a frozen ``B``) or did not change
+        are not written; arrays with an ideal update keep the optimiser's result exactly.
         """
         before = [
             (t, a, t.detach().clone())
@@ -177,7 +177,8 @@ class DeviceHandle:
         g = self.update_generator
         with torch.no_grad():
             for t, a, old in before:
-                t.copy_(a.apply_update(old, t - old, g))
+                if not torch.equal(t, old):  # a tensor the optimiser left alone gets no pulses
+                    t.copy_(a.apply_update(old, t - old, g))
 
     def step(self, optimizer: Any, closure: Any = None) -> Any:
         """``optimizer.step()`` (the requested change), then program the devices; returns what the step returns."""
