@@ -21,6 +21,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "meta",
     "evolution",
     "hardware",
+    "hardware_lenet",
 )
 """Modules (relative to this package) that register experiments, in report order."""
 

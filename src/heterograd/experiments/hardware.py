@@ -30,7 +30,8 @@ failing case: on stuck devices ``bp`` reads its feedback from the very (stuck) f
 its teaching signal stays exact, while ``hsp``'s ``B`` has its own, different stuck devices and can
 never equal ``Wᵀ``; ``align`` of hsp must fall with the stuck fraction while bp's stays 1.
 
-LeNet-5 is not part of this experiment yet: the convolutional path is not in the library.
+LeNet-5 (a converted convolutional model on devices) is the companion experiment ``hardware-lenet``
+(:mod:`heterograd.experiments.hardware_lenet`).
 """
 
 from __future__ import annotations
@@ -299,7 +300,7 @@ def run(ctx: Context) -> Verdict:
             f"Fashion-MNIST, {n_train} training images, {'1000' if quick else 'all 10000'} test images, "
             f"784-{'-'.join(map(str, hidden))}-10 tanh, η=0.05, batch 32, λ=1e-4, {epochs} epochs, 1 thread; "
             f"sweeps {dict(sweeps)} on the reference device {BASE}. φ/align come from noiseless probe reads; for bp "
-            "they are 1 by construction (its feedback is Wᵀ) and are shown, not compared. LeNet-5 is not run: the "
-            "convolutional path has not landed."
+            "they are 1 by construction (its feedback is Wᵀ) and are shown, not compared. LeNet-5: see "
+            "`heterograd repro hardware-lenet`."
         ),
     )

@@ -7,6 +7,8 @@
 * :mod:`.session`: :class:`HardwareCircuit` puts a whole circuit on devices (the circuit reads through
   it, :func:`heterograd.train.apply_steps` writes through it); ``bp`` on a device uses transposed
   reads of ``W`` as its feedback (:class:`TransposedReadBP`).
+* :mod:`.modules`: :func:`attach` puts a model converted by :func:`heterograd.nn.convert` on devices
+  (``handle = attach(model, "harsh", seed=0)``, then ``handle.step(optimizer)`` in the standard loop).
 
 ``heterograd train --device-model harsh --device-model-options read_noise=0.1`` uses them.
 """
@@ -19,15 +21,19 @@ from .devices import (
     make_device_model,
     parse_device_options,
 )
+from .modules import DeviceHandle, LayerDevices, attach
 from .session import HardwareCircuit, TransposedReadBP, attach_hardware
 
 __all__ = [
     "OPTION_KEYS",
     "PRESETS",
     "DeviceArray",
+    "DeviceHandle",
     "DeviceModel",
     "HardwareCircuit",
+    "LayerDevices",
     "TransposedReadBP",
+    "attach",
     "attach_hardware",
     "make_device_model",
     "parse_device_options",

@@ -47,6 +47,9 @@ class Plasticity:
         direct: the shared output-error holder of direct feedback alignment, or ``None``.
         exact: probes only: transport with ``W`` and return the true gradient (a bp pass).
         record: probes only: when a dict, the backward stores ``u``, ``h``, ``p`` and the returned ``W`` grad.
+        device: hardware hook (set by :func:`heterograd.hardware.attach`), ``None`` by default (no cost): the
+            forward multiplies with ``device.read_forward(W, b)`` and the feedback transports with
+            ``device.read_feedback(M)``, reads of the layer's device arrays.
     """
 
     rule: Rule
@@ -56,6 +59,7 @@ class Plasticity:
     direct: DirectContext | None = None
     exact: bool = False
     record: dict[str, Tensor] | None = field(default=None, repr=False)
+    device: Any = field(default=None, repr=False)
     keep_potential: bool = field(init=False)
     plastic_feedback: bool = field(init=False)
 
@@ -93,9 +97,9 @@ class PlasticFunction(torch.autograd.Function):
             dt = torch.get_autocast_dtype(dev)
             x, W, b, B = (None if t is None else t.to(dt) for t in (x, W, b, B))
             with torch.autocast(dev, enabled=False):
-                p = syn.forward(x, W, b)
+                p = syn.forward(x, W, b) if pl.device is None else syn.forward(x, *pl.device.read_forward(W, b))
         else:
-            p = syn.forward(x, W, b)
+            p = syn.forward(x, W, b) if pl.device is None else syn.forward(x, *pl.device.read_forward(W, b))
         ctx.pl = pl
         ctx.save_for_backward(x, W, b, B, p if (pl.keep_potential or pl.record is not None) else None)
         return p
@@ -120,6 +124,8 @@ class PlasticFunction(torch.autograd.Function):
         # transport: to the presynaptic side only where it needs feedback (never into the model's input)
         direct = pl.direct is not None
         M = rule.transport_weights(W, B, syn, pl.generator) if (need_x and not direct) else None
+        if M is not None and pl.device is not None:  # hardware hook: a read of the feedback pathway's array
+            M = pl.device.read_feedback(M)
         v: Tensor | None = _direct_transport(pl, B, x) if (need_x and direct) else None
         C: Tensor | None = None
         Cb: Tensor | None = None
