@@ -61,7 +61,7 @@ class StepOutput:
         loss: 0-d tensor, mean batch loss before the update.
         trace: forward signals at time t.
         u: feedback potentials at time t', ``u[l]`` ``(n, n_l)``.
-        deltas: the rule's deltas (feedback deltas already masked).
+        deltas: the rule's deltas (feedback and masked forward deltas already masked).
         rule_state: the rule's new state.
     """
 
@@ -90,6 +90,10 @@ def local_step(circuit: Circuit, rule: Rule, rule_state: Any, loss: Loss, x: Ten
     deltas, rule_state = rule.deltas(signals, params, rule_state)
     for k, d in enumerate(deltas.B):
         m = circuit.mask(k)
+        if d is not None and m is not None:
+            d.mul_(m)
+    for l, d in enumerate(deltas.W, start=1):
+        m = circuit.forward_mask(l)
         if d is not None and m is not None:
             d.mul_(m)
     return StepOutput(batch_loss, trace, u, deltas, rule_state)
@@ -284,7 +288,10 @@ class Trainer:
         """Probes on the fixed probe batch (first ``probe_size`` training samples), nothing applied."""
         with torch.no_grad():
             out = local_step(self.circuit, self.rule, self.rule_state, self.loss, self.probe_x, self.probe_y)
-        return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, self.config.weight_decay)
+        c = self.config
+        return measure(
+            self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, c.weight_decay, out.trace
+        )
 
     def divergence_reason(self, train_loss: float) -> str | None:
         """Why the run counts as diverged (``None`` if it does not): a non-finite loss, non-finite

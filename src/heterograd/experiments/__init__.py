@@ -20,6 +20,9 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "optimizers",
     "meta",
     "evolution",
+    "rewire",
+    "dynamics",
+    "plasticity_curve",
 )
 """Modules (relative to this package) that register experiments, in report order."""
 
