@@ -13,10 +13,10 @@ training samples): the feedback-weight change ``|ΔB|`` over the last interval (
 all feedback matrices together), and, averaged over the three hidden layers, the gradient alignment
 ``align = cos(u, ∇_p ℓ)``, the consistency score ``φ = <u, g>/<g, g>`` and the Hebbian overlap (the
 fraction of synapses whose activity-driven update ``-u h_preᵀ`` has the sign of the Hebbian product
-``E[h_post h_preᵀ]``; ``hebb_overlap_l`` of :func:`heterograd.probes.measure`).
+``E[h_post h_preᵀ]``; ``hebb_overlap_l`` of :func:`heterograd.probes.measure`). The series go to ``series.csv``.
 
 **Verdicts, one per panel and topology** (thresholds fixed before the full run; "median" is over
-seeds, "start" is the first logged interval, "end" the last quarter of the logged points):
+seeds, "start" is iteration 0, "end" the last quarter of the logged points):
 
 * ``|ΔB|`` *settles* (HS): median ``|ΔB|`` over the last quarter ≤ ``SETTLE_RATIO`` × the largest
   median ``|ΔB|`` of any interval;
@@ -44,6 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..data import load_dataset
+from ..results import write_csv
 from ..train import TrainConfig
 from .base import Context, Verdict, experiment, save_figure, torch_threads, trainer_with
 
@@ -196,6 +197,15 @@ def run(ctx: Context) -> Verdict:
     control_fails = not all(control_ok)
     measured["control_fails"] = control_fails
     holds = holds and control_fails
+    write_csv(
+        ctx.out / "series.csv",
+        [
+            {"topology": name, "seed": seed, **{k: r["series"][k][i] for k in ("step", *PANELS)}}
+            for name, rs in {**runs, "control_c_minus_1": control}.items()
+            for seed, r in zip(seeds, rs, strict=True)
+            for i in range(len(r["series"]["step"]))
+        ],
+    )
     figures = [_figure(ctx, runs, seeds, steps)]
     return Verdict(
         claim=(
@@ -232,7 +242,7 @@ def _figure(ctx: Context, runs: dict[str, list[dict[str, Any]]], seeds: list[int
     for ax, key in zip(axes.flat, PANELS, strict=True):
         for j, name in enumerate(names):
             data = [[r["series"][key][i] for r in runs[name]] for i in pick]
-            data = [[v for v in d if math.isfinite(v)] for d in data]
+            data = [[v for v in d if math.isfinite(v)] or [math.nan] for d in data]  # |ΔB|: none at iteration 0
             pos = [k + (j - (len(names) - 1) / 2) * width for k in range(len(pick))]
             bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, manage_ticks=False)
             for patch in bp["boxes"]:
@@ -240,6 +250,7 @@ def _figure(ctx: Context, runs: dict[str, list[dict[str, Any]]], seeds: list[int
                 patch.set_alpha(0.6)
             ax.plot([], [], color=f"C{j}", lw=6, alpha=0.6, label=name)
         ax.set_xticks(range(len(pick)))
+        ax.set_xlim(-0.6, len(pick) - 0.4)
         ax.set_xticklabels([f"{step_axis[i] / 1000:g}k" for i in pick], fontsize=8)
         ax.set_xlabel("iteration")
         ax.set_ylabel(LABELS[key])
