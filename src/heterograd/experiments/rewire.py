@@ -19,7 +19,9 @@ it is the original run with its two populations relabelled.
 epoch, and inside the first epoch after the swap at ``0, 1/16, 1/8, 1/4, 1/2`` of it (an easy
 task can recover within one epoch). Per run: the pre-swap accuracy (at RT), the accuracy right
 at the swap (no step taken), the lowest accuracy within the first epoch after it (the dip), the
-epochs to get back to 90% of the pre-swap accuracy, and the final accuracy.
+epochs to get back to 90% of the pre-swap accuracy, the epochs the original run needed from scratch
+to first reach that same level (so a recovery can be compared with learning afresh), and the final
+accuracy. Every accuracy curve is written to ``curves.csv``.
 
 **Verdict** (thresholds fixed before the full run; rules ``hsp``, ``fa``, ``bp``; holds is
 decided on ``hsp``, the heterosynaptic circuit, the others are reported beside it):
@@ -48,6 +50,7 @@ from ..circuits import Circuit, block_mask
 from ..data import load_dataset
 from ..losses import get_loss
 from ..optim import make_motif
+from ..results import write_csv
 from ..rules import make_rule
 from ..train import apply_steps, evaluate, local_step
 from .base import Context, Verdict, experiment, mean_std, save_figure, torch_threads
@@ -169,6 +172,11 @@ def permutation_p_negative(x: np.ndarray, y: np.ndarray, n_perm: int, seed: int)
     return (hits + 1) / (n_perm + 1)
 
 
+def _median_or_none(values: list[float | None]) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.median(v)) if v else None
+
+
 def _run_metrics(
     rt: int, pre_curve: list[tuple[float, float]], post: list[tuple[float, float]], diverged: bool
 ) -> dict[str, Any]:
@@ -176,6 +184,7 @@ def _run_metrics(
     first = [a for t, a in post if t <= rt + 1]
     target = RECOVER_FRACTION * pre
     rec = next((t - rt for t, a in post if t > rt and math.isfinite(a) and a >= target), None)
+    scratch = next((t for t, a in pre_curve if t > 0 and math.isfinite(a) and a >= target), None)
     final = post[-1][1]
     return {
         "rt": rt,
@@ -184,6 +193,7 @@ def _run_metrics(
         "first_epoch_min": min(first) if first and all(map(math.isfinite, first)) else math.nan,
         "first_eval": dict(post).get(float(rt + 1), math.nan),
         "epochs_to_recover_90": rec,
+        "scratch_epochs_to_same_level": scratch,
         "final": final,
         "diverged": diverged,
     }
@@ -250,6 +260,9 @@ def run(ctx: Context) -> Verdict:
                 "median_first_epoch_min": float(np.nanmedian([r["first_epoch_min"] for r in sel])),
                 "median_first_eval": float(np.nanmedian([r["first_eval"] for r in sel])),
                 "median_epochs_to_recover_90": float(np.median(rec)) if rec else None,
+                "median_scratch_epochs_to_same_level": _median_or_none(
+                    [r["scratch_epochs_to_same_level"] for r in sel]
+                ),
                 "diverged": sum(r["diverged"] for r in sel),
             }
         by_rule[rule_name] = {
@@ -261,7 +274,15 @@ def run(ctx: Context) -> Verdict:
             "by_rt": table,
         }
 
-    # ---------------------------------------------------------------- figures
+    # ---------------------------------------------------------------- raw curves and figures
+    write_csv(
+        ctx.out / "curves.csv",
+        [
+            {"rule": k[0], "rt": k[1], "seed": k[2], "epoch": t, "test_accuracy": a}
+            for k, c in curves.items()
+            for t, a in c
+        ],
+    )
     figures = [_box_figure(ctx, runs, rts, seeds), _curve_figure(ctx, curves, rts, seeds, epochs)]
     figures.append(_dip_figure(ctx, curves, rts, seeds))
 
