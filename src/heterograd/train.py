@@ -62,7 +62,7 @@ class StepOutput:
         loss: 0-d tensor, mean batch loss before the update.
         trace: forward signals at time t.
         u: feedback potentials at time t', ``u[l]`` ``(n, n_l)``.
-        deltas: the rule's deltas (feedback deltas already masked).
+        deltas: the rule's deltas (feedback and masked forward deltas already masked).
         rule_state: the rule's new state.
     """
 
@@ -91,6 +91,10 @@ def local_step(circuit: Circuit, rule: Rule, rule_state: Any, loss: Loss, x: Ten
     deltas, rule_state = rule.deltas(signals, params, rule_state)
     for k, d in enumerate(deltas.B):
         m = circuit.mask(k)
+        if d is not None and m is not None:
+            d.mul_(m)
+    for l, d in enumerate(deltas.W, start=1):
+        m = circuit.forward_mask(l)
         if d is not None and m is not None:
             d.mul_(m)
     return StepOutput(batch_loss, trace, u, deltas, rule_state)
@@ -299,7 +303,7 @@ class Trainer:
         with torch.no_grad():
             out = local_step(self.circuit, self.rule, self.rule_state, self.loss, self.probe_x, self.probe_y)
         lam = self.config.weight_decay or 0.0  # None: the rule has no separate λ (poly with θ given)
-        return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, lam)
+        return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, lam, out.trace)
 
     def divergence_reason(self, train_loss: float) -> str | None:
         """Why the run counts as diverged (``None`` if it does not): a non-finite loss, non-finite

@@ -1,7 +1,7 @@
 """Circuits: who feeds whom, forward weights ``W`` and feedback weights ``B``."""
 
 from .activations import ACTIVATIONS, Activation, get_activation
-from .circuit import FEEDBACK_INITS, Circuit, Trace, parse_hidden, parse_sizes
+from .circuit import FEEDBACK_INITS, Circuit, Trace, block_mask, parse_hidden, parse_sizes
 from .topology import TOPOLOGIES, FeedbackEdge, build_edges
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Circuit",
     "FeedbackEdge",
     "Trace",
+    "block_mask",
     "build_edges",
     "get_activation",
     "parse_hidden",

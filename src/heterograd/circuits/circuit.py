@@ -82,10 +82,12 @@ class Circuit(nn.Module):
         density: mask density for ``sparse`` / ``amorphous`` feedback.
         feedback_init: ``random``, ``transpose`` or ``anti`` (see :data:`FEEDBACK_INITS`).
         bias: give every forward layer a bias ``b_l`` ``(n_l,)``.
-        seed: randomness for weights and masks (default 0; or pass ``generator`` instead).
-        generator: a ``torch.Generator`` to draw weights and masks from, instead of ``seed``.
-        dtype: dtype of all tensors.
-        device: device of all tensors.
+        forward_masks: optional fixed 0/1 connectivity of the forward weights, ``{l: mask}`` with
+            ``mask`` ``(n_l, n_{l-1})`` (e.g. :func:`block_mask`: separate populations, each fed by
+            its own input bundle). ``W_l`` starts zero off the mask and the training step masks
+            ``ΔW_l``, so the wiring is kept under plasticity.
+        seed / generator: randomness for weights and masks (one of them; default seed 0).
+        dtype, device: of all tensors.
 
     Parameters (``requires_grad=False``: learning is local, never autograd):
         ``W[l-1]``: ``(n_l, n_{l-1})``; ``b[l-1]``: ``(n_l,)``; ``B[k]``: ``(n_dst, n_src)`` for ``edges[k]``.
@@ -106,6 +108,7 @@ class Circuit(nn.Module):
         density: float = 1.0,
         feedback_init: str = "random",
         bias: bool = True,
+        forward_masks: dict[int, Tensor] | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
@@ -142,6 +145,9 @@ class Circuit(nn.Module):
             W.append(w)
             bb = (torch.rand(self.sizes[l], generator=generator, dtype=torch.float64) * 2 - 1) * bound
             b.append(bb if bias else torch.zeros(self.sizes[l], dtype=torch.float64))
+        fmasks = self._check_forward_masks(forward_masks)
+        for l, m in fmasks.items():
+            W[l - 1] = W[l - 1] * m.to(torch.float64)
         edges = build_edges(topology, self.sizes, self.density, generator)  # checks topology and density range
         if self.density != 1.0 and topology in ("layered", "direct"):
             raise HeterogradError(
@@ -176,6 +182,8 @@ class Circuit(nn.Module):
             mask = e.mask.to(**kw) if e.mask is not None else torch.ones(0, **kw)
             mask = _like_w(mask) if e.mask is not None and e.adjacent else mask
             self.register_buffer(f"mask{k}", mask)
+        for l, m in fmasks.items():
+            self.register_buffer(f"wmask{l}", m.to(**kw))
         # edges grouped by destination, in the order the feedback pass needs them
         self._by_dst: dict[int, list[int]] = {}
         for k, e in enumerate(self.edges):
@@ -198,6 +206,30 @@ class Circuit(nn.Module):
         """Fixed 0/1 mask ``(n_dst, n_src)`` of feedback edge ``k``, or ``None`` if dense."""
         m = getattr(self, f"mask{k}")
         return m if m.numel() else None
+
+    def forward_mask(self, l: int) -> Tensor | None:
+        """Fixed 0/1 mask ``(n_l, n_{l-1})`` of forward layer ``l`` (1-based), or ``None`` if dense."""
+        return self._buffers.get(f"wmask{l}")
+
+    def _check_forward_masks(self, masks: dict[int, Tensor] | None) -> dict[int, Tensor]:
+        if masks is None:
+            return {}
+        if not isinstance(masks, dict):
+            raise HeterogradError(f"forward_masks must be a dict {{layer: mask}}, got {type(masks).__name__}")
+        out = {}
+        for l, m in masks.items():
+            if isinstance(l, bool) or not isinstance(l, int) or not 1 <= l <= self.depth:
+                raise HeterogradError(f"forward_masks key {l!r} is not a forward layer; use 1..{self.depth}")
+            shape = (self.sizes[l], self.sizes[l - 1])
+            if not isinstance(m, Tensor) or tuple(m.shape) != shape:
+                got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+                raise HeterogradError(f"forward_masks[{l}] must be a tensor of shape {shape}, got {got}")
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise HeterogradError(f"forward_masks[{l}] must hold only 0 and 1")
+            if not bool((m.sum(1) > 0).all()):
+                raise HeterogradError(f"forward_masks[{l}] leaves a neuron of layer {l} without input; check it")
+            out[l] = m.detach().to(torch.float64)
+        return out
 
     def plastic_tensors(self) -> list[Tensor]:
         """All plastic tensors in the canonical order ``W_1..W_L, b_1..b_L, B_0..B_{K-1}``."""
@@ -290,6 +322,22 @@ class Circuit(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Inference: ``x`` ``(n, n_0)`` -> output ``h_L`` ``(n, n_L)``."""
         return self.run_forward(x).output
+
+
+def block_mask(in_blocks: Sequence[int], out_blocks: Sequence[int]) -> Tensor:
+    """Block-diagonal 0/1 mask ``(sum(out_blocks), sum(in_blocks))``: population ``k`` of the layer
+    receives only input bundle ``k``.
+
+    >>> block_mask([2, 1], [1, 2]).tolist()
+    [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
+    """
+    if len(in_blocks) != len(out_blocks) or not in_blocks:
+        raise HeterogradError(
+            f"block_mask needs as many input bundles as populations, got {list(in_blocks)} and {list(out_blocks)}"
+        )
+    if any(isinstance(b, bool) or not isinstance(b, numbers.Integral) or b <= 0 for b in (*in_blocks, *out_blocks)):
+        raise HeterogradError(f"block sizes must be positive integers, got {list(in_blocks)}, {list(out_blocks)}")
+    return torch.block_diag(*[torch.ones(int(o), int(i)) for i, o in zip(in_blocks, out_blocks, strict=True)])
 
 
 def parse_hidden(text: str | Sequence[int]) -> tuple[int, ...]:

@@ -22,6 +22,9 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "evolution",
     "hardware",
     "hardware_lenet",
+    "rewire",
+    "dynamics",
+    "plasticity_curve",
 )
 """Modules (relative to this package) that register experiments, in report order."""
 

@@ -7,7 +7,9 @@ the true gradient for comparison. Definitions follow THEORY.md section 2:
 * ``phi = <u, g> / <g, g>``  least-squares consistency score of a patch,
 * ``align = <u, g> / (|u| |g|)``  cosine of the feedback potential with the gradient,
 * DC score = fraction of neuron pairs whose ``phi_i`` share a sign, ``(n₊² + n₋²)/n²``,
-* angle between ``B`` and ``Wᵀ`` (degrees), cosine between applied ``ΔW`` and ``-∇_W``.
+* angle between ``B`` and ``Wᵀ`` (degrees), cosine between applied ``ΔW`` and ``-∇_W``,
+* Hebbian overlap = fraction of synapses whose update has the sign of the Hebbian product
+  ``E[h_post h_preᵀ]`` (0.5 chance, 1 fully Hebbian, 0 fully anti-Hebbian).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 from .preconditioner import PreconditionerEstimate, estimate_preconditioner, preconditioner
 
 if TYPE_CHECKING:
-    from ..circuits import Circuit
+    from ..circuits import Circuit, Trace
     from ..losses import Loss
     from ..rules import Deltas
 
@@ -90,6 +92,28 @@ def hebbian_alignment(u: Tensor, h_pre: Tensor, p: Tensor) -> float:
     return cosine(-(u.t() @ h_pre) / n, (p.t() @ h_pre) / n)
 
 
+def hebbian_overlap(dW: Tensor, h_post: Tensor, h_pre: Tensor, mask: Tensor | None = None) -> float:
+    """Fraction of synapses whose update ``ΔW`` has the sign of the Hebbian product ``E[h_post h_preᵀ]``.
+
+    Args:
+        dW: ``(n_post, n_pre)`` an update of the layer's synapses.
+        h_post: ``(n, n_post)`` postsynaptic activities; h_pre: ``(n, n_pre)`` presynaptic activities.
+        mask: optional ``(n_post, n_pre)`` 0/1 support; synapses outside it are not counted.
+
+    Synapses where either sign is zero are skipped. 0.5 is chance, 1 fully Hebbian. NaN if none is counted.
+
+    >>> hebbian_overlap(torch.ones(1, 2), torch.ones(3, 1), torch.tensor([[1.0, -1.0]] * 3))
+    0.5
+    """
+    hebb = torch.sign(h_post.t() @ h_pre)
+    sd = torch.sign(dW)
+    keep = (hebb != 0) & (sd != 0)
+    if mask is not None:
+        keep &= mask != 0
+    n = int(keep.sum())
+    return float((hebb == sd)[keep].sum()) / n if n else math.nan
+
+
 def measure(
     circuit: Circuit,
     x: Tensor,
@@ -98,6 +122,7 @@ def measure(
     u: Sequence[Tensor],
     deltas: Deltas | None = None,
     weight_decay: float = 0.0,
+    trace: Trace | None = None,
 ) -> dict[str, float]:
     """All standard probes for one batch, before the step is applied.
 
@@ -108,11 +133,14 @@ def measure(
         u: feedback potentials, ``u[l]`` ``(n, n_l)`` (as from ``circuit.run_feedback``).
         deltas: the rule's proposed deltas, for ``dw_cos_l``; optional.
         weight_decay: ``λ`` of the reference descent direction ``-(∇_W ℓ + λW)``.
+        trace: the forward trace of ``x`` (recomputed when not given).
 
     Returns:
         Keys ``phi_l``, ``align_l`` (hidden layers), ``dc_score``, ``angle_l`` (hidden layer ``l``'s
-        feedback from layer ``l+1``, against ``Wᵀ`` on the edge's support), ``hebb_l`` and
-        ``dw_cos_l`` (all layers, when ``deltas`` is given).
+        feedback from layer ``l+1``, against ``Wᵀ`` on the edge's support), ``hebb_overlap_l`` (all
+        layers: Hebbian overlap of the activity-driven update ``-u_l h_{l-1}ᵀ/n``, the two-signal
+        product without weight decay) and, when ``deltas`` is given, ``hebb_overlap_full_l`` (of the
+        rule's whole update, decay included) and ``dw_cos_l`` (all layers).
     """
     from ..autodiff import true_gradients
 
@@ -129,6 +157,15 @@ def measure(
             wt = circuit.W[e.src - 1].t()
             m = circuit.mask(k)
             out[f"angle_{e.dst}"] = matrix_angle(circuit.B[k], wt if m is None else wt * m)
+    if trace is None:
+        trace = circuit.run_forward(x)
+    n = x.shape[0]
+    for l in range(1, circuit.depth + 1):
+        fm = circuit.forward_mask(l)
+        h_post, h_pre = trace.h[l], trace.h[l - 1]
+        out[f"hebb_overlap_{l}"] = hebbian_overlap(-(u[l].t() @ h_pre) / n, h_post, h_pre, fm)
+        if deltas is not None and deltas.W[l - 1] is not None:
+            out[f"hebb_overlap_full_{l}"] = hebbian_overlap(deltas.W[l - 1], h_post, h_pre, fm)
     if deltas is not None:
         for l in range(1, circuit.depth + 1):
             dW = deltas.W[l - 1]
@@ -146,6 +183,7 @@ __all__ = [
     "dc_score",
     "estimate_preconditioner",
     "hebbian_alignment",
+    "hebbian_overlap",
     "matrix_angle",
     "measure",
     "neuron_phi",
