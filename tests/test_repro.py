@@ -278,3 +278,24 @@ def test_pyramidal_circuit_is_the_layered_hsp_circuit_and_learns(digits):
     _train(c, m.rule, digits, steps=150)
     assert not torch.equal(c.B[0], B0)  # apical synapses are plastic
     assert float(loss(c(digits.x_test), digits.y_test)) < 0.7 * before
+
+
+def test_repro_report_assembles_separate_runs_and_exits_on_their_verdicts(monkeypatch, tmp_path, capsys):
+    from heterograd.cli import main
+
+    with pytest.raises(SystemExit, match="2|1"):  # nothing there yet: a clear error, no empty report
+        main(["repro", "report", "--out", str(tmp_path)])
+    assert not (tmp_path / "report.md").exists()
+    _fake_experiment(monkeypatch, "fake-holds", "holds")
+    main(["repro", "fake-holds", "--out", str(tmp_path), "--no-progress"])
+    main(["repro", "report", "--out", str(tmp_path)])
+    report = (tmp_path / "report.md").read_text()
+    assert "`fake-holds`" in report and "Assembled by `heterograd repro report" in report
+    _fake_experiment(monkeypatch, "fake-fails", "fails")
+    with pytest.raises(SystemExit) as exc:
+        main(["repro", "fake-fails", "--out", str(tmp_path), "--no-progress"])
+    with pytest.raises(SystemExit) as exc:
+        main(["repro", "report", "--out", str(tmp_path)])
+    assert exc.value.code == 1
+    report = (tmp_path / "report.md").read_text()
+    assert "`fake-holds`" in report and "`fake-fails`" in report and "**does not hold**" in report

@@ -31,7 +31,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def repro(
-        name: Annotated[str, typer.Argument(help="experiment name, or 'all'")],
+        name: Annotated[
+            str,
+            typer.Argument(help="experiment name, 'all', or 'report' (rebuild OUT/report.md from OUT/*/summary.json)"),
+        ],
         out: Annotated[Path, typer.Option(help="results folder; each experiment writes out/NAME/")] = Path(
             "results/repro"
         ),
@@ -54,6 +57,18 @@ def register(app: typer.Typer) -> None:
         # the training runs inside an experiment show bars on a terminal only: in a log, the two lines
         # per experiment below are its progress
         progress = progress and is_terminal(sys.stderr)
+        if name == "report":  # no experiment runs: the report of what earlier `repro NAME` runs left in --out
+            from .report import collect_summaries
+
+            summaries = collect_summaries(out, list(load_all()))
+            typer.echo(f"report: {write_report(summaries, out, quick=False, assembled=True)}")
+            for s in summaries:
+                verdict = "HOLDS" if s["holds"] else ("ERROR" if "error" in s else "DOES NOT HOLD")
+                typer.echo(f"{s['name']:14s} {verdict:14s} {s['claim']}")
+            code = exit_code(summaries)
+            if code:
+                raise typer.Exit(code)
+            return
         names = list(load_all()) if name == "all" else [name]
         summaries = []
         for n in names:

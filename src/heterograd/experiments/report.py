@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import HeterogradError
 from ..results import atomic_write_text
 
 
@@ -34,13 +35,41 @@ def _short(measured: dict[str, Any], limit: int = 6) -> str:
     return ", ".join(_scalars("", measured, 3)[:limit])
 
 
-def write_report(summaries: Sequence[dict[str, Any]], out: Path, *, quick: bool) -> Path:
-    """Write ``out/report.md`` from experiment summaries; returns its path."""
+def collect_summaries(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The ``summary.json`` of each experiment in ``names`` found under ``out`` (in that order).
+
+    Raises :class:`HeterogradError` when none is there.
+    """
+    found = []
+    for n in names:
+        path = out / n / "summary.json"
+        if path.is_file():
+            found.append(json.loads(path.read_text()))
+    if not found:
+        raise HeterogradError(
+            f"no experiment summaries under {out}; run `heterograd repro NAME --out {out}` first "
+            f"(NAME one of {', '.join(names)})"
+        )
+    return found
+
+
+def write_report(summaries: Sequence[dict[str, Any]], out: Path, *, quick: bool, assembled: bool = False) -> Path:
+    """Write ``out/report.md`` from experiment summaries; returns its path.
+
+    ``assembled``: the summaries come from separate ``heterograd repro NAME`` runs into ``out`` (the report says
+    so and lists the command of each), not from one ``repro all``.
+    """
+    if assembled:
+        made = (
+            f"Assembled by `heterograd repro report --out {out}` from the runs in this folder; each experiment was "
+            f"run by `heterograd repro NAME --out {out}` (see its summary.json for its own settings and seconds)."
+        )
+    else:
+        made = f"Made by `heterograd repro all --out {out}{' --quick' if quick else ''}`."
     lines = [
         "# heterograd reproduction report",
         "",
-        f"Made by `heterograd repro all --out {out}{' --quick' if quick else ''}`. "
-        "Each verdict is computed from the measured numbers against the stated threshold.",
+        made + " Each verdict is computed from the measured numbers against the stated threshold.",
         "",
         "| experiment | claim | verdict | key numbers | threshold | seconds |",
         "|---|---|---|---|---|---|",
