@@ -1,4 +1,4 @@
-"""Evolution of plasticity rules (THEORY.md section 5): genomes, the batched population, back ends, resume, CLI."""
+"""Evolution of plasticity rules (docs/theory.md section 7): genomes, the batched population, back ends, resume, CLI."""
 
 from __future__ import annotations
 

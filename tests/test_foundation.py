@@ -1,4 +1,4 @@
-"""Limit cases of THEORY.md pinned in float64: backprop is a special case, HS decays in closed form."""
+"""Limit cases of docs/theory.md pinned in float64: backprop is a special case, HS decays in closed form."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_bp_rule_equals_torch_optim_sgd(digits, float64):
 
 @pytest.mark.parametrize("gain", [1.0, 0.5, -1.0])
 def test_feedback_mismatch_decays_as_closed_form(digits, float64, gain):
-    """Under hsp, ||B - c Wᵀ|| = (1 - ηλ)^t ||B(0) - c W(0)ᵀ|| exactly (THEORY.md section 2)."""
+    """Under hsp, ||B - c Wᵀ|| = (1 - ηλ)^t ||B(0) - c W(0)ᵀ|| exactly (docs/theory.md section 3)."""
     lr, lam, steps = 0.1, 0.05, 60
     c = Circuit([64, 40, 30, 10], "tanh", seed=5, dtype=torch.float64)
     d0 = [c.B[k] - gain * c.W[e.src - 1].t() for k, e in enumerate(c.edges)]
@@ -128,7 +128,7 @@ def test_hsp_matches_bp_accuracy_on_digits(digits):
 
 
 def test_dc_prediction_negative_gain_does_not_learn(digits):
-    """THEORY.md section 3: c = -1 breaks DC in a 2-hidden-layer circuit; c = +1 and 0.3 learn."""
+    """docs/theory.md section 4: c = -1 breaks DC in a 2-hidden-layer circuit; c = +1 and 0.3 learn."""
     acc = {}
     for gain in (1.0, 0.3, -1.0):
         s = Trainer(TrainConfig(feedback_gain=gain, epochs=15, seed=0, probes=False), digits).fit(None, progress=False)

@@ -1,4 +1,4 @@
-"""Probe correctness on constructed cases (THEORY.md section 2-3)."""
+"""Probe correctness on constructed cases (docs/theory.md sections 3-4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Biological motifs of THEORY.md section 6 as ready-made (circuit, rule) pairs.
+"""Biological motifs of docs/theory.md section 8 as ready-made (circuit, rule) pairs.
 
 Each builder returns a :class:`BuiltMotif`: a :class:`~heterograd.circuits.Circuit`, the plasticity
 rule that trains it, and a one-paragraph description. Train them with the ordinary loop
@@ -122,7 +122,7 @@ def pyramidal_circuit(
     presynaptic rate, ``ΔW = -η(u hᵀ + λ W)``, and apical synapses by the mirror product
     ``ΔB = -η(c h uᵀ + λ B)``, starting from random ``B``.
 
-    Honest scope: this *is* the layered heterosynaptic circuit of THEORY.md section 1 with a
+    Honest scope: this *is* the layered heterosynaptic circuit of docs/theory.md section 1 with a
     biological reading of ``p`` and ``u``; it adds no dendritic nonlinearity, no bursts and no
     separate interneurons. Its value is to show that the two-compartment neuron carries exactly the
     two signals the rule needs.

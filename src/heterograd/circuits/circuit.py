@@ -1,7 +1,7 @@
 """The layered heterosynaptic circuit: forward weights ``W``, separate feedback weights ``B``.
 
 A circuit holds state only (weights, biases, feedback matrices and their fixed
-masks). It computes the two signals of THEORY.md section 1:
+masks). It computes the two signals of docs/theory.md section 1:
 
 * time t (forward): ``p_l = h_{l-1} W_lᵀ + b_l``, ``h_l = σ_l(p_l)``;
 * time t' (feedback): ``u_L = e`` and ``u_l = σ_l'(p_l) ⊙ Σ_{src} u_src B_{src→l}ᵀ``.
@@ -66,7 +66,7 @@ def _like_w(m: Tensor) -> Tensor:
     """Same values ``(n_dst, n_src)``, stored in the memory order of ``W_src`` ``(n_src, n_dst)``.
 
     An adjacent edge's ``B`` is laid out like ``W_srcᵀ`` so that the plasticity of ``B`` (a transposed
-    copy of ``W``'s outer product, THEORY.md section 1) is a contiguous pass, not a strided transpose.
+    copy of ``W``'s outer product, docs/theory.md section 1) is a contiguous pass, not a strided transpose.
     """
     return m.t().contiguous().t()
 
@@ -86,8 +86,10 @@ class Circuit(nn.Module):
             ``mask`` ``(n_l, n_{l-1})`` (e.g. :func:`block_mask`: separate populations, each fed by
             its own input bundle). ``W_l`` starts zero off the mask and the training step masks
             ``ΔW_l``, so the wiring is kept under plasticity.
-        seed / generator: randomness for weights and masks (one of them; default seed 0).
-        dtype, device: of all tensors.
+        seed: randomness for weights and masks (default 0); or pass ``generator`` instead.
+        generator: a ``torch.Generator`` to draw weights and masks from, instead of ``seed``.
+        dtype: dtype of all tensors.
+        device: device of all tensors.
 
     Parameters (``requires_grad=False``: learning is local, never autograd):
         ``W[l-1]``: ``(n_l, n_{l-1})``; ``b[l-1]``: ``(n_l,)``; ``B[k]``: ``(n_dst, n_src)`` for ``edges[k]``.

@@ -1,6 +1,6 @@
 """Feedback topologies: which layers feed a teaching signal to which.
 
-Layers are numbered as in THEORY.md: ``h_0 = x`` is the input, layers
+Layers are numbered as in docs/theory.md: ``h_0 = x`` is the input, layers
 ``1..L`` carry forward weights ``W_l`` (shape ``(n_l, n_{l-1})``), layer ``L``
 is the output and ``1..L-1`` are hidden. A feedback *edge* ``src -> dst``
 (``src > dst >= 1``) is a matrix ``B`` of shape ``(n_dst, n_src)`` that carries
@@ -8,7 +8,7 @@ the feedback potential ``u_src`` down to hidden layer ``dst``:
 
     u_dst = σ'(p_dst) ⊙ Σ_{edges src->dst} B u_src
 
-The layered topology has the edges ``l+1 -> l``; THEORY.md calls that matrix
+The layered topology has the edges ``l+1 -> l``; docs/theory.md calls that matrix
 ``B_{l+1}`` (it maps layer ``l+1`` to ``l`` and has the shape of ``W_{l+1}ᵀ``).
 """
 

@@ -65,7 +65,8 @@ def normalize_channels(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -
 
     Args:
         x: images ``(N, C, H, W)``.
-        mean, std: ``(C,)`` statistics, e.g. from :func:`channel_stats` of the training set.
+        mean: ``(C,)`` per-channel mean, e.g. from :func:`channel_stats` of the training set.
+        std: ``(C,)`` per-channel standard deviation, likewise.
 
     Returns:
         A new tensor ``(N, C, H, W)``.

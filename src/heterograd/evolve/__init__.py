@@ -1,4 +1,4 @@
-"""Evolution of plasticity rules (THEORY.md section 5): gradient learning from rules that compute no gradient.
+"""Evolution of plasticity rules (docs/theory.md section 7): gradient learning from rules that compute no gradient.
 
 A population of circuits, each with a random polynomial rule genome, is trained as one batched
 computation (:mod:`.population`) or in shards on Ray (:mod:`.backends`), selected on final loss and

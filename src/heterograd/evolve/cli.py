@@ -1,4 +1,4 @@
-"""``heterograd evolve``: evolve plasticity-rule genomes (THEORY.md section 5), batched or on Ray."""
+"""``heterograd evolve``: evolve plasticity-rule genomes (docs/theory.md section 7), batched or on Ray."""
 
 from __future__ import annotations
 

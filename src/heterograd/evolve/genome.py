@@ -1,9 +1,9 @@
-"""Rule genomes: the coefficients of the polynomial plasticity rule (THEORY.md sections 1 and 5).
+"""Rule genomes: the coefficients of the polynomial plasticity rule (docs/theory.md sections 2 and 7).
 
 A genome is a vector of the *active* coefficients of the ``poly`` rule
 (:mod:`heterograd.rules.poly`): ``ΔW = -η Σ_k θ_W,k f_k`` for the forward synapses and
 ``ΔB = -η Σ_k θ_B,k g_k`` for the feedback synapses. By default the active terms are the
-five of THEORY.md's sketch::
+five of the theory's sketch (docs/theory.md section 7)::
 
     θ_W on  u·h  (the learning term: its sign decides descent or ascent at the top layer),
             p·h  (Hebbian / anti-Hebbian term),

@@ -9,7 +9,7 @@ whole population at once.
 Training uses only the local signals of the ``poly`` rule (:func:`heterograd.rules.poly_delta` with
 a leading population dim): no autograd. After training, :func:`measure_population` compares each
 circuit's feedback potentials ``u`` with the exact gradient ``∇_p ℓ`` (chain rule through ``Wᵀ``,
-measurement only) to get per-neuron consistency scores ``φ`` and the DC score (THEORY.md 2-3).
+measurement only) to get per-neuron consistency scores ``φ`` and the DC score (docs/theory.md sections 3-4).
 
 Shapes: ``P`` circuits, ``n`` batch, ``W[l-1]`` ``(P, n_l, n_{l-1})``, ``b[l-1]`` ``(P, n_l)``,
 ``B[k]`` ``(P, n_l, n_{l+1})`` for the layered feedback edge ``k`` (``l+1 -> l``, ``l = L-1-k``).

@@ -1,4 +1,4 @@
-"""The evolution loop (THEORY.md section 5): train a population of rule genomes, select, mutate, repeat.
+"""The evolution loop (docs/theory.md section 7): train a population of rule genomes, select, mutate, repeat.
 
 Per generation ``g``:
 

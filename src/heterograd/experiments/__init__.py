@@ -1,4 +1,4 @@
-"""Reproductions of THEORY.md's claims: ``heterograd repro NAME`` / ``heterograd repro all``.
+"""Reproductions of the theory's claims (docs/theory.md): ``heterograd repro NAME`` / ``heterograd repro all``.
 
 Each module in :data:`EXPERIMENT_MODULES` registers one or more experiments with
 :func:`heterograd.experiments.base.experiment`.

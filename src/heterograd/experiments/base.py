@@ -55,7 +55,7 @@ class Verdict:
     """The outcome of an experiment.
 
     Attributes:
-        claim: one sentence, the claim being tested (from THEORY.md).
+        claim: one sentence, the claim being tested (from docs/theory.md).
         measured: the numbers that decide it (JSON-serialisable).
         threshold: what counts as holding, in words and numbers.
         holds: whether the measured numbers meet the threshold.

@@ -1,13 +1,13 @@
-"""``dc``: dynamical consistency decides whether a heterosynaptic circuit learns (THEORY.md section 3).
+"""``dc``: dynamical consistency decides whether a heterosynaptic circuit learns (docs/theory.md section 4).
 
 Circuits with 1 and 2 hidden tanh layers of 128 units are trained with the bilinear rule for the
 feedback gains ``c ∈ {+1, +0.3, 0, -0.3, -1}`` (``c = 0``: ``B`` keeps its random start and only
 decays, the feedback-alignment limit). Feedback starts random and ``λ = 1e-3``, so ``B`` is *not*
 at ``cWᵀ`` at the start: the signs come from the circuit's own dynamics.
 
-**DC of a run.** THEORY.md's patches include the output layer, whose feedback potential is the
-error itself (``u_L = e``, ``φ_L = 1``). A run satisfies DC when every hidden layer's consistency
-score ``φ_l`` (measured at the end of training on a fixed probe batch) is positive like the output
+**DC of a run.** The theory's patches (docs/theory.md section 4) include the output layer, whose
+feedback potential is the error itself (``u_L = e``, ``φ_L = 1``). A run satisfies DC when every
+hidden layer's consistency score ``φ_l`` (measured at the end of training on a fixed probe batch) is positive like the output
 layer's; ``dc_layers`` is the fraction of layer pairs (output included) with ``φ_i φ_j > 0``.
 With one hidden layer and ``c = -1`` the hidden neurons all agree with *each other* (the probes'
 per-neuron ``dc_score`` over hidden neurons is near 1) but disagree with the output layer: the

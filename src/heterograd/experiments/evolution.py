@@ -1,4 +1,4 @@
-"""Evolution (THEORY.md section 5): gradient learning emerges from rules that compute no gradient.
+"""Evolution (docs/theory.md section 7): gradient learning emerges from rules that compute no gradient.
 
 A population of random polynomial rule genomes (5 coefficients: ``u·h``, ``p·h``, ``W`` for ``W`` and
 ``h·u``, ``B`` for ``B``, initially ``N(0, 1)`` so about half learn by ascent) trains 2-layer tanh students

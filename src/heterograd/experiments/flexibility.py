@@ -1,4 +1,4 @@
-"""``flexibility``: almost any feedback topology learns (THEORY.md section 6).
+"""``flexibility``: almost any feedback topology learns (docs/theory.md section 8).
 
 One dataset (MNIST-1D; ``--quick``: the 8x8 digits), one forward architecture (two tanh hidden
 layers of 128), the bilinear rule (``c = 1``, ``λ = 10⁻⁴``, random ``B(0)``), and many feedback

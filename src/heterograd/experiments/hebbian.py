@@ -1,4 +1,4 @@
-"""``hebbian``: Hebbian plasticity as a by-product of weight decay (THEORY.md section 4.4).
+"""``hebbian``: Hebbian plasticity as a by-product of weight decay (docs/theory.md section 6).
 
 Near stationarity of the bilinear rule, ``E[u hᵀ] = -λ W``, so the learning direction
 ``-E[u hᵀ] = λ W`` aligns with the Hebbian direction ``E[p hᵀ] = W E[h hᵀ]`` (plus the bias term),

@@ -1,4 +1,4 @@
-"""``hs``: heterosynaptic stability of the bilinear rule (THEORY.md section 2).
+"""``hs``: heterosynaptic stability of the bilinear rule (docs/theory.md section 3).
 
 Claim: under the bilinear rule ``B_l - c W_lᵀ`` obeys ``Δ(B - cWᵀ) = -ηλ (B - cWᵀ)`` whatever the
 data, so ``||B - cWᵀ||`` decays exactly as ``(1 - ηλ)^t``, ``B → cWᵀ``, and then the consistency

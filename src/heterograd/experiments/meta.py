@@ -1,4 +1,4 @@
-"""``meta``: the circuit meta-learns its own matrix learning rate ``φH`` (THEORY.md section 2).
+"""``meta``: the circuit meta-learns its own matrix learning rate ``φH`` (docs/theory.md section 3).
 
 Under HS the feedback potential is ``u = φ H ∇_p ℓ``; because ``B`` is plastic, ``φ`` and ``H``
 are set by the circuit's own experience. We train a tanh circuit with random feedback under

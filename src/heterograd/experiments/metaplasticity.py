@@ -1,4 +1,4 @@
-"""``metaplasticity``: the sign of plasticity is learned (THEORY.md section 4.3).
+"""``metaplasticity``: the sign of plasticity is learned (docs/theory.md section 6).
 
 Start a ``64-64-10`` tanh circuit on ``digits`` with ``B(0) = -W(0)ᵀ`` (``feedback_init="anti"``)
 and train it with the bilinear rule, ``c = 1``. Then ``B - Wᵀ = -2 W(0)ᵀ (1-ηλ)^t`` exactly, so

@@ -1,4 +1,4 @@
-"""``optimizers``: optimisers are circuit motifs that work on top of local rules (THEORY.md 4.5).
+"""``optimizers``: optimisers are circuit motifs that work on top of local rules (docs/theory.md section 6).
 
 Every motif (``sgd``, ``momentum``, ``rmsprop``, ``adam``, ``adamw``) is combined with every rule in
 ``{fa, hsp, bp}`` (random feedback init for fa/hsp) and trained on MNIST-1D (``--quick``: the 8×8

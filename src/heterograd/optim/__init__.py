@@ -1,4 +1,4 @@
-"""Synapse-local state motifs that turn a rule's deltas into weight changes (THEORY.md section 4.5).
+"""Synapse-local state motifs that turn a rule's deltas into weight changes (docs/theory.md section 6).
 
 A motif is a pair ``init(tensors) -> state`` and
 ``update(deltas, state, tensors) -> (steps, state)``; the training step adds

@@ -1,4 +1,4 @@
-"""The optimiser motifs: synapse-local state on top of any rule (THEORY.md section 4.5).
+"""The optimiser motifs: synapse-local state on top of any rule (docs/theory.md section 6).
 
 Notation, per synapse (elementwise): ``δ_t`` the rule's delta at step ``t`` (the change per
 unit learning rate; ``δ = -g`` with ``g`` the gradient-like signal ``u hᵀ/n + λW``), ``η`` the

@@ -2,7 +2,7 @@
 
 Probes are separate from learning: they read signals and weights and never
 change them. They may use autograd (through :mod:`heterograd.autodiff`) to get
-the true gradient for comparison. Definitions follow THEORY.md section 2:
+the true gradient for comparison. Definitions follow docs/theory.md section 3:
 
 * ``phi = <u, g> / <g, g>``  least-squares consistency score of a patch,
 * ``align = <u, g> / (|u| |g|)``  cosine of the feedback potential with the gradient,
@@ -86,7 +86,7 @@ def matrix_angle(a: Tensor, b: Tensor) -> float:
 def hebbian_alignment(u: Tensor, h_pre: Tensor, p: Tensor) -> float:
     """Cosine between the learning-signal direction ``-E[u hᵀ]`` and the Hebbian direction ``E[p hᵀ]``.
 
-    Args: ``u``, ``p`` ``(n, n_l)``; ``h_pre`` ``(n, n_{l-1})``. (THEORY.md section 4.4.)
+    Args: ``u``, ``p`` ``(n, n_l)``; ``h_pre`` ``(n, n_{l-1})``. (docs/theory.md section 6.)
     """
     n = u.shape[0]
     return cosine(-(u.t() @ h_pre) / n, (p.t() @ h_pre) / n)

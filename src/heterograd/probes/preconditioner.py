@@ -1,4 +1,4 @@
-"""The effective matrix learning rate ``φH`` of a layer (THEORY.md section 2).
+"""The effective matrix learning rate ``φH`` of a layer (docs/theory.md section 3).
 
 Under heterosynaptic stability the feedback potential is a preconditioned gradient,
 ``u_i = φ (H g)_i`` with ``g = ∇_{p_l} ℓ``, so the forward rule applies ``ΔW = -η φ H ∇_W ℓ``.

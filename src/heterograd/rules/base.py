@@ -9,7 +9,7 @@ feedback potential at t' (:class:`FeedbackSignals`). It returns
 (the ``bp`` baseline is the one documented exception; it sets
 ``uses_autograd = True``).
 
-Sign convention: ``ΔW = -F(...)`` with ``F`` as in THEORY.md, so the bilinear
+Sign convention: ``ΔW = -F(...)`` with ``F`` as in docs/theory.md, so the bilinear
 rule returns ``ΔW_l = -(u_lᵀ h_{l-1} / n + λ W_l)``.
 """
 
@@ -45,8 +45,9 @@ class ForwardSignals:
         C: ``C(u, h_pre)`` at that scale when the engine already computed it (a conv layer gets it from
             the same native call as the transport), else ``None``.
         Cb: likewise the bias correlation ``C(u, 1)`` ``(n_l,)``, or ``None``.
-        p, h may be ``None`` for a converted layer (it sees its potential, not the activity after the
-        next nonlinearity); rules that need them say so (:meth:`Rule.needs_potential`).
+
+    ``p`` and ``h`` may be ``None`` for a converted layer (it sees its potential, not the activity after the
+    next nonlinearity); rules that need them say so (:meth:`Rule.needs_potential`).
     """
 
     h_pre: Tensor

@@ -99,7 +99,7 @@ class FA(Rule):
 @register_rule
 @dataclass(frozen=True)
 class HSP(Rule):
-    """Bilinear heterosynaptic plasticity (the Kolen–Pollack motif, THEORY.md section 1).
+    """Bilinear heterosynaptic plasticity (the Kolen–Pollack motif, docs/theory.md section 2).
 
     ``ΔW_l = -(u_l h_{l-1}ᵀ/n + λ W_l)``,  ``ΔB = -(c · h_post u_preᵀ/n + λ B)``.
     On an adjacent edge ``ΔB_l = c ΔW_lᵀ`` up to decay, computed by transposing the

@@ -1,4 +1,4 @@
-"""The generic polynomial two-signal rule (THEORY.md section 1) and its batched kernel.
+"""The generic polynomial two-signal rule (docs/theory.md section 2) and its batched kernel.
 
 For a synapse with postsynaptic signal ``a`` (and potential ``q``) and presynaptic
 signal ``z``, the rule is ``Δw = -Σ_k θ_k f_k`` with the eight features
