@@ -7,8 +7,8 @@ at ``cWᵀ`` at the start: the signs come from the circuit's own dynamics.
 
 **DC of a run.** The theory's patches (docs/theory.md section 4) include the output layer, whose
 feedback potential is the error itself (``u_L = e``, ``φ_L = 1``). A run satisfies DC when every
-hidden layer's consistency score ``φ_l`` (measured at the end of training on a fixed probe batch) is positive like the output
-layer's; ``dc_layers`` is the fraction of layer pairs (output included) with ``φ_i φ_j > 0``.
+hidden layer's consistency score ``φ_l`` (measured at the end of training on a fixed probe batch) is
+positive like the output layer's; ``dc_layers`` is the fraction of layer pairs (output included) with ``φ_i φ_j > 0``.
 With one hidden layer and ``c = -1`` the hidden neurons all agree with *each other* (the probes'
 per-neuron ``dc_score`` over hidden neurons is near 1) but disagree with the output layer: the
 hidden layer ascends the loss while the output descends, so DC counted with the output fails.
