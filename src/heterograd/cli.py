@@ -224,7 +224,10 @@ def train(
 
             trainer = DistributedTrainer(cfg)
             if trainer.rank != 0:  # only rank 0 writes and reports
-                trainer.fit(None, progress=False)  # no --tensorboard either: rank 0 writes
+                try:
+                    trainer.fit(None, progress=False)  # no --tensorboard either: rank 0 writes
+                finally:
+                    trainer.close()
                 return
         else:
             trainer = Trainer(cfg)
@@ -239,6 +242,9 @@ def train(
             err=True,
         )
         sys.exit(128 + exc.signum)
+    finally:
+        if distributed and resume is None:  # every rank leaves the process group together
+            trainer.close()  # type: ignore[attr-defined]
     s = result.summary
     typer.echo(results_table([s], title=f"{rule} on {data}, seed {seed}"))
     if s["diverged"]:

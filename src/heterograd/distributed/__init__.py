@@ -175,6 +175,17 @@ class DistributedTrainer(Trainer):
         lead = self.rank == 0
         return super().fit(out_dir if lead else None, progress=progress and lead, **kwargs)
 
+    def close(self) -> None:
+        """Leave the process group together: a barrier (rank 0 has written its files), then destroy the group.
+
+        Call once, after the last :meth:`fit`, from every rank. A rank that exits while the others still hold
+        the group can abort in gloo's teardown ("terminate called without an active exception").
+        """
+        dist = _dist()
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 __all__ = [
     "DistributedTrainer",
