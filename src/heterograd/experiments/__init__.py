@@ -21,6 +21,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "meta",
     "evolution",
     "hardware",
+    "convnets",
 )
 """Modules (relative to this package) that register experiments, in report order."""
 
