@@ -76,7 +76,23 @@ def train(
             "options given on the command line override it"
         ),
     ] = None,
-    data: Annotated[str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir>")] = "digits",
+    data: Annotated[
+        str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir> | cifar10:<dir> | sorting")
+    ] = "digits",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="train a converted nn.Module instead of a circuit: lenet5 | resnet20 | resnet56 | mlp | transformer "
+            "| FILE.py:FACTORY (imports and runs FILE.py; FACTORY(in_shape, num_classes, **model_options))"
+        ),
+    ] = None,
+    model_options: Annotated[
+        str | None, typer.Option(help="--model's own options, e.g. activation=tanh,pooling=avg or shortcut=B")
+    ] = None,
+    schedule: Annotated[str, typer.Option(help="learning-rate schedule of --model: constant | cosine")] = "constant",
+    augment: Annotated[
+        bool, typer.Option("--augment", help="--model on images: random crop (zero padding 4) + horizontal flip")
+    ] = False,
     rule: Annotated[str, typer.Option(help="bp | fa | dfa | hsp | kp | poly (any registered rule)")] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     seed: Annotated[int, typer.Option(help="seed for weights, masks, data order")] = 0,
@@ -146,10 +162,15 @@ def train(
     """
     from .hardware import parse_device_options
     from .optim import cli_options
-    from .train import TrainConfig, Trainer, TrainingInterrupted
+    from .train import TrainConfig, TrainingInterrupted
+    from .train_module import make_trainer, parse_model_options, resume_trainer
 
     cfg = TrainConfig(
         data=data,
+        model=model,
+        model_options=parse_model_options(model_options),
+        schedule=schedule,
+        augment=augment,
         rule=rule,
         checkpoint_every=checkpoint_every,
         epochs=epochs,
@@ -200,11 +221,14 @@ def train(
                 f"--out {out} and --resume {resume} name different folders; a resumed run continues in its own "
                 "folder, drop --out"
             )
-        trainer = Trainer.resume(resume, **_explicit_overrides(ctx, cfg))
+        trainer = resume_trainer(resume, **_explicit_overrides(ctx, cfg))
         out_dir = resume
         data, rule, seed = trainer.config.data, trainer.config.rule, trainer.config.seed
     else:
-        out_dir = out or Path("runs") / f"{data.replace(':', '_').replace('/', '_')}-{rule}-s{seed}"
+        name = data if cfg.model is None else f"{Path(cfg.model.split(':')[0]).stem}-{data}"
+        out_dir = out or Path("runs") / f"{name.replace(':', '_').replace('/', '_')}-{rule}-s{seed}"
+        if distributed and cfg.model is not None:
+            raise HeterogradError("--distributed trains circuits only; for --model drop --distributed")
         if distributed:
             from .distributed import DistributedTrainer
 
@@ -213,7 +237,7 @@ def train(
                 trainer.fit(None, progress=False)  # no --tensorboard either: rank 0 writes
                 return
         else:
-            trainer = Trainer(cfg)
+            trainer = make_trainer(cfg)
     try:
         result = trainer.fit(out_dir, progress=progress, tensorboard=tensorboard)
     except TrainingInterrupted as exc:
@@ -226,7 +250,8 @@ def train(
         )
         sys.exit(128 + exc.signum)
     s = result.summary
-    typer.echo(results_table([s], title=f"{rule} on {data}, seed {seed}"))
+    what = f"{trainer.config.model}, " if trainer.config.model is not None else ""
+    typer.echo(results_table([s], title=f"{what}{rule} on {data}, seed {seed}"))
     if s["diverged"]:
         typer.echo(
             f"diverged at step {s['diverged_step']} ({s.get('diverged_reason')}); the run stopped there and "

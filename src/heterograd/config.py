@@ -171,7 +171,8 @@ class TrainConfig:
             ]
             if used:
                 raise HeterogradError(
-                    f"{', '.join(used)} apply only to a converted model; pass --model (e.g. --model lenet5) "
+                    f"{', '.join(used)} {'applies' if len(used) == 1 else 'apply'} only to a converted model; pass "
+                    "--model (e.g. --model lenet5) "
                     "or drop them"
                 )
             if self.data in SEQUENCE_DATA:
@@ -215,7 +216,8 @@ class TrainConfig:
                 else ""
             )
             raise HeterogradError(
-                f"{', '.join(bad)} do(es) not apply to a converted model (--model {self.model}); drop it{hint}"
+                f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to a converted model "
+                f"(--model {self.model}); drop {'it' if len(bad) == 1 else 'them'}{hint}"
             )
         if self.loss not in (None, "ce"):
             raise HeterogradError(f"--model trains with cross-entropy only, got --loss {self.loss}; drop --loss")

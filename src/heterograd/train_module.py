@@ -76,6 +76,36 @@ def cosine_lr(lr: float, step: int, total: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
 
 
+def parse_model_options(text: str | None) -> dict[str, Any]:
+    """``"activation=tanh,hidden=256:256,shortcut=B"`` -> ``{"activation": "tanh", "hidden": [256, 256], ...}``.
+
+    Values are integers, numbers, ``true``/``false``, ``:``-separated lists of those, or names.
+    """
+
+    def value(v: str) -> Any:
+        v = v.strip()
+        if ":" in v:
+            return [value(x) for x in v.split(":")]
+        if v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    out: dict[str, Any] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        k, eq, v = part.partition("=")
+        if not eq or not k.strip():
+            raise HeterogradError(f"--model-options entry {part!r} is not key=value; write e.g. activation=tanh")
+        out[k.strip().replace("-", "_")] = value(v)
+    return out
+
+
 def load_factory(spec: str) -> Any:
     """The function ``FACTORY`` of ``FILE.py:FACTORY``; imports (executes) ``FILE.py``."""
     file, _, name = spec.rpartition(":")
@@ -310,31 +340,29 @@ class ModuleTrainer(Trainer):
 
     # ..................................................................... checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Model (weights, ``B``, BatchNorm statistics), optimiser, augmentation and rule generators, position."""
-        gens = {
-            n: m.plasticity.generator.get_state()
-            for n, m in plastic_layers(self.model)
-            if m.plasticity.generator is not None
-        }  # type: ignore[union-attr]
+        """Model (weights, ``B``, BatchNorm statistics), optimiser, augmentation and rule generators, position.
+
+        The checkpoint keeps the circuit engine's layout: ``circuit`` holds the model's ``state_dict()``,
+        ``motif_state`` the optimiser's, ``rule_state`` the random generators (augmentation; ``brsf``'s redraws).
+        """
+        layers = plastic_layers(self.model)
+        gens = {n: m.plasticity.generator.get_state() for n, m in layers if m.plasticity.generator is not None}  # type: ignore[union-attr]
         return {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "augment_generator": self.augment_generator.get_state(),
-            "rule_generators": gens,
+            "circuit": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "motif_state": self.optimizer.state_dict(),
+            "rule_state": {"augment_generator": self.augment_generator.get_state(), "rule_generators": gens},
             **self._position_state(),
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
         """Restore what :meth:`state_dict` wrote (config compatibility is checked by :meth:`resume`)."""
-        if "model" not in ck:
-            raise HeterogradError(f"{source} is a circuit checkpoint, not one of --model; resume it without --model")
         self._check_data(ck, source)
         try:
-            self.model.load_state_dict(ck["model"])
-            self.optimizer.load_state_dict(ck["optimizer"])
-            self.augment_generator.set_state(ck["augment_generator"])
+            self.model.load_state_dict(ck["circuit"])
+            self.optimizer.load_state_dict(ck["motif_state"])
+            self.augment_generator.set_state(ck["rule_state"]["augment_generator"])
             layers = dict(plastic_layers(self.model))
-            for name, state in ck["rule_generators"].items():
+            for name, state in ck["rule_state"]["rule_generators"].items():
                 layers[name].plasticity.generator.set_state(state)  # type: ignore[union-attr]
         except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             msg = " ".join(str(exc).split())[:200]
@@ -396,5 +424,6 @@ __all__ = [
     "load_factory",
     "make_optimizer",
     "make_trainer",
+    "parse_model_options",
     "resume_trainer",
 ]
