@@ -76,7 +76,7 @@ class Scale:
     workers: int
 
 
-FULL = Scale(lenet_epochs=4, lenet_train=None, resnet_epochs=1, resnet_train=5120, n_test=None, resnet_test=2000,
+FULL = Scale(lenet_epochs=2, lenet_train=30000, resnet_epochs=1, resnet_train=2560, n_test=None, resnet_test=1000,
              probe_size=256, batch_size=128, workers=2)  # fmt: skip
 QUICK = Scale(lenet_epochs=1, lenet_train=1024, resnet_epochs=1, resnet_train=64, n_test=1000, resnet_test=100,
               probe_size=32, batch_size=64, workers=1)  # fmt: skip
