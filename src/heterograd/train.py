@@ -314,16 +314,20 @@ class Trainer:
         if not math.isfinite(train_loss):
             return "non-finite loss"
         lim = self.config.divergence_threshold
-        c = self.circuit
-        names = [f"W{l}" for l in range(1, c.depth + 1)] + [f"b{l}" for l in range(1, c.depth + 1)]
-        names += [e.name for e in c.edges]
-        for name, t in zip(names, c.plastic_tensors(), strict=True):
+        for name, t in self.named_tensors():
             m = float(t.detach().abs().max()) if t.numel() else 0.0
             if not math.isfinite(m):
                 return f"non-finite weights in {name}"
             if m > lim:
                 return f"weights exceeded {lim:g} (max |{name}| = {m:.3g})"
         return None
+
+    def named_tensors(self) -> list[tuple[str, Tensor]]:
+        """``(name, tensor)`` of every plastic tensor (``W1..``, ``b1..``, feedback edges), for the divergence check."""
+        c = self.circuit
+        names = [f"W{l}" for l in range(1, c.depth + 1)] + [f"b{l}" for l in range(1, c.depth + 1)]
+        names += [e.name for e in c.edges]
+        return list(zip(names, c.plastic_tensors(), strict=True))
 
     def weights_finite(self) -> bool:
         """True when every plastic tensor is finite and within ``divergence_threshold``."""
@@ -657,12 +661,12 @@ class Trainer:
         self, diverged: bool, diverged_step: int | None, reason: str | None, train_loss: float
     ) -> dict[str, Any]:
         c = self.config
-        hidden = self.circuit.hidden_layers
+        keys = self.probed_layers()
         if diverged:
             test_loss, test_acc = math.nan, None
             probes: dict[str, float] = {}
         else:
-            test_loss, test_acc = evaluate(self.circuit, self.loss, self.data.x_test, self.data.y_test)
+            test_loss, test_acc = self.evaluate_test()
             probes = self.probe() if c.probes else {}
         return {
             "data": c.data,
@@ -674,12 +678,21 @@ class Trainer:
             "diverged": diverged,
             "diverged_step": diverged_step,
             "diverged_reason": reason if diverged else None,
-            "phi": [probes.get(f"phi_{l}", math.nan) for l in hidden],
-            "align": [probes.get(f"align_{l}", math.nan) for l in hidden],
+            "phi": [probes.get(f"phi{k}", math.nan) for k in keys],
+            "align": [probes.get(f"align{k}", math.nan) for k in keys],
             "dc_score": probes.get("dc_score", math.nan),
             "steps": self.step_count,
             "device": str(self.device),
+            **self.summary_extra(),
         }
+
+    def probed_layers(self) -> list[str]:
+        """Suffixes of the probe columns the summary lists as ``phi``/``align``: ``_1``, ``_2``, ... (hidden layers)."""
+        return [f"_{l}" for l in self.circuit.hidden_layers]
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Fields a subclass adds to ``summary.json`` (none for circuits)."""
+        return {}
 
 
 def _epoch_line(row: dict[str, Any], epoch: int, epochs: int) -> str:

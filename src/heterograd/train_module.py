@@ -321,18 +321,9 @@ class ModuleTrainer(Trainer):
         n = max(1, count)
         return total / n, correct / n
 
-    def divergence_reason(self, train_loss: float) -> str | None:
-        """A non-finite loss, non-finite parameters, or one beyond ``divergence_threshold`` (named)."""
-        if not math.isfinite(train_loss):
-            return "non-finite loss"
-        lim = self.config.divergence_threshold
-        for name, t in self.model.named_parameters():
-            m = float(t.detach().abs().max()) if t.numel() else 0.0
-            if not math.isfinite(m):
-                return f"non-finite weights in {name}"
-            if m > lim:
-                return f"weights exceeded {lim:g} (max |{name}| = {m:.3g})"
-        return None
+    def named_tensors(self) -> list[tuple[str, Tensor]]:
+        """Every parameter of the model (weights, biases, plastic ``B``, norm affine), for the divergence check."""
+        return list(self.model.named_parameters())
 
     def title(self) -> str:
         c = self.config
@@ -370,35 +361,15 @@ class ModuleTrainer(Trainer):
         self._load_position(ck, source)
 
     # ..................................................................... summary
-    def _summary(
-        self, diverged: bool, diverged_step: int | None, reason: str | None, train_loss: float
-    ) -> dict[str, Any]:
-        c = self.config
-        names = [n for n, m in plastic_layers(self.model) if m.plasticity.synapse is not None]  # type: ignore[union-attr]
-        if diverged:
-            test_loss, test_acc = math.nan, None
-            probes: dict[str, float] = {}
-        else:
-            test_loss, test_acc = self.evaluate_test()
-            probes = self.probe() if c.probes else {}
-        return {
-            "data": c.data,
-            "model": c.model,
-            "rule": c.rule,
-            "seed": c.seed,
-            "test_accuracy": test_acc,
-            "test_loss": test_loss,
-            "final_train_loss": train_loss,
-            "diverged": diverged,
-            "diverged_step": diverged_step,
-            "diverged_reason": reason if diverged else None,
-            "layers": names,
-            "phi": [probes.get(f"phi/{n}", math.nan) for n in names],
-            "align": [probes.get(f"align/{n}", math.nan) for n in names],
-            "dc_score": probes.get("dc_score", math.nan),
-            "steps": self.step_count,
-            "device": str(self.device),
-        }
+    def layer_names(self) -> list[str]:
+        """Module paths of the plastic synapse layers (the probed ones), in order."""
+        return [n for n, m in plastic_layers(self.model) if m.plasticity.synapse is not None]  # type: ignore[union-attr]
+
+    def probed_layers(self) -> list[str]:
+        return [f"/{n}" for n in self.layer_names()]
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"model": self.config.model, "layers": self.layer_names()}
 
 
 def make_trainer(config: TrainConfig, dataset: Dataset | None = None) -> Trainer:
