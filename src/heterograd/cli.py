@@ -91,7 +91,11 @@ def train(
     ] = None,
     schedule: Annotated[str, typer.Option(help="learning-rate schedule of --model: constant | cosine")] = "constant",
     augment: Annotated[
-        bool, typer.Option("--augment", help="--model on images: random crop (zero padding 4) + horizontal flip")
+        bool,
+        typer.Option(
+            "--augment",
+            help="--model on images: random crop (zero padding 4 at 32x32, else 2) + horizontal flip, seeded",
+        ),
     ] = False,
     rule: Annotated[str, typer.Option(help="bp | fa | dfa | hsp | kp | poly (any registered rule)")] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,

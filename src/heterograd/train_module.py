@@ -267,7 +267,9 @@ class ModuleTrainer(Trainer):
         if not params:
             raise HeterogradError(f"--model {c.model} has no trainable parameters")
         self.optimizer = make_optimizer(c.optimizer, params, c.lr, dict(c.optimizer_options))
-        self.augment = Augment() if c.augment else None
+        # crop padding 4 for 32x32 images (the usual CIFAR recipe), 2 for smaller ones (28x28 Fashion-MNIST)
+        pad = 4 if self.data.x_train.shape[-1] >= 32 else 2
+        self.augment = Augment(padding=pad) if c.augment else None
         self.augment_generator = torch.Generator().manual_seed(c.seed + 7919)
         self._init_position()
 
