@@ -97,7 +97,9 @@ def train(
             help="--model on images: random crop (zero padding 4 at 32x32, else 2) + horizontal flip, seeded",
         ),
     ] = False,
-    rule: Annotated[str, typer.Option(help="bp | fa | dfa | hsp | kp | poly (any registered rule)")] = "hsp",
+    rule: Annotated[
+        str, typer.Option(help="bp | fa | dfa | hsp | kp | poly; with --model also usf | brsf | frsf")
+    ] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     seed: Annotated[int, typer.Option(help="seed for weights, masks, data order")] = 0,
     out: Annotated[Path | None, typer.Option(help="results folder (default runs/<data>-<rule>-s<seed>)")] = None,
@@ -158,7 +160,8 @@ def train(
         str | None, typer.Option(help="device preset overrides, e.g. read_noise=0.1,levels=16,stuck_fraction=0.01")
     ] = None,
 ) -> None:
-    """Train one circuit with a local rule; write config.json, metrics.csv, summary.json and figures.
+    """Train one circuit (or, with --model, a converted nn.Module) with a local rule; write config.json,
+    metrics.csv, summary.json and figures.
 
     Ctrl-C or SIGTERM stops at the next step, writes checkpoint.pt and exits 130 / 143;
     `heterograd train --resume DIR` then finishes the run exactly as if never interrupted.
