@@ -11,6 +11,8 @@ feedback-alignment family; it has no Kolen–Pollack and no heterosynaptic row) 
 :data:`PUBLISHED` for context; they come from longer training than fits here, so only our own runs are
 compared like for like.
 
+``hsp`` runs with feedback gain ``c = 0.5`` (:data:`HSP_GAIN`): at ``c = 1`` it is ``kp`` itself.
+
 **Verdict (fixed before running).** The claim is that the plastic-feedback rules ``hsp`` and ``kp`` learn
 LeNet-5 better than fixed random feedback: each one's mean test error over the seeds is below our own ``fa``
 and ``dfa`` means and below the published FA (13.06%) and DFA (12.81%) rows, and none of its runs diverged.
@@ -58,7 +60,16 @@ PUBLISHED: dict[str, dict[str, float]] = {
              "CIFAR-10 ResNet-56": 9.49},
 }  # fmt: skip
 BENCH = "Fashion-MNIST LeNet"
-LABELS = {"bp": "BP", "fa": "FA", "dfa": "DFA", "usf": "uSF", "brsf": "brSF", "frsf": "frSF", "kp": "KP", "hsp": "HSP"}
+LABELS = {
+    "bp": "BP",
+    "fa": "FA",
+    "dfa": "DFA",
+    "usf": "uSF",
+    "brsf": "brSF",
+    "frsf": "frSF",
+    "kp": "KP",
+    "hsp": "HSP (c = 0.5)",
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,9 @@ QUICK = Scale(lenet_epochs=1, lenet_train=1024, resnet_epochs=1, resnet_train=64
               probe_size=32, batch_size=64, workers=1)  # fmt: skip
 LR = 0.02
 WEIGHT_DECAY = 1e-4
+#: feedback gain c of ``hsp`` (``B`` learns ``c`` times ``W``'s update); at ``c = 1`` ``hsp`` is ``kp``, so the
+#: ``hsp`` row uses ``c = 0.5`` to be a rule of its own (as in ``examples/convert_fashion_mnist.py``).
+HSP_GAIN = 0.5
 
 
 def config_of(model: str, rule: str, seed: int, scale: Scale) -> TrainConfig:
@@ -102,6 +116,7 @@ def config_of(model: str, rule: str, seed: int, scale: Scale) -> TrainConfig:
         optimizer_options={"momentum": 0.9},
         schedule="cosine",
         probe_size=scale.probe_size if lenet else min(scale.probe_size, 64),
+        feedback_gain=HSP_GAIN if rule == "hsp" else 1.0,
     )
 
 
@@ -143,7 +158,7 @@ def judge(errors: dict[str, list[float]], diverged: dict[str, int]) -> tuple[boo
         m = means.get(rule, math.nan)
         row: dict[str, Any] = {}
         for other in LENET_RULES:
-            if other not in CLAIMED and other in means:  # hsp at c = 1 is kp: not compared with each other
+            if other not in CLAIMED and other in means:
                 row[other] = bool(math.isfinite(m) and (not math.isfinite(means[other]) or m < means[other]))
         for other, table in PUBLISHED.items():
             row[f"published {LABELS[other]}"] = bool(math.isfinite(m) and m < table[BENCH])
