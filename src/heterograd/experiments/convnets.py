@@ -321,11 +321,16 @@ def run(ctx: Context) -> Verdict:
             ys = [c[1] + [math.nan] * (len(xs) - len(c[1])) for c in curves]
             if key == "test_accuracy":
                 ys = [[100 * (1 - y) for y in c] for c in ys]
-            else:
-                top = max([top, *(y for c in ys for y in c[:1] if math.isfinite(y))])
+            else:  # the y range: the first logged loss of the runs that did not diverge
+                kept = [
+                    c
+                    for c, sd in zip(ys, seeds, strict=True)
+                    if not results[("lenet5", rule, sd)]["summary"]["diverged"]
+                ]
+                top = max([top, *(y for c in kept for y in c[:1] if math.isfinite(y))])
             plot_band(ax, xs, ys, LABELS[rule], f"C{i}")
             ax.lines[-1].set_marker("o" if key == "test_accuracy" else "")
-    axes[1].set_ylim(0, max(top, 0.5) * 1.2)  # the first logged loss of any run: diverging runs go off the top
+    axes[1].set_ylim(0, max(top, 0.5) * 1.2)  # diverging runs go off the top
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("test error %")
     axes[0].set_title(f"LeNet-5, Fashion-MNIST (mean, band = min..max over {len(seeds)} seed(s))")
