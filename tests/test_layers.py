@@ -21,7 +21,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "heterograd"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("heterograd.cli", "heterograd.__main__", "heterograd.*.cli", "heterograd.*.__main__")),
     ("experiments, evolution, benchmarks", ("heterograd.experiments*", "heterograd.evolve*", "heterograd.bench*")),
-    ("training loop", ("heterograd.train", "heterograd.config", "heterograd.distributed*", "heterograd.motifs")),
+    (
+        "training loop",
+        (
+            "heterograd.train",
+            "heterograd.train_module",
+            "heterograd.config",
+            "heterograd.distributed*",
+            "heterograd.motifs",
+        ),
+    ),
     (
         "rules, probes, optimisers, converted modules",
         ("heterograd.rules*", "heterograd.probes*", "heterograd.optim*", "heterograd.nn*", "heterograd.hardware*"),

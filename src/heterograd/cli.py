@@ -76,8 +76,30 @@ def train(
             "options given on the command line override it"
         ),
     ] = None,
-    data: Annotated[str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir>")] = "digits",
-    rule: Annotated[str, typer.Option(help="bp | fa | dfa | hsp | kp | poly (any registered rule)")] = "hsp",
+    data: Annotated[
+        str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir> | cifar10:<dir> | sorting")
+    ] = "digits",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="train a converted nn.Module instead of a circuit: lenet5 | resnet20 | resnet56 | mlp | transformer "
+            "| FILE.py:FACTORY (imports and runs FILE.py; FACTORY(in_shape, num_classes, **model_options))"
+        ),
+    ] = None,
+    model_options: Annotated[
+        str | None, typer.Option(help="--model's own options, e.g. activation=tanh,pooling=avg or shortcut=B")
+    ] = None,
+    schedule: Annotated[str, typer.Option(help="learning-rate schedule of --model: constant | cosine")] = "constant",
+    augment: Annotated[
+        bool,
+        typer.Option(
+            "--augment",
+            help="--model on images: random crop (zero padding 4 at 32x32, else 2) + horizontal flip, seeded",
+        ),
+    ] = False,
+    rule: Annotated[
+        str, typer.Option(help="bp | fa | dfa | hsp | kp | poly; with --model also usf | brsf | frsf")
+    ] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     seed: Annotated[int, typer.Option(help="seed for weights, masks, data order")] = 0,
     out: Annotated[Path | None, typer.Option(help="results folder (default runs/<data>-<rule>-s<seed>)")] = None,
@@ -149,7 +171,8 @@ def train(
         str | None, typer.Option(help="device preset overrides, e.g. read_noise=0.1,levels=16,stuck_fraction=0.01")
     ] = None,
 ) -> None:
-    """Train one circuit with a local rule; write config.json, metrics.csv, summary.json and figures.
+    """Train one circuit (or, with --model, a converted nn.Module) with a local rule; write config.json,
+    metrics.csv, summary.json and figures.
 
     Ctrl-C or SIGTERM stops at the next step, writes checkpoint.pt and exits 130 / 143;
     `heterograd train --resume DIR` then finishes the run exactly as if never interrupted.
@@ -158,10 +181,15 @@ def train(
     """
     from .hardware import parse_device_options
     from .optim import cli_options
-    from .train import TrainConfig, Trainer, TrainingInterrupted
+    from .train import TrainConfig, TrainingInterrupted
+    from .train_module import make_trainer, parse_model_options, resume_trainer
 
     cfg = TrainConfig(
         data=data,
+        model=model,
+        model_options=parse_model_options(model_options),
+        schedule=schedule,
+        augment=augment,
         rule=rule,
         checkpoint_every=checkpoint_every,
         epochs=epochs,
@@ -214,11 +242,14 @@ def train(
                 f"--out {out} and --resume {resume} name different folders; a resumed run continues in its own "
                 "folder, drop --out"
             )
-        trainer = Trainer.resume(resume, **_explicit_overrides(ctx, cfg))
+        trainer = resume_trainer(resume, **_explicit_overrides(ctx, cfg))
         out_dir = resume
         data, rule, seed = trainer.config.data, trainer.config.rule, trainer.config.seed
     else:
-        out_dir = out or Path("runs") / f"{data.replace(':', '_').replace('/', '_')}-{rule}-s{seed}"
+        name = data if cfg.model is None else f"{Path(cfg.model.split(':')[0]).stem}-{data}"
+        out_dir = out or Path("runs") / f"{name.replace(':', '_').replace('/', '_')}-{rule}-s{seed}"
+        if distributed and cfg.model is not None:
+            raise HeterogradError("--distributed trains circuits only; for --model drop --distributed")
         if distributed:
             from .distributed import DistributedTrainer
 
@@ -230,7 +261,7 @@ def train(
                     trainer.close()
                 return
         else:
-            trainer = Trainer(cfg)
+            trainer = make_trainer(cfg)
     try:
         result = trainer.fit(out_dir, progress=progress, tensorboard=tensorboard, overwrite=overwrite)
     except TrainingInterrupted as exc:
@@ -246,7 +277,8 @@ def train(
         if distributed and resume is None:  # every rank leaves the process group together
             trainer.close()  # type: ignore[attr-defined]
     s = result.summary
-    typer.echo(results_table([s], title=f"{rule} on {data}, seed {seed}"))
+    what = f"{trainer.config.model}, " if trainer.config.model is not None else ""
+    typer.echo(results_table([s], title=f"{what}{rule} on {data}, seed {seed}"))
     if s["diverged"]:
         typer.echo(
             f"diverged at step {s['diverged_step']} ({s.get('diverged_reason')}); the run stopped there and "

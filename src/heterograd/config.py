@@ -24,6 +24,7 @@ from .circuits import ACTIVATIONS, FEEDBACK_INITS, TOPOLOGIES, parse_hidden
 from .errors import HeterogradError, unknown_choice
 from .hardware import make_device_model
 from .losses import LOSSES
+from .models import MODELS
 from .optim import MOTIFS
 from .rules import RULES, check_rule_hyperparameters, rule_hyperparameters
 from .runtime import DTYPES, resolve_device
@@ -72,6 +73,10 @@ class TrainConfig:
     compile: bool = False
     device_model: str = "ideal"
     device_model_options: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "constant"
+    augment: bool = False
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
@@ -152,6 +157,7 @@ class TrainConfig:
         model = make_device_model(self.device_model, self.device_model_options)  # clear error on a bad name/key
         if self.compile and not model.is_ideal:
             raise HeterogradError("--compile does not support a device model yet; drop --compile or --device-model")
+        self._validate_module_engine()  # first: a converted model's own messages for circuit-only options
         self._resolve_applicable()
         self.device = resolve_device(self.device)
         return self
@@ -180,6 +186,79 @@ class TrainConfig:
                 f"adjacent layers; topology {self.topology!r} with {len(self.hidden)} hidden layers has edges that "
                 "skip layers, which would start random; use --feedback-init random or --topology layered/sparse"
             )
+
+    def _validate_module_engine(self) -> None:
+        """Options of the module engine (``--model``) and the circuit options it cannot honour."""
+        if not isinstance(self.schedule, str) or self.schedule not in SCHEDULES:
+            raise unknown_choice("schedule", self.schedule, SCHEDULES)
+        if not isinstance(self.augment, bool):
+            raise HeterogradError(f"augment must be True or False, got {self.augment!r}")
+        if not isinstance(self.model_options, dict) or not all(isinstance(k, str) for k in self.model_options):
+            raise HeterogradError(f"model_options must be a dict of name -> value, got {self.model_options!r}")
+        if self.model is None:
+            used = [
+                flag
+                for flag, on in (
+                    ("--schedule", self.schedule != "constant"),
+                    ("--augment", self.augment),
+                    ("--model-options", bool(self.model_options)),
+                )
+                if on
+            ]
+            if used:
+                raise HeterogradError(
+                    f"{', '.join(used)} {'applies' if len(used) == 1 else 'apply'} only to a converted model; pass "
+                    "--model (e.g. --model lenet5) "
+                    "or drop them"
+                )
+            if self.data in SEQUENCE_DATA:
+                raise HeterogradError(f"--data {self.data} is a sequence task for --model transformer; pass it")
+            return
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise HeterogradError(f"model must be a name or FILE.py:FACTORY, got {self.model!r}; e.g. model='lenet5'")
+        if ":" in self.model:
+            file, _, factory = self.model.rpartition(":")
+            if not file.endswith(".py") or not factory.isidentifier():
+                raise HeterogradError(
+                    f"--model {self.model}: a user model is FILE.py:FACTORY (a Python file and a function in it), "
+                    "e.g. --model mynet.py:build"
+                )
+        elif self.model not in MODULE_MODELS:
+            raise unknown_choice("model", self.model, MODULE_MODELS)
+        if self.model == "transformer" and self.data not in SEQUENCE_DATA:
+            raise HeterogradError(
+                f"--model transformer needs a sequence task, got --data {self.data}; pass --data sorting"
+            )
+        if self.data in SEQUENCE_DATA and self.model in MODULE_MODELS and self.model != "transformer":
+            raise HeterogradError(f"--data {self.data} is a sequence task; pass --model transformer")
+        defaults = TrainConfig()
+        circuit_only = [
+            ("--topology", self.topology != defaults.topology),
+            ("--density", self.density != defaults.density),
+            ("--device-model", self.device_model != defaults.device_model or bool(self.device_model_options)),
+            ("--compile", self.compile),
+            ("--theta-b with a p·u term", self.theta_b is not None and len(self.theta_b) > 1 and self.theta_b[1] != 0),
+        ]
+        if self.model != "mlp":  # mlp takes --hidden / --activation; the other models have their own layout
+            circuit_only += [
+                ("--hidden", tuple(self.hidden) != tuple(defaults.hidden)),
+                ("--activation", self.activation != defaults.activation),
+            ]
+        bad = [flag for flag, on in circuit_only if on]
+        if bad:
+            hint = (
+                " (set a zoo model's own options with --model-options, e.g. activation=tanh)"
+                if any(b in ("--hidden", "--activation") for b in bad)
+                else ""
+            )
+            raise HeterogradError(
+                f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to a converted model "
+                f"(--model {self.model}); drop {'it' if len(bad) == 1 else 'them'}{hint}"
+            )
+        if self.loss not in (None, "ce"):
+            raise HeterogradError(f"--model trains with cross-entropy only, got --loss {self.loss}; drop --loss")
+        if (self.theta_w is not None or self.theta_b is not None) and self.rule != "poly":
+            raise HeterogradError("--theta-w/--theta-b apply only to --rule poly; drop them")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -211,6 +290,13 @@ def without_ignored_options(saved: dict[str, Any]) -> dict[str, Any]:
 
 RULE_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}  # where the rule has them
 MASKED_TOPOLOGIES = ("sparse", "amorphous")  # the topologies --density applies to
+
+#: ``--model`` names: the zoo of :mod:`heterograd.models` and the small transformer (``--data sorting``).
+MODULE_MODELS: tuple[str, ...] = (*MODELS, "transformer")
+#: sequence tasks (inputs are token indices): only for a ``--model`` that reads tokens.
+SEQUENCE_DATA: tuple[str, ...] = ("sorting",)
+#: learning-rate schedules of the module engine: ``constant`` or ``cosine`` (to 0 at the last step).
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 _EXAMPLES = {
     "rule": "hsp",

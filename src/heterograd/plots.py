@@ -61,22 +61,25 @@ def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path, title: str = "") 
     paths.append(out_dir / "loss.png")
     _save(fig, paths[-1])
 
-    layers = sorted({int(k.split("_")[1]) for r in rows for k in r if k.startswith("phi_")})
+    # circuit rows: phi_1, phi_2, ...; converted models: phi/<module path> (heterograd.nn.probe)
+    numbered = sorted({int(k.split("_")[1]) for r in rows for k in r if k.startswith("phi_")})
+    named = list(dict.fromkeys(k[4:] for r in rows for k in r if k.startswith("phi/")))
+    layers = [(f"_{l}", str(l)) for l in numbered] + [(f"/{n}", n) for n in named]
     if layers:
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        for l in layers:
-            axes[0].plot(*series(rows, f"phi_{l}"), label=f"layer {l}")
-            axes[1].plot(*series(rows, f"align_{l}"), label=f"layer {l}")
+        for sfx, name in layers:
+            axes[0].plot(*series(rows, f"phi{sfx}"), label=f"layer {name}")
+            axes[1].plot(*series(rows, f"align{sfx}"), label=f"layer {name}")
         axes[0].axhline(0, color="k", lw=0.6)
         axes[0].set_title("consistency score φ")
         axes[1].axhline(0, color="k", lw=0.6)
         axes[1].set_title("align = cos(u, ∇ₚℓ)")
         axes[1].set_ylim(-1.05, 1.05)
         axes[2].plot(*series(rows, "dc_score"), color="k", label="DC score")
-        for l in layers:
-            xa, ya = series(rows, f"angle_{l}")
+        for sfx, name in layers:
+            xa, ya = series(rows, f"angle{sfx}")
             if xa:
-                axes[2].plot(xa, [v / 180 for v in ya], "--", label=f"∠(B,Wᵀ)/180°, layer {l}")
+                axes[2].plot(xa, [v / 180 for v in ya], "--", label=f"∠(B,Wᵀ)/180°, layer {name}")
         axes[2].set_ylim(-0.05, 1.05)
         axes[2].set_title("DC score and feedback angle")
         for a in axes:

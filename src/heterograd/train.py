@@ -262,6 +262,11 @@ class Trainer:
         self.rule_state = self.rule.init(self.circuit)
         self.local_step = compile_local_step() if c.compile else local_step
         self.motif_state = self.motif.init(self.circuit.plastic_tensors())
+        self._init_position()
+
+    def _init_position(self) -> None:
+        """The loop's bookkeeping: data order, steps per epoch, the fixed probe batch, the position in the run."""
+        c = self.config
         self.generator = torch.Generator().manual_seed(c.seed)
         n = self.data.x_train.shape[0]
         self.steps_per_epoch = max(1, n // c.batch_size) if n >= c.batch_size else 1
@@ -305,22 +310,30 @@ class Trainer:
         lam = self.config.weight_decay or 0.0  # None: the rule has no separate λ (poly with θ given)
         return measure(self.circuit, self.probe_x, self.probe_y, self.loss, out.u, out.deltas, lam, out.trace)
 
+    def evaluate_test(self) -> tuple[float, float | None]:
+        """Mean loss and accuracy (``None`` for regression) on the test set."""
+        return evaluate(self.circuit, self.loss, self.data.x_test, self.data.y_test)
+
     def divergence_reason(self, train_loss: float) -> str | None:
         """Why the run counts as diverged (``None`` if it does not): a non-finite loss, non-finite
         weights, or a weight beyond ``config.divergence_threshold`` in absolute value."""
         if not math.isfinite(train_loss):
             return "non-finite loss"
         lim = self.config.divergence_threshold
-        c = self.circuit
-        names = [f"W{l}" for l in range(1, c.depth + 1)] + [f"b{l}" for l in range(1, c.depth + 1)]
-        names += [e.name for e in c.edges]
-        for name, t in zip(names, c.plastic_tensors(), strict=True):
+        for name, t in self.named_tensors():
             m = float(t.detach().abs().max()) if t.numel() else 0.0
             if not math.isfinite(m):
                 return f"non-finite weights in {name}"
             if m > lim:
                 return f"weights exceeded {lim:g} (max |{name}| = {m:.3g})"
         return None
+
+    def named_tensors(self) -> list[tuple[str, Tensor]]:
+        """``(name, tensor)`` of every plastic tensor (``W1..``, ``b1..``, feedback edges), for the divergence check."""
+        c = self.circuit
+        names = [f"W{l}" for l in range(1, c.depth + 1)] + [f"b{l}" for l in range(1, c.depth + 1)]
+        names += [e.name for e in c.edges]
+        return list(zip(names, c.plastic_tensors(), strict=True))
 
     def weights_finite(self) -> bool:
         """True when every plastic tensor is finite and within ``divergence_threshold``."""
@@ -330,10 +343,17 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly (see :mod:`heterograd.checkpoint`)."""
         return {
-            "config": self.config.to_dict(),
             "circuit": {k: v.detach().cpu() for k, v in self.circuit.state_dict().items()},
             "rule_state": to_device(self.rule_state, torch.device("cpu")),
             "motif_state": to_device(self.motif_state, torch.device("cpu")),
+            **self._position_state(),
+            **({} if self.hardware is None else {"hardware": self.hardware.state_dict()}),
+        }
+
+    def _position_state(self) -> dict[str, Any]:
+        """The checkpoint's engine-independent part: config, data order, position, logged rows, data identity."""
+        return {
+            "config": self.config.to_dict(),
             "generator": self.epoch_generator_state.clone(),
             "epoch": self.epoch,
             "batch": self.batch_index,
@@ -345,22 +365,33 @@ class Trainer:
             "data_fingerprint": data_fingerprint(self.data.x_train, self.data.y_train),
             "wall_seconds": float(self.elapsed),
             "versions": environment(),
-            **({} if self.hardware is None else {"hardware": self.hardware.state_dict()}),
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
         """Restore the state written by :meth:`state_dict` (config compatibility is checked by :meth:`resume`)."""
+        self._check_data(ck, source)
+        try:
+            self.circuit.load_state_dict(ck["circuit"])
+        except (RuntimeError, KeyError, TypeError) as exc:
+            msg = " ".join(str(exc).split())[:200]
+            raise HeterogradError(f"{source} does not fit this circuit ({msg}); start a new run") from None
+        self._load_position(ck, source)
+        self.rule_state = to_device(ck["rule_state"], self.device)
+        self.motif_state = to_device(ck["motif_state"], self.device)
+        if self.hardware is not None and "hardware" in ck:
+            self.hardware.load_state_dict(ck["hardware"])
+
+    def _check_data(self, ck: dict[str, Any], source: str) -> None:
+        """The checkpoint was trained on these training data (fingerprints agree), else a clear error."""
         fp = data_fingerprint(self.data.x_train, self.data.y_train)
         if not _same_fingerprint(ck["data_fingerprint"], fp):
             raise HeterogradError(
                 f"cannot resume from {source}: the training data differ from the data it was trained on "
                 f"(dataset {self.config.data!r} changed on disk?); restore the data or start a new run"
             )
-        try:
-            self.circuit.load_state_dict(ck["circuit"])
-        except (RuntimeError, KeyError, TypeError) as exc:
-            msg = " ".join(str(exc).split())[:200]
-            raise HeterogradError(f"{source} does not fit this circuit ({msg}); start a new run") from None
+
+    def _load_position(self, ck: dict[str, Any], source: str) -> None:
+        """Restore what :meth:`_position_state` wrote: data order, position, rows, running loss, time."""
         ints = {k: ck[k] for k in ("epoch", "batch", "step", "loss_count")}
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints.values()) or not (
             ck["batch"] < self.steps_per_epoch
@@ -372,14 +403,10 @@ class Trainer:
         except (RuntimeError, TypeError) as exc:
             raise HeterogradError(f"{source} holds an invalid generator state ({exc}); delete it and rerun") from None
         self.epoch_generator_state = gen.clone()
-        self.rule_state = to_device(ck["rule_state"], self.device)
-        self.motif_state = to_device(ck["motif_state"], self.device)
         self.epoch, self.batch_index, self.step_count = ck["epoch"], ck["batch"], ck["step"]
         self.rows = [dict(r) for r in ck["rows"]]
         self.loss_sum, self.loss_count = float(ck["loss_sum"]), ck["loss_count"]
         self.last_train_loss = float(ck["last_train_loss"])
-        if self.hardware is not None and "hardware" in ck:
-            self.hardware.load_state_dict(ck["hardware"])
         self.elapsed = float(ck.get("wall_seconds", 0.0))
 
     def save_checkpoint(self, out_dir: str | Path) -> Path:
@@ -569,7 +596,7 @@ class Trainer:
                             if reason is None and c.probes:
                                 row.update(self.probe())
                             if end_of_epoch and reason is None:
-                                tl, ta = evaluate(self.circuit, self.loss, self.data.x_test, self.data.y_test)
+                                tl, ta = self.evaluate_test()
                                 row["test_loss"] = tl
                                 row["test_accuracy"] = ta
                             if reason is not None:
@@ -619,8 +646,13 @@ class Trainer:
             write_json(out / "timing.json", timing)
             from .plots import plot_run
 
-            plot_run(self.rows, out, title=f"{c.rule} on {c.data} (seed {c.seed})")
+            plot_run(self.rows, out, title=self.title())
         return RunResult(summary, self.rows, self.circuit, out)
+
+    def title(self) -> str:
+        """The figures' title: rule, data and seed."""
+        c = self.config
+        return f"{c.rule} on {c.data} (seed {c.seed})"
 
     def _timing(self, steps_this_session: int) -> dict[str, Any]:
         return {
@@ -640,18 +672,18 @@ class Trainer:
         write_json(out / "timing.json", {**self._timing(steps_this_session), "interrupted": True})
         from .plots import plot_run
 
-        plot_run(self.rows, out, title=f"{self.config.rule} on {self.config.data} (seed {self.config.seed})")
+        plot_run(self.rows, out, title=self.title())
 
     def _summary(
         self, diverged: bool, diverged_step: int | None, reason: str | None, train_loss: float
     ) -> dict[str, Any]:
         c = self.config
-        hidden = self.circuit.hidden_layers
+        keys = self.probed_layers()
         if diverged:
             test_loss, test_acc = math.nan, None
             probes: dict[str, float] = {}
         else:
-            test_loss, test_acc = evaluate(self.circuit, self.loss, self.data.x_test, self.data.y_test)
+            test_loss, test_acc = self.evaluate_test()
             probes = self.probe() if c.probes else {}
         return {
             "data": c.data,
@@ -663,12 +695,21 @@ class Trainer:
             "diverged": diverged,
             "diverged_step": diverged_step,
             "diverged_reason": reason if diverged else None,
-            "phi": [probes.get(f"phi_{l}", math.nan) for l in hidden],
-            "align": [probes.get(f"align_{l}", math.nan) for l in hidden],
+            "phi": [probes.get(f"phi{k}", math.nan) for k in keys],
+            "align": [probes.get(f"align{k}", math.nan) for k in keys],
             "dc_score": probes.get("dc_score", math.nan),
             "steps": self.step_count,
             "device": str(self.device),
+            **self.summary_extra(),
         }
+
+    def probed_layers(self) -> list[str]:
+        """Suffixes of the probe columns the summary lists as ``phi``/``align``: ``_1``, ``_2``, ... (hidden layers)."""
+        return [f"_{l}" for l in self.circuit.hidden_layers]
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Fields a subclass adds to ``summary.json`` (none for circuits)."""
+        return {}
 
 
 def _epoch_line(row: dict[str, Any], epoch: int, epochs: int) -> str:

@@ -25,6 +25,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "rewire",
     "dynamics",
     "plasticity_curve",
+    "convnets",
 )
 """Modules (relative to this package) that register experiments, in report order."""
 

@@ -1,0 +1,402 @@
+"""The training loop for converted ``torch.nn`` models: :class:`ModuleTrainer` (``heterograd train --model``).
+
+It runs the same loop as the circuit :class:`~heterograd.train.Trainer` (epochs, logged rows with probes on
+a fixed probe batch, test evaluation each epoch, divergence handling, checkpoints with exact resume,
+SIGINT/SIGTERM, TensorBoard, the same run folder) on a model of :mod:`heterograd.models` or a user's
+factory, converted by :func:`heterograd.nn.convert` so that every plastic layer learns by the chosen rule.
+The update is applied by a ``torch.optim`` optimiser (``--optimizer``), optionally under a cosine learning-rate
+schedule, on augmented image batches (random crop with zero padding and horizontal flip, seeded).
+
+``--model FILE.py:FACTORY`` imports ``FILE.py`` (this executes its code, as ``python FILE.py`` would) and calls
+``FACTORY(in_shape, num_classes, **model_options)``, which must return an ``nn.Module`` mapping
+``(B, *in_shape)`` to ``(B, num_classes)``. The global torch RNG is seeded with ``--seed`` for the call (and
+restored afterwards), so a factory that draws its weights from it is reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import SEQUENCE_DATA, TrainConfig
+from .data import Augment, Dataset, load_dataset
+from .data.sequences import IGNORE, sorting_task
+from .errors import HeterogradError
+from .models import GPT, GPTConfig, make_model
+from .nn import convert, plastic_layers, probe
+from .rules import RULES, Rule
+from .runtime import DTYPES
+from .train import Trainer, _first_n
+
+#: ``--optimizer`` -> ``(torch.optim class, options it takes, defaults set by heterograd)``.
+TORCH_OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], tuple[str, ...], dict[str, Any]]] = {
+    "sgd": (torch.optim.SGD, (), {}),
+    "momentum": (torch.optim.SGD, ("momentum", "dampening", "nesterov"), {"momentum": 0.9}),
+    "rmsprop": (torch.optim.RMSprop, ("alpha", "eps", "momentum", "centered"), {}),
+    "adam": (torch.optim.Adam, ("betas", "eps", "amsgrad"), {}),
+    "adamw": (torch.optim.AdamW, ("betas", "eps", "weight_decay", "amsgrad"), {}),
+}
+
+
+def make_optimizer(name: str, params: list[nn.Parameter], lr: float, options: dict[str, Any]) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimiser of an ``--optimizer`` motif name with its options.
+
+    The rule's weight decay ``λ`` is already inside each ``.grad`` (``-Δ/η``), so the optimiser adds none of its
+    own, except ``adamw``'s decoupled ``weight_decay`` (``--optimizer-weight-decay``, default 0.01 as torch).
+    """
+    if name not in TORCH_OPTIMIZERS:
+        from .errors import unknown_choice
+
+        raise unknown_choice("optimizer", name, TORCH_OPTIMIZERS)
+    cls, allowed, defaults = TORCH_OPTIMIZERS[name]
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        takes = ", ".join(allowed) or "no options"
+        raise HeterogradError(f"optimizer {name!r} has no option {', '.join(bad)}; it takes {takes}")
+    kwargs = {**defaults, **options}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(float(b) for b in kwargs["betas"])
+    try:
+        return cls(params, lr=lr, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise HeterogradError(f"optimizer {name!r}: {exc}; fix the option") from None
+
+
+def cosine_lr(lr: float, step: int, total: int) -> float:
+    """``lr · (1 + cos(π · step / total)) / 2``: ``lr`` at step 0, 0 after the last step."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def parse_model_options(text: str | None) -> dict[str, Any]:
+    """``"activation=tanh,hidden=256:256,shortcut=B"`` -> ``{"activation": "tanh", "hidden": [256, 256], ...}``.
+
+    Values are integers, numbers, ``true``/``false``, ``:``-separated lists of those, or names.
+    """
+
+    def value(v: str) -> Any:
+        v = v.strip()
+        if ":" in v:
+            return [value(x) for x in v.split(":")]
+        if v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    out: dict[str, Any] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        k, eq, v = part.partition("=")
+        if not eq or not k.strip():
+            raise HeterogradError(f"--model-options entry {part!r} is not key=value; write e.g. activation=tanh")
+        out[k.strip().replace("-", "_")] = value(v)
+    return out
+
+
+def load_factory(spec: str) -> Any:
+    """The function ``FACTORY`` of ``FILE.py:FACTORY``; imports (executes) ``FILE.py``."""
+    file, _, name = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise HeterogradError(f"--model {spec}: no file {file}; pass FILE.py:FACTORY with an existing file")
+    mod_name = f"heterograd_user_model_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise HeterogradError(f"--model {spec}: cannot import {file} as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[mod_name]
+        raise HeterogradError(f"--model {spec}: importing {file} failed ({type(exc).__name__}: {exc})") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise HeterogradError(f"--model {spec}: {file} defines no function {name!r}; name the factory after ':'")
+    return factory
+
+
+@dataclass
+class SequenceData:
+    """Token sequences (``sorting``): inputs ``(N, T)`` int64, next-token targets ``(N, T)`` (-100: no loss)."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    n_classes: int
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> SequenceData:
+        """On ``device``; tokens stay integers (``dtype`` applies to the model only)."""
+        return dataclasses.replace(
+            self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+        )
+
+
+#: the sorting task's size: digits per sequence, vocabulary, train / test sequences.
+SORTING = {"length": 6, "vocab": 8, "n_train": 8192, "n_test": 1024}
+
+
+def load_module_data(c: TrainConfig, dataset: Dataset | None) -> Dataset | SequenceData:
+    """The run's data in the layout its model reads: images ``(N, C, H, W)`` where the data hold images."""
+    if c.data in SEQUENCE_DATA:
+        if dataset is not None:
+            raise HeterogradError("--data sorting is generated; do not pass a dataset")
+        ntr, nte = c.n_train or SORTING["n_train"], c.n_test or SORTING["n_test"]
+        x, y = sorting_task(ntr + nte, SORTING["length"], SORTING["vocab"], seed=c.seed)
+        return SequenceData(c.data, x[:ntr], y[:ntr], x[ntr:], y[ntr:], SORTING["vocab"])
+    if dataset is None:
+        ds = load_dataset(c.data, seed=c.seed, n_train=c.n_train, n_test=c.n_test)
+    elif not isinstance(dataset, Dataset):
+        raise HeterogradError(f"dataset must be a heterograd Dataset, got {type(dataset).__name__}; use load_dataset")
+    else:
+        ds = _first_n(dataset, c.n_train, c.n_test)
+    if ds.n_classes is None:
+        raise HeterogradError(f"--model trains classifiers; {c.data!r} is a regression dataset")
+    if ds.image_shape is not None and c.model != "mlp":
+        ds = ds.images()
+    elif c.augment:
+        raise HeterogradError(f"--augment needs images in the (N, C, H, W) layout; {c.data!r} with --model {c.model}")
+    return ds
+
+
+def build_model(c: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The unconverted model of ``c.model`` (zoo name, ``transformer`` or ``FILE.py:FACTORY``), seeded by ``c.seed``."""
+    assert c.model is not None
+    opts = dict(c.model_options)
+    if c.model == "transformer":
+        fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab", "block"}
+        bad = sorted(set(opts) - fields)
+        if bad:
+            raise HeterogradError(
+                f"model 'transformer' has no option {', '.join(bad)}; it takes {', '.join(sorted(fields))}"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            return GPT(GPTConfig(vocab=num_classes, block=in_shape[0], **opts))
+    if c.model == "mlp":
+        opts = {"hidden": tuple(c.hidden), "activation": c.activation, **opts}
+    if ":" not in c.model:
+        return make_model(c.model, in_shape, num_classes, seed=c.seed, **opts)
+    factory = load_factory(c.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(c.seed)
+        try:
+            model = factory(in_shape, num_classes, **opts)
+        except HeterogradError:
+            raise
+        except Exception as exc:
+            raise HeterogradError(f"--model {c.model}: the factory raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise HeterogradError(f"--model {c.model}: the factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def rule_options(c: TrainConfig) -> dict[str, Any]:
+    """The rule's hyperparameters from the config; a non-default one the rule does not take is an error."""
+    fields = {f.name for f in dataclasses.fields(RULES[c.rule])}
+    opts: dict[str, Any] = {"weight_decay": c.weight_decay}
+    if "feedback_gain" in fields:
+        opts["feedback_gain"] = c.feedback_gain
+    elif c.feedback_gain != TrainConfig.feedback_gain:
+        raise HeterogradError(f"--feedback-gain does not apply to rule {c.rule!r} (its feedback is not plastic)")
+    for name in ("theta_w", "theta_b"):
+        if getattr(c, name) is not None:
+            opts[name] = tuple(getattr(c, name))
+    return opts
+
+
+class ModuleTrainer(Trainer):
+    """Runs a :class:`TrainConfig` with ``model`` set: a converted ``nn.Module`` trained by ``torch.optim``.
+
+    The loop, logging, run folder, checkpoints and resume are :class:`~heterograd.train.Trainer`'s; this class
+    supplies the step, probes (:func:`heterograd.nn.probe` per plastic layer: ``phi/<layer>``, ``align/<layer>``,
+    ...), evaluation, divergence check and the model's part of a checkpoint. ``self.model`` (also
+    ``self.circuit``, the name the shared loop uses) is the converted model.
+
+    Args:
+        config: the run's configuration (``config.model`` must be set).
+        dataset: optionally a preloaded :class:`Dataset`.
+    """
+
+    def __init__(self, config: TrainConfig, dataset: Dataset | None = None) -> None:
+        self.config = config.validate()
+        c = self.config
+        if c.model is None:
+            raise HeterogradError("ModuleTrainer needs config.model (e.g. 'lenet5'); use Trainer for circuits")
+        self.dtype = DTYPES[c.dtype]
+        self.device = torch.device(c.device)
+        self.data: Any = load_module_data(c, dataset).to(device=self.device, dtype=self.dtype)
+        if c.loss is None:
+            c.loss = "ce"
+        self.sequence = isinstance(self.data, SequenceData)
+        in_shape = tuple(self.data.x_train.shape[1:])
+        model = build_model(c, in_shape, int(self.data.n_classes))
+        model = model.to(device=self.device, dtype=self.dtype)
+        example = self.data.x_train[: min(8, self.data.x_train.shape[0])]
+        convert(
+            model,
+            c.rule,
+            feedback_init=None
+            if RULES[c.rule].feedback not in ("plastic", "frozen") and c.feedback_init == "random"
+            else c.feedback_init,
+            seed=c.seed,
+            example_input=example if RULES[c.rule].feedback == "direct" else None,
+            **rule_options(c),
+        )
+        self.model = self.circuit = model  # type: ignore[assignment]
+        self.model.train()
+        layers = [m for _, m in plastic_layers(model)]
+        self.rule: Rule = layers[0].plasticity.rule if layers else RULES[c.rule]()  # type: ignore[union-attr]
+        self.hardware = None
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise HeterogradError(f"--model {c.model} has no trainable parameters")
+        self.optimizer = make_optimizer(c.optimizer, params, c.lr, dict(c.optimizer_options))
+        # crop padding 4 for 32x32 images (the usual CIFAR recipe), 2 for smaller ones (28x28 Fashion-MNIST)
+        pad = 4 if self.data.x_train.shape[-1] >= 32 else 2
+        self.augment = Augment(padding=pad) if c.augment else None
+        self.augment_generator = torch.Generator().manual_seed(c.seed + 7919)
+        self._init_position()
+
+    # ..................................................................... steps
+    def loss_of(self, out: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy: ``out`` ``(n, K)``, labels ``(n,)``; or ``(n, T, V)``, ``(n, T)`` (-100 ignored)."""
+        if out.dim() == 3:
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+        return F.cross_entropy(out, y)
+
+    def total_steps(self) -> int:
+        """Steps of the whole run (the cosine schedule reaches 0 there)."""
+        return self.config.epochs * self.steps_per_epoch
+
+    def train_step(self, x: Tensor, y: Tensor) -> Tensor:
+        """One step: (augment,) forward, ``loss.backward()`` (the rule's t' sweep fills ``.grad``), optimiser step."""
+        c = self.config
+        if self.augment is not None:
+            x = self.augment(x, self.augment_generator)
+        if c.schedule == "cosine":
+            lr = cosine_lr(c.lr, self.step_count, self.total_steps())
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_of(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        self.step_count += 1
+        return loss.detach()
+
+    def probe(self) -> dict[str, float]:
+        """Per-layer probes (:func:`heterograd.nn.probe`) on the fixed probe batch; nothing is changed."""
+        return probe(self.model, self.probe_x, self.probe_y, self.loss_of, seed=self.config.seed).as_dict()
+
+    @torch.no_grad()
+    def evaluate_test(self, chunk: int = 1000) -> tuple[float, float | None]:
+        """Mean test loss and accuracy (eval mode: BatchNorm uses its running statistics)."""
+        self.model.eval()
+        try:
+            total, correct, count = 0.0, 0, 0
+            x, y = self.data.x_test, self.data.y_test
+            for i in range(0, x.shape[0], chunk):
+                out, yy = self.model(x[i : i + chunk]), y[i : i + chunk]
+                logits, labels = out.reshape(-1, out.shape[-1]), yy.reshape(-1)
+                keep = labels != IGNORE
+                total += float(F.cross_entropy(logits[keep], labels[keep], reduction="sum").double())
+                correct += int((logits[keep].argmax(1) == labels[keep]).sum())
+                count += int(keep.sum())
+        finally:
+            self.model.train()
+        n = max(1, count)
+        return total / n, correct / n
+
+    def named_tensors(self) -> list[tuple[str, Tensor]]:
+        """Every parameter of the model (weights, biases, plastic ``B``, norm affine), for the divergence check."""
+        return list(self.model.named_parameters())
+
+    def title(self) -> str:
+        c = self.config
+        return f"{c.model}, {c.rule} on {c.data} (seed {c.seed})"
+
+    # ..................................................................... checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Model (weights, ``B``, BatchNorm statistics), optimiser, augmentation and rule generators, position.
+
+        The checkpoint keeps the circuit engine's layout: ``circuit`` holds the model's ``state_dict()``,
+        ``motif_state`` the optimiser's, ``rule_state`` the random generators (augmentation; ``brsf``'s redraws).
+        """
+        layers = plastic_layers(self.model)
+        gens = {n: m.plasticity.generator.get_state() for n, m in layers if m.plasticity.generator is not None}  # type: ignore[union-attr]
+        return {
+            "circuit": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "motif_state": self.optimizer.state_dict(),
+            "rule_state": {"augment_generator": self.augment_generator.get_state(), "rule_generators": gens},
+            **self._position_state(),
+        }
+
+    def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
+        """Restore what :meth:`state_dict` wrote (config compatibility is checked by :meth:`resume`)."""
+        self._check_data(ck, source)
+        try:
+            self.model.load_state_dict(ck["circuit"])
+            self.optimizer.load_state_dict(ck["motif_state"])
+            self.augment_generator.set_state(ck["rule_state"]["augment_generator"])
+            layers = dict(plastic_layers(self.model))
+            for name, state in ck["rule_state"]["rule_generators"].items():
+                layers[name].plasticity.generator.set_state(state)  # type: ignore[union-attr]
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            msg = " ".join(str(exc).split())[:200]
+            raise HeterogradError(f"{source} does not fit this model ({msg}); start a new run") from None
+        self._load_position(ck, source)
+
+    # ..................................................................... summary
+    def layer_names(self) -> list[str]:
+        """Module paths of the plastic synapse layers (the probed ones), in order."""
+        return [n for n, m in plastic_layers(self.model) if m.plasticity.synapse is not None]  # type: ignore[union-attr]
+
+    def probed_layers(self) -> list[str]:
+        return [f"/{n}" for n in self.layer_names()]
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"model": self.config.model, "layers": self.layer_names()}
+
+
+def make_trainer(config: TrainConfig, dataset: Dataset | None = None) -> Trainer:
+    """:class:`ModuleTrainer` when ``config.model`` is set, else the circuit :class:`~heterograd.train.Trainer`."""
+    return ModuleTrainer(config, dataset) if config.model is not None else Trainer(config, dataset)
+
+
+def resume_trainer(run_dir: str | Path, dataset: Dataset | None = None, **overrides: Any) -> Trainer:
+    """Rebuild the trainer of ``run_dir/checkpoint.pt`` (circuit or module engine, as the run was)."""
+    from .checkpoint import load_checkpoint
+
+    ck = load_checkpoint(run_dir)
+    cls = ModuleTrainer if ck.get("config", {}).get("model") is not None else Trainer
+    return cls.resume(run_dir, dataset, **overrides)
+
+
+__all__ = [
+    "TORCH_OPTIMIZERS",
+    "ModuleTrainer",
+    "SequenceData",
+    "build_model",
+    "cosine_lr",
+    "load_factory",
+    "make_optimizer",
+    "make_trainer",
+    "parse_model_options",
+    "resume_trainer",
+]
