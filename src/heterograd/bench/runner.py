@@ -4,7 +4,9 @@ One run times, round-robin and repeated (median over rounds), full training step
 signal, feedback, deltas, weight update) of:
 
 * ``hsp``, ``fa``, ``poly`` (and ``hsp-sparse``: sparse feedback at density 0.2): heterograd's own step,
-  exactly what :meth:`heterograd.train.Trainer.train_step` does (``local_step`` -> SGD motif -> ``apply_steps``);
+  exactly what :meth:`heterograd.train.Trainer.train_step` does (``local_step`` -> SGD motif -> ``apply_steps``;
+  for ``hsp`` :func:`heterograd.train.layerwise_sgd_step`, the same update with each layer's deltas applied
+  as soon as they exist);
 * ``bp-autograd``: a plain PyTorch MLP (``nn.Sequential`` of ``nn.Linear`` + ``tanh``,
   ``CrossEntropyLoss``, ``torch.optim.SGD``) of identical shapes, weights and weight decay;
 * ``fa-autograd``: feedback alignment as autograd-based libraries implement it (biotorch style): a
@@ -61,7 +63,7 @@ from ..optim import make_motif
 from ..results import write_json
 from ..rules import make_rule
 from ..runtime import DTYPES, resolve_device
-from ..train import apply_steps, compile_local_step, local_step
+from ..train import apply_steps, compile_local_step, layerwise_sgd_step, local_step
 
 IMPLS: tuple[str, ...] = ("bp-autograd", "fa-autograd", "hsp", "fa", "poly", "hsp-sparse")
 """Implementations a benchmark can time (see the module docstring)."""
@@ -360,6 +362,11 @@ def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[]
     state = [rule.init(circuit), motif.init(circuit.plastic_tensors())]
 
     def local_learning_step() -> None:  # = Trainer.train_step
+        if not case.compiled:  # plain SGD with a layer-wise rule: each delta applied as soon as it exists
+            done = layerwise_sgd_step(circuit, rule, state[0], motif, state[1], loss, x, y)
+            if done is not None:
+                state[1] = done[1]
+                return
         out = step_fn(circuit, rule, state[0], loss, x, y)
         state[0] = out.rule_state
         steps, state[1] = motif.update(out.deltas.flat(), state[1], circuit.plastic_tensors())
