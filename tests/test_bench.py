@@ -191,6 +191,8 @@ def test_model_bench_cli_quick_writes_the_named_files(tmp_path, capsys):
         ("lenet5", i, 8) for i in ("bp-autograd", "hsp", "usf")
     ]
     assert all(r["median_ms"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    assert all(r["minor_faults_per_step"] is None or r["minor_faults_per_step"] >= 0 for r in rows)
+    assert isinstance(result["environment"]["malloc_env"], dict)
     claims = [t["claim"] for t in result["targets"]]
     assert claims == ["hsp step time / bp-autograd <= 1.05", "hsp peak step memory / bp-autograd <= 1.1"]
     assert "| lenet5 1x28x28 @ 8 | hsp |" in capsys.readouterr().out

@@ -438,10 +438,22 @@ def environment(cfg: BenchConfig) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": cfg.device,
+        # glibc allocator tuning (e.g. MALLOC_TRIM_THRESHOLD_) changes page faults, so it is part of the result
+        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
     }
     if cfg.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(cfg.device))
     return env
+
+
+def _minor_faults() -> int | None:
+    """Minor page faults of this process so far (``None`` where ``resource`` is unavailable)."""
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+    except (ImportError, OSError):
+        return None
 
 
 def _loadavg() -> list[float] | None:
@@ -502,6 +514,7 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
             n += 1
         per_block[case] = n
     times: dict[Case, list[float]] = {c: [] for c in cases}
+    faults: dict[Case, list[float]] = {c: [] for c in cases}
     t_rounds = time.perf_counter()
     for r in range(cfg.repeats):
         if r >= 3 and time.perf_counter() - t_rounds > cfg.max_seconds:
@@ -513,15 +526,20 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         for case in cases[k:] + cases[:k]:  # round-robin, rotated so no case always runs first
             step, n = steps[case], per_block[case]
             _sync(device)
-            t0 = time.perf_counter()
+            f0, t0 = _minor_faults(), time.perf_counter()
             for _ in range(n):
                 step()
             _sync(device)
             times[case].append((time.perf_counter() - t0) / n)
+            f1 = _minor_faults()
+            if f0 is not None and f1 is not None:
+                faults[case].append((f1 - f0) / n)
     memory: dict[Case, int | None] = {}
     for case in cases:
         memory[case] = peak_step_memory(steps[case], device) if cfg.memory else None
     rows = _rows(cfg, cases, times, per_block, setup, memory)
+    for row, case in zip(rows, cases, strict=True):
+        row["minor_faults_per_step"] = round(statistics.median(faults[case])) if faults[case] else None
     method = (
         "torch.cuda.max_memory_allocated during one step minus memory_allocated at its start"
         if device.type == "cuda"
@@ -651,24 +669,34 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _faults(row: dict[str, Any]) -> str:
+    f = row.get("minor_faults_per_step")
+    return "-" if f is None else f"{f:,}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results as a markdown table plus the target checks and the method."""
     env = result["environment"]
     lines = [
         f"Training-step benchmark: heterograd {env['heterograd']}, torch {env['torch']}, {env['device']} "
         f"({env.get('gpu') or env['cpu']}, {env['torch_threads']} threads); load average "
-        f"{env['loadavg_start']} -> {env['loadavg_end']} (other processes may have been running).",
+        f"{env['loadavg_start']} -> {env['loadavg_end']} (other processes may have been running)"
+        + (
+            "; allocator: " + " ".join(f"{k}={v}" for k, v in env["malloc_env"].items()) + "."
+            if env.get("malloc_env")
+            else "; default allocator settings."
+        ),
         "",
         "| case (size or model @ batch) | implementation | dtype | step ms (median) | × bp-autograd | samples/s "
-        "| peak step MiB | mem × bp |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| peak step MiB | mem × bp | page faults / step |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["results"]:
         mem = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.2f}"
         mratio = "-" if r["memory_ratio_to_bp"] is None else f"{r['memory_ratio_to_bp']:.2f}"
         lines.append(
             f"| {r['shape']} | {r['label']} | {r['dtype']} | {r['median_ms']:.3f} | {r['ratio_to_bp']:.2f} "
-            f"| {r['samples_per_s']:,.0f} | {mem} | {mratio} |"
+            f"| {r['samples_per_s']:,.0f} | {mem} | {mratio} | {_faults(r)} |"
         )
     cfg = result.get("config", {})
     if cfg.get("models"):
@@ -689,7 +717,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Timing: {result['timing_method']}. Memory: {result['memory_method']}; bytes above those live at step "
         "start (parameters and batch excluded). Ratios compare with bp-autograd at the same size and dtype "
-        "(compiled rows with compiled bp-autograd).",
+        "(compiled rows with compiled bp-autograd). Page faults: the process's minor page faults per step "
+        "(median over the timed blocks; memory the allocator returned to the system and touches again).",
     ]
     return "\n".join(lines) + "\n"
 
