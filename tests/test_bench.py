@@ -134,3 +134,95 @@ def test_compiled_step_equals_eager_step():
     for a, b in zip(eager.deltas.flat(), compiled.deltas.flat(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     assert torch.allclose(eager.loss, compiled.loss, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- model cases (--models)
+def _model_case(impl: str, model: str = "lenet5", shape: tuple[int, ...] = (1, 28, 28), batch: int = 4):
+    from heterograd.bench import Case
+
+    return Case(impl, shape, batch, "float64", False, model)
+
+
+def _run_steps(impl: str, cfg: BenchConfig, model: str, shape: tuple[int, ...], n: int = 2):
+    from heterograd.bench import make_step
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, *shape, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (4,), generator=g)
+    step = make_step(_model_case(impl, model, shape), cfg, x, y)
+    before = {k: v.clone() for k, v in step.model.state_dict().items()}
+    for _ in range(n):
+        step()
+    return before, step.model.state_dict()
+
+
+@pytest.mark.parametrize(("model", "shape"), [("lenet5", (1, 28, 28)), ("resnet20", (1, 8, 8))])
+def test_model_cases_do_the_same_step(model, shape):
+    """Converted bp = autograd backprop (SGD momentum, weight decay in the rule vs the optimiser); the fused
+    variants (optimiser step inside the sweep) equal their unfused cases; every rule's step moves the weights."""
+    cfg = BenchConfig.for_models((model,), input_shape=shape, batch=4, dtypes=("float64",), lr=0.1, weight_decay=1e-3)
+    cfg.validate()
+    steps = {
+        i: _run_steps(i, cfg, model, shape) for i in ("bp-autograd", "bp", "bp-autograd-fused", "hsp", "hsp-fused")
+    }
+    start, ref = steps["bp-autograd"]
+    for impl in ("bp", "bp-autograd-fused"):
+        before, after = steps[impl]
+        for k, v in ref.items():
+            assert torch.equal(before[k], start[k]), k  # same initial weights
+            assert torch.allclose(after[k], v, atol=1e-10, rtol=0), (impl, k)
+    hsp, fused = steps["hsp"][1], steps["hsp-fused"][1]
+    assert any(k.endswith("feedback") for k in hsp)  # B is plastic and stepped inside the sweep too
+    for k, v in hsp.items():
+        assert torch.allclose(fused[k], v, atol=1e-10, rtol=0), k
+    for impl in ("fa", "usf"):
+        before, after = _run_steps(impl, cfg, model, shape, n=1)
+        w = [k for k in after if k.endswith("weight") and after[k].dim() > 1]
+        assert all(not torch.equal(before[k], after[k]) for k in w), impl
+
+
+def test_model_bench_cli_quick_writes_the_named_files(tmp_path, capsys):
+    out = ["--out", str(tmp_path), "--stem", "bench-convnets", "--repeats", "2"]
+    main(["bench", "--models", "lenet5", "--quick", "--impls", "bp-autograd,hsp,usf", *out])
+    result = json.loads((tmp_path / "bench-convnets.json").read_text())
+    assert (tmp_path / "bench-convnets.md").exists()
+    rows = result["results"]
+    assert [(r["model"], r["impl"], r["batch"]) for r in rows] == [
+        ("lenet5", i, 8) for i in ("bp-autograd", "hsp", "usf")
+    ]
+    assert all(r["median_ms"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    assert all(r["minor_faults_per_step"] is None or r["minor_faults_per_step"] >= 0 for r in rows)
+    assert isinstance(result["environment"]["malloc_env"], dict)
+    claims = [t["claim"] for t in result["targets"]]
+    assert claims == ["hsp step time / bp-autograd <= 1.05", "hsp peak step memory / bp-autograd <= 1.1"]
+    assert "| lenet5 1x28x28 @ 8 | hsp |" in capsys.readouterr().out
+
+
+def test_model_targets_use_the_model_thresholds():
+    common = {"shape": "lenet5 1x28x28 @ 128", "dtype": "float32", "compiled": False, "model": "lenet5"}
+    rows = [
+        {**common, "impl": "bp-autograd", "ratio_to_bp": 1.0, "peak_bytes": 100},
+        {**common, "impl": "hsp", "ratio_to_bp": 1.04, "peak_bytes": 111},
+        {**common, "impl": "kp", "ratio_to_bp": 1.06, "peak_bytes": 109},
+    ]
+    got = {t["claim"]: t["holds"] for t in targets(rows)}
+    assert got == {
+        "hsp step time / bp-autograd <= 1.05": True,
+        "hsp peak step memory / bp-autograd <= 1.1": False,
+        "kp step time / bp-autograd <= 1.05": False,
+        "kp peak step memory / bp-autograd <= 1.1": True,
+    }
+
+
+def test_model_bench_bad_options_give_one_line_errors():
+    with pytest.raises(HeterogradError, match="do not apply to a model benchmark"):
+        BenchConfig.for_models(("lenet5",), impls=("poly",)).validate()
+    with pytest.raises(HeterogradError, match="unknown model"):
+        BenchConfig.for_models(("nope",)).validate()
+    with pytest.raises(HeterogradError, match="either --models or --sizes"):
+        BenchConfig.for_models(("lenet5",), sizes=(((4, 2), 2),)).validate()
+    with pytest.raises(HeterogradError, match="one dtype"):
+        BenchConfig.for_models(("lenet5",), dtypes=("float32", "bfloat16")).validate()
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--batch", "64"])
+    assert exc.value.code == 2

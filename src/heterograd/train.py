@@ -46,6 +46,7 @@ from .errors import HeterogradError
 from .hardware import HardwareCircuit, attach_hardware
 from .losses import Loss, get_loss
 from .optim import Motif, make_motif
+from .optim.motifs import SGD as SGDMotif
 from .probes import measure
 from .progress import Progress
 from .results import prepare_out_dir, prepare_run_dir, write_csv, write_json
@@ -98,6 +99,55 @@ def local_step(circuit: Circuit, rule: Rule, rule_state: Any, loss: Loss, x: Ten
         if d is not None and m is not None:
             d.mul_(m)
     return StepOutput(batch_loss, trace, u, deltas, rule_state)
+
+
+def _defined_in(cls: type, name: str) -> type | None:
+    """The class of ``cls``'s MRO that defines attribute ``name``."""
+    return next((k for k in cls.__mro__ if name in vars(k)), None)
+
+
+@torch.no_grad()
+def layerwise_sgd_step(
+    circuit: Circuit, rule: Rule, rule_state: Any, motif: Motif, motif_state: Any, loss: Loss, x: Tensor, y: Tensor
+) -> tuple[Tensor, Any] | None:
+    """:func:`local_step` + plain-SGD ``motif.update`` + :func:`apply_steps`, each delta applied as soon as it exists.
+
+    The deltas of all layers are never alive at once (the step's peak memory is the trace plus one layer's
+    deltas, as backprop's). Bit for bit the same weights and motif state as the three calls, for a rule
+    with :meth:`~heterograd.rules.Rule.layer_deltas` and the ``sgd`` motif; returns ``(batch loss, new motif
+    state)``, or ``None`` (nothing done) when the rule or the motif does not allow it.
+    """
+    if (
+        not isinstance(motif, SGDMotif)
+        or _defined_in(type(rule), "layer_deltas") in (Rule, None)
+        or _defined_in(type(rule), "layer_deltas") is not _defined_in(type(rule), "deltas")  # a subclass's deltas
+        or type(rule).teaching is not Rule.teaching  # rules with their own teaching signal: not layer-wise
+    ):
+        return None
+    trace = circuit.run_forward(x)
+    out = trace.output
+    u = circuit.run_feedback(trace, circuit.output_error(trace, loss.error(out, y)))
+    t, L = circuit.plastic_tensors(), circuit.depth
+    params = Params(tuple(t[:L]), tuple(t[L : 2 * L]), tuple(t[2 * L :]))
+    pieces = rule.layer_deltas(Signals.collect(circuit, trace, u), params, rule_state)
+    if pieces is None:
+        return None
+    batch_loss = loss(out, y)
+    offset = {"W": 0, "b": L, "B": 2 * L}
+    done: list[Tensor | None] = [None] * len(t)
+    for kind, k, d in pieces:
+        if d is None:
+            continue
+        if kind == "B":
+            m = circuit.mask(k)
+            if m is not None:
+                d.mul_(m)
+        i = offset[kind] + k
+        t[i].add_(d, alpha=motif.lr)  # = apply_steps' t += lr * d
+        done[i] = t[i]
+        del d
+    _, motif_state = motif.update(done, motif_state, t)  # plain SGD: only counts which tensors were stepped
+    return batch_loss, motif_state
 
 
 def compile_local_step() -> Callable[[Circuit, Rule, Any, Loss, Tensor, Tensor], StepOutput]:
@@ -292,6 +342,14 @@ class Trainer:
     # ..................................................................... steps
     def train_step(self, x: Tensor, y: Tensor) -> Tensor:
         """One local learning step on a batch; returns the batch loss before the update (0-d)."""
+        if self.hardware is None and self.local_step is local_step:  # plain SGD: apply each delta as it comes
+            done = layerwise_sgd_step(
+                self.circuit, self.rule, self.rule_state, self.motif, self.motif_state, self.loss, x, y
+            )
+            if done is not None:
+                self.step_count += 1
+                loss_value, self.motif_state = done
+                return loss_value
         if self.hardware is None:
             out = self.local_step(self.circuit, self.rule, self.rule_state, self.loss, x, y)
         else:

@@ -1,7 +1,8 @@
 """Benchmarks, in one place: the training-step runner and its cases, and the evolution back-end benchmark.
 
 * :mod:`heterograd.bench.runner`: ``heterograd bench`` (or ``python -m heterograd.bench``), one training step of
-  heterograd's rules against autograd backprop and autograd feedback alignment, timed side by side;
+  heterograd's rules against autograd backprop and autograd feedback alignment, timed side by side; with
+  ``--models``, one step of a model of :mod:`heterograd.models` converted by each rule against autograd;
 * :mod:`heterograd.bench.evolve`: ``python -m heterograd.bench.evolve --out DIR``, a batched population of
   circuits against a Python loop over circuits;
 * :mod:`heterograd.bench.cli`: the ``bench`` command of the ``heterograd`` app.
@@ -10,12 +11,16 @@
 from .runner import (
     BASELINE,
     IMPLS,
+    MODEL_IMPLS,
     BenchConfig,
     Case,
     FALinear,
+    ModelStep,
     autograd_mlp,
+    fuse_optimizer,
     make_step,
     markdown,
+    model_for,
     parse_sizes_arg,
     peak_step_memory,
     run_benchmark,
@@ -26,12 +31,16 @@ from .runner import (
 __all__ = [
     "BASELINE",
     "IMPLS",
+    "MODEL_IMPLS",
     "BenchConfig",
     "Case",
     "FALinear",
+    "ModelStep",
     "autograd_mlp",
+    "fuse_optimizer",
     "make_step",
     "markdown",
+    "model_for",
     "parse_sizes_arg",
     "peak_step_memory",
     "run_benchmark",

@@ -17,14 +17,32 @@ def bench(
             "the command line override it"
         ),
     ] = None,
-    out: Annotated[Path, typer.Option(help="folder for bench.json and bench.md")] = Path("results/bench"),
+    out: Annotated[Path, typer.Option(help="folder for <stem>.json and <stem>.md")] = Path("results/bench"),
+    stem: Annotated[str, typer.Option(help="file name stem of the results, e.g. bench-convnets")] = "bench",
     quick: Annotated[bool, typer.Option("--quick", help="tiny smoke test (a few seconds)")] = False,
     sizes: Annotated[
         str | None, typer.Option(help="widths@batch list, default '784,1024,1024,10@128;64,128,128,10@32'")
     ] = None,
     impls: Annotated[
-        str | None, typer.Option(help="comma list of bp-autograd,fa-autograd,hsp,fa,poly,hsp-sparse")
+        str | None,
+        typer.Option(
+            help="comma list; MLP: bp-autograd,fa-autograd,hsp,fa,poly,hsp-sparse; with --models: "
+            "bp-autograd,bp,hsp,kp,fa,usf (default) and dfa,brsf,frsf,hsp-fused,bp-autograd-fused (optimiser "
+            "step inside the backward sweep)"
+        ),
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="time one training step (SGD with momentum, cross-entropy) of these models instead of the MLP, "
+            "e.g. lenet5,resnet20: autograd backprop (bp-autograd) against the same model converted by each rule"
+        ),
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="one input's shape for --models, default 1,28,28 (Fashion-MNIST)")
+    ] = None,
+    batch: Annotated[int | None, typer.Option(help="batch size for --models (default 128; quick: 8)")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum for --models (default 0.9)")] = None,
     dtypes: Annotated[
         str | None, typer.Option(help="compute dtypes, first = main (default float32,bfloat16; quick: float32)")
     ] = None,
@@ -37,24 +55,50 @@ def bench(
     threads: Annotated[int | None, typer.Option(help="torch.set_num_threads for the run")] = None,
     memory: Annotated[bool, typer.Option(help="measure peak step memory")] = True,
 ) -> None:
-    """Time training steps of hsp/fa/poly against autograd backprop and autograd feedback alignment."""
-    from .runner import IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
+    """Time training steps of hsp/fa/poly against autograd backprop and autograd feedback alignment.
+
+    With --models (e.g. lenet5,resnet20): one training step of each model under autograd backprop and
+    converted by bp, hsp, kp, fa, usf (same weights, optimiser and loss), interleaved, with paired ratios.
+    """
+    from ..errors import HeterogradError
+    from .runner import IMPLS, MODEL_IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
 
     kw: dict[str, Any] = {"device": device, "compile": compile_step, "threads": threads, "memory": memory}
     kw["max_seconds"] = max_seconds
     if sizes is not None:
         kw["sizes"] = parse_sizes_arg(sizes)
     if impls is not None:
-        kw["impls"] = tuple(s.strip() for s in impls.split(",") if s.strip()) or IMPLS
+        kw["impls"] = tuple(s.strip() for s in impls.split(",") if s.strip()) or (MODEL_IMPLS if models else IMPLS)
+    model_only = {"input_shape": input_shape, "batch": batch, "momentum": momentum}
+    if models is None and any(v is not None for v in model_only.values()):
+        given = [k.replace("_", "-") for k, v in model_only.items() if v is not None]
+        raise HeterogradError(f"--{', --'.join(given)} apply only to --models; add e.g. --models lenet5 or drop them")
+    if input_shape is not None:
+        try:
+            kw["input_shape"] = tuple(int(v) for v in input_shape.split(","))
+        except ValueError:
+            raise HeterogradError(f"--input-shape {input_shape!r}: write e.g. 1,28,28") from None
+    if batch is not None:
+        kw["batch"] = batch
+    if momentum is not None:
+        kw["momentum"] = momentum
     if dtypes is not None:
         kw["dtypes"] = tuple(s.strip() for s in dtypes.split(",") if s.strip())
     if repeats is not None:
         kw["repeats"] = repeats
     if config is not None:
         kw = {**_read_config(config), **{k: v for k, v in kw.items() if _given(ctx, _OPTION.get(k, k))}}
-    cfg = BenchConfig.quick(**kw) if quick else BenchConfig(**kw)
+    if models is None and kw.get("models"):  # from the config file
+        models = ",".join(kw.pop("models"))
+    if models is not None:
+        names = tuple(s.strip() for s in models.split(",") if s.strip())
+        if not names:
+            raise HeterogradError("--models is empty; e.g. --models lenet5,resnet20")
+        cfg = BenchConfig.for_models(names, quick=quick, **kw)
+    else:
+        cfg = BenchConfig.quick(**kw) if quick else BenchConfig(**kw)
     result = run_benchmark(cfg, progress=lambda msg: typer.echo(msg, err=True))
-    jp, mp = write_results(result, out)
+    jp, mp = write_results(result, out, stem)
     typer.echo(markdown(result))
     typer.echo(f"written {jp} and {mp} ({result['wall_seconds']} s)")
 
@@ -76,7 +120,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     values = load_config_file(path, BenchConfig, frozenset({"notes"}))
     if isinstance(values.get("sizes"), str):
         values["sizes"] = parse_sizes_arg(values["sizes"])
-    for key in ("impls", "dtypes"):
+    if isinstance(values.get("input_shape"), str):
+        values["input_shape"] = tuple(int(v) for v in values["input_shape"].split(","))
+    for key in ("impls", "dtypes", "models"):
         if isinstance(values.get(key), str):
             values[key] = tuple(s.strip() for s in values[key].split(",") if s.strip())
     return values

@@ -4,11 +4,24 @@ One run times, round-robin and repeated (median over rounds), full training step
 signal, feedback, deltas, weight update) of:
 
 * ``hsp``, ``fa``, ``poly`` (and ``hsp-sparse``: sparse feedback at density 0.2): heterograd's own step,
-  exactly what :meth:`heterograd.train.Trainer.train_step` does (``local_step`` -> SGD motif -> ``apply_steps``);
+  exactly what :meth:`heterograd.train.Trainer.train_step` does (``local_step`` -> SGD motif -> ``apply_steps``;
+  for ``hsp`` :func:`heterograd.train.layerwise_sgd_step`, the same update with each layer's deltas applied
+  as soon as they exist);
 * ``bp-autograd``: a plain PyTorch MLP (``nn.Sequential`` of ``nn.Linear`` + ``tanh``,
   ``CrossEntropyLoss``, ``torch.optim.SGD``) of identical shapes, weights and weight decay;
 * ``fa-autograd``: feedback alignment as autograd-based libraries implement it (biotorch style): a
   custom ``torch.autograd.Function`` whose backward sends the error through a fixed ``B``.
+
+With ``models`` (e.g. ``lenet5``, ``resnet20`` of :mod:`heterograd.models`) the run times one training step
+of that model instead, with ``torch.optim.SGD`` (momentum) and ``CrossEntropyLoss``:
+
+* ``bp-autograd``: the plain model trained by autograd (weight decay in the optimiser);
+* ``bp``, ``hsp``, ``kp``, ``fa``, ``usf`` (any rule of :data:`MODEL_IMPLS`): the same model, same initial
+  weights, converted by :func:`heterograd.nn.convert.convert` (weight decay in the rule, as the converted
+  layers compute it; ``λW`` + momentum is the same update as the optimiser's ``weight_decay``);
+* ``hsp-fused`` and ``bp-autograd-fused``: the optimiser step runs inside the backward sweep, one parameter
+  at a time as soon as its ``.grad`` is complete (a post-accumulate-grad hook with a per-parameter SGD), so
+  the gradients of all layers are never alive at once (see :func:`fuse_optimizer`).
 
 Every case uses the same random batch (``x ~ N(0, 1)``, random labels) at every step, so the times are
 the step's own cost with no data loading. Optional variants: ``bfloat16`` compute and ``torch.compile``
@@ -44,11 +57,13 @@ from .._version import __version__
 from ..circuits import Circuit
 from ..errors import HeterogradError
 from ..losses import get_loss
+from ..models import MODELS, make_model
+from ..nn.convert import convert
 from ..optim import make_motif
 from ..results import write_json
 from ..rules import make_rule
 from ..runtime import DTYPES, resolve_device
-from ..train import apply_steps, compile_local_step, local_step
+from ..train import apply_steps, compile_local_step, layerwise_sgd_step, local_step
 
 IMPLS: tuple[str, ...] = ("bp-autograd", "fa-autograd", "hsp", "fa", "poly", "hsp-sparse")
 """Implementations a benchmark can time (see the module docstring)."""
@@ -58,6 +73,12 @@ VARIANT_IMPLS: tuple[str, ...] = ("bp-autograd", "hsp")
 DEFAULT_SIZES: tuple[tuple[tuple[int, ...], int], ...] = (((784, 1024, 1024, 10), 128), ((64, 128, 128, 10), 32))
 QUICK_SIZES: tuple[tuple[tuple[int, ...], int], ...] = (((16, 32, 32, 4), 8),)
 SPARSE_DENSITY = 0.2
+MODEL_IMPLS: tuple[str, ...] = ("bp-autograd", "bp", "hsp", "kp", "fa", "usf")
+"""Implementations a model benchmark (``models``) can time; ``hsp-fused`` also (see the module docstring)."""
+EXTRA_MODEL_IMPLS: tuple[str, ...] = ("hsp-fused", "bp-autograd-fused", "dfa", "brsf", "frsf")
+DEFAULT_MODELS: tuple[str, ...] = ("lenet5", "resnet20")
+MODEL_TIME_TARGET = 1.05
+MODEL_MEMORY_TARGET = 1.1
 
 
 @dataclass
@@ -77,6 +98,12 @@ class BenchConfig:
         threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
         lr, weight_decay: SGD learning rate and weight decay λ (same for every implementation).
         memory: measure each case's peak step memory.
+        models: registered model names (:data:`heterograd.models.MODELS`); when given, the run times one
+            training step of each model (``sizes`` must then be empty; ``impls`` from :data:`MODEL_IMPLS`).
+        input_shape: one input's shape for ``models`` (default Fashion-MNIST's ``(1, 28, 28)``).
+        batch: batch size of ``models``' step.
+        num_classes: outputs of ``models``.
+        momentum: SGD momentum of ``models``' optimiser (the dense MLP cases use plain SGD).
     """
 
     sizes: tuple[tuple[tuple[int, ...], int], ...] = DEFAULT_SIZES
@@ -93,6 +120,11 @@ class BenchConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     memory: bool = True
+    models: tuple[str, ...] = ()
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    batch: int = 128
+    num_classes: int = 10
+    momentum: float = 0.9
     notes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -101,10 +133,41 @@ class BenchConfig:
         base = dict(sizes=QUICK_SIZES, dtypes=("float32",), repeats=3, block_seconds=0.005, warmup_steps=1)
         return cls(**{**base, **overrides})
 
+    @classmethod
+    def for_models(cls, models: Sequence[str] = DEFAULT_MODELS, quick: bool = False, **overrides: Any) -> BenchConfig:
+        """A model benchmark: ``models`` under :data:`MODEL_IMPLS` (quick: batch 8, a few seconds)."""
+        base: dict[str, Any] = dict(models=tuple(models), sizes=(), impls=MODEL_IMPLS, dtypes=("float32",))
+        if quick:
+            base.update(batch=8, repeats=3, block_seconds=0.005, warmup_steps=1)
+        return cls(**{**base, **overrides})
+
     def validate(self) -> BenchConfig:
-        bad = [i for i in self.impls if i not in IMPLS]
+        valid = MODEL_IMPLS + EXTRA_MODEL_IMPLS if self.models else IMPLS
+        bad = [i for i in self.impls if i not in valid]
         if bad:
-            raise HeterogradError(f"unknown implementation(s) {bad}; valid choices: {', '.join(IMPLS)}")
+            what = "a model benchmark (--models)" if self.models else "the MLP benchmark (--sizes)"
+            raise HeterogradError(f"implementation(s) {bad} do not apply to {what}; valid choices: {', '.join(valid)}")
+        if self.models:
+            self.models = tuple(self.models)
+            unknown = [m for m in self.models if m.lower() not in MODELS]
+            if unknown:
+                raise HeterogradError(f"unknown model(s) {unknown}; valid choices: {', '.join(MODELS)}")
+            if self.sizes:
+                raise HeterogradError("give either --models or --sizes to one benchmark run, not both")
+            if len(self.dtypes) != 1 or self.compile:
+                raise HeterogradError(
+                    "a model benchmark (--models) times one dtype and no --compile; drop the extra dtypes / --compile"
+                )
+            self.input_shape = tuple(int(v) for v in self.input_shape)
+            if not self.input_shape or min(self.input_shape) < 1 or self.batch < 1 or self.num_classes < 2:
+                raise HeterogradError(
+                    f"bad model input {self.input_shape} @ batch {self.batch} with {self.num_classes} classes; "
+                    "e.g. --input-shape 1,28,28 --batch 128"
+                )
+            if not 0.0 <= self.momentum < 1.0:
+                raise HeterogradError(f"--momentum must be in [0, 1), got {self.momentum}")
+        elif not self.sizes:
+            raise HeterogradError("nothing to benchmark: give --sizes (MLP) or --models")
         if BASELINE not in self.impls:
             self.impls = (BASELINE, *self.impls)
         bad = [d for d in self.dtypes if d not in DTYPES]
@@ -130,6 +193,7 @@ class Case:
     batch: int
     dtype: str
     compiled: bool
+    model: str | None = None
 
     @property
     def label(self) -> str:
@@ -137,6 +201,8 @@ class Case:
 
     @property
     def shape(self) -> str:
+        if self.model is not None:  # sizes = one input's shape
+            return f"{self.model} {'x'.join(map(str, self.sizes))} @ {self.batch}"
         return f"{'-'.join(map(str, self.sizes))} @ {self.batch}"
 
 
@@ -190,8 +256,82 @@ def autograd_mlp(circuit: Circuit, feedback_alignment: bool = False) -> nn.Seque
 
 
 # --------------------------------------------------------------------------- steps
+def model_for(case: Case, cfg: BenchConfig) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+    """``case``'s model (same initial weights for every impl) and its SGD optimiser (``None`` for ``*-fused``).
+
+    ``bp-autograd``: the plain model, weight decay in the optimiser; other impls: the model converted by
+    that rule with the weight decay in the rule (the optimiser's ``weight_decay`` is 0).
+    """
+    assert case.model is not None
+    model = make_model(case.model, case.sizes, cfg.num_classes, seed=cfg.seed)
+    model = model.to(device=cfg.device, dtype=DTYPES[case.dtype])
+    impl = case.impl.removesuffix("-fused")
+    if impl == BASELINE:
+        wd = cfg.weight_decay
+    else:
+        example = torch.zeros(1, *case.sizes, device=cfg.device, dtype=DTYPES[case.dtype]) if impl == "dfa" else None
+        convert(model, impl, seed=cfg.seed, weight_decay=cfg.weight_decay, example_input=example)
+        wd = 0.0
+
+    def sgd(params: Any) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
+
+    if case.impl.endswith("-fused"):
+        fuse_optimizer(model, sgd)
+        return model, None
+    return model, sgd(model.parameters())
+
+
+def fuse_optimizer(model: nn.Module, make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]) -> None:
+    """Step each parameter inside ``loss.backward()`` as soon as its ``.grad`` is complete, then free the grad.
+
+    One optimiser per parameter (``make_optimizer([p])``), run by ``p``'s post-accumulate-grad hook: the
+    update of a layer is applied while the sweep goes on below it, so the gradients of all layers are never
+    alive at once and no separate ``optimizer.step()`` runs. The same update as ``make_optimizer`` on all
+    parameters for per-parameter optimisers such as SGD (not for ones that couple parameters, e.g. LBFGS).
+    """
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        opt = make_optimizer([p])
+
+        def hook(param: Tensor, opt: torch.optim.Optimizer = opt) -> None:
+            opt.step()
+            param.grad = None
+
+        p.register_post_accumulate_grad_hook(hook)
+
+
+@dataclass
+class ModelStep:
+    """One training step of a model case (a zero-argument callable): forward, ``loss.backward()`` (the t'
+    sweep), optimiser step, ``zero_grad(set_to_none=True)``; with ``optimizer=None`` (``*-fused``) the
+    optimiser steps run inside the backward sweep. ``x`` ``(n, *input_shape)``, ``y`` ``(n,)`` labels."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    x: Tensor
+    y: Tensor
+    loss: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+    def __call__(self) -> None:
+        self.loss(self.model(self.x), self.y).backward()
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def make_model_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> ModelStep:
+    """One training step of ``case.model`` on ``(x, y)`` (see :class:`ModelStep` and :func:`model_for`)."""
+    model, opt = model_for(case, cfg)
+    model.train()
+    return ModelStep(model, opt, x, y)
+
+
 def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[], None]:
     """A zero-argument callable doing one full training step of ``case`` on the batch ``(x, y)``."""
+    if case.model is not None:
+        return make_model_step(case, cfg, x, y)
     dtype = DTYPES[case.dtype]
     topology = "sparse" if case.impl == "hsp-sparse" else "layered"
     circuit = Circuit(
@@ -222,6 +362,11 @@ def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[]
     state = [rule.init(circuit), motif.init(circuit.plastic_tensors())]
 
     def local_learning_step() -> None:  # = Trainer.train_step
+        if not case.compiled:  # plain SGD with a layer-wise rule: each delta applied as soon as it exists
+            done = layerwise_sgd_step(circuit, rule, state[0], motif, state[1], loss, x, y)
+            if done is not None:
+                state[1] = done[1]
+                return
         out = step_fn(circuit, rule, state[0], loss, x, y)
         state[0] = out.rule_state
         steps, state[1] = motif.update(out.deltas.flat(), state[1], circuit.plastic_tensors())
@@ -263,6 +408,8 @@ def peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
 def _cases(cfg: BenchConfig) -> list[Case]:
     cases = []
     main = cfg.dtypes[0]
+    for name in cfg.models:
+        cases += [Case(i, tuple(cfg.input_shape), cfg.batch, main, False, name.lower()) for i in cfg.impls]
     for sizes, batch in cfg.sizes:
         sz = tuple(int(s) for s in sizes)
         cases += [Case(i, sz, batch, main, False) for i in cfg.impls]
@@ -291,10 +438,22 @@ def environment(cfg: BenchConfig) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": cfg.device,
+        # glibc allocator tuning (e.g. MALLOC_TRIM_THRESHOLD_) changes page faults, so it is part of the result
+        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
     }
     if cfg.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(cfg.device))
     return env
+
+
+def _minor_faults() -> int | None:
+    """Minor page faults of this process so far (``None`` where ``resource`` is unavailable)."""
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+    except (ImportError, OSError):
+        return None
 
 
 def _loadavg() -> list[float] | None:
@@ -332,8 +491,10 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
     for case in cases:
         key = (case.sizes, case.batch, case.dtype)
         if key not in batches:
-            x = torch.randn(case.batch, case.sizes[0], generator=g).to(device=device, dtype=DTYPES[case.dtype])
-            y = torch.randint(0, case.sizes[-1], (case.batch,), generator=g).to(device)
+            x_shape = (case.batch, *case.sizes) if case.model is not None else (case.batch, case.sizes[0])
+            n_classes = cfg.num_classes if case.model is not None else case.sizes[-1]
+            x = torch.randn(x_shape, generator=g).to(device=device, dtype=DTYPES[case.dtype])
+            y = torch.randint(0, n_classes, (case.batch,), generator=g).to(device)
             batches[key] = (x, y)
         say(f"setting up {case.label} {case.dtype} {case.shape}")
         step = make_step(case, cfg, *batches[key])
@@ -353,6 +514,7 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
             n += 1
         per_block[case] = n
     times: dict[Case, list[float]] = {c: [] for c in cases}
+    faults: dict[Case, list[float]] = {c: [] for c in cases}
     t_rounds = time.perf_counter()
     for r in range(cfg.repeats):
         if r >= 3 and time.perf_counter() - t_rounds > cfg.max_seconds:
@@ -364,22 +526,31 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
         for case in cases[k:] + cases[:k]:  # round-robin, rotated so no case always runs first
             step, n = steps[case], per_block[case]
             _sync(device)
-            t0 = time.perf_counter()
+            f0, t0 = _minor_faults(), time.perf_counter()
             for _ in range(n):
                 step()
             _sync(device)
             times[case].append((time.perf_counter() - t0) / n)
+            f1 = _minor_faults()
+            if f0 is not None and f1 is not None:
+                faults[case].append((f1 - f0) / n)
     memory: dict[Case, int | None] = {}
     for case in cases:
         memory[case] = peak_step_memory(steps[case], device) if cfg.memory else None
     rows = _rows(cfg, cases, times, per_block, setup, memory)
+    for row, case in zip(rows, cases, strict=True):
+        row["minor_faults_per_step"] = round(statistics.median(faults[case])) if faults[case] else None
     method = (
         "torch.cuda.max_memory_allocated during one step minus memory_allocated at its start"
         if device.type == "cuda"
         else "torch.profiler(profile_memory=True): max running total of allocator events during one step"
     )
     return {
-        "config": {**dataclasses.asdict(cfg), "sizes": [[list(s), b] for s, b in cfg.sizes]},
+        "config": {
+            **dataclasses.asdict(cfg),
+            "sizes": [[list(s), b] for s, b in cfg.sizes],
+            "input_shape": list(cfg.input_shape),
+        },
         "environment": {**environment(cfg), "loadavg_start": load_start, "loadavg_end": _loadavg()},
         "memory_method": method,
         "timing_method": (
@@ -402,10 +573,12 @@ def _rows(
     memory: dict[Case, int | None],
 ) -> list[dict[str, Any]]:
     med = {c: statistics.median(times[c]) for c in cases}
-    base = {(c.sizes, c.batch, c.dtype, c.compiled): c for c in cases if c.impl == BASELINE}
+    base = {(c.model, c.sizes, c.batch, c.dtype, c.compiled): c for c in cases if c.impl == BASELINE}
     rows = []
     for c in cases:
-        ref = base.get((c.sizes, c.batch, c.dtype, c.compiled)) or base.get((c.sizes, c.batch, cfg.dtypes[0], False))
+        ref = base.get((c.model, c.sizes, c.batch, c.dtype, c.compiled)) or base.get(
+            (c.model, c.sizes, c.batch, cfg.dtypes[0], False)
+        )
         ts = sorted(times[c])
         q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
         mem, ref_mem = memory[c], memory[ref] if ref is not None else None
@@ -413,6 +586,7 @@ def _rows(
             {
                 "impl": c.impl,
                 "label": c.label,
+                "model": c.model,
                 "sizes": list(c.sizes),
                 "batch": c.batch,
                 "shape": c.shape,
@@ -451,6 +625,8 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's speed and memory targets, computed from the measured rows (main dtype).
 
     Eager ``hsp`` against eager baselines; if compiled rows exist, also ``hsp+compile`` against the eager ones.
+    Model rows (``models``): ``hsp`` and ``kp`` step time <= 1.05x and peak step memory <= 1.1x ``bp-autograd``
+    (the ``*-fused`` rows are reported, not checked: they change the baseline's loop as well).
     """
     main = rows[0]["dtype"] if rows else "float32"
     by = {(r["shape"], r["impl"], r["compiled"]): r for r in rows if r["dtype"] == main}
@@ -460,7 +636,17 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if bp is None:
             continue
         checks = []
-        for compiled in (False, True):
+        if bp.get("model") is not None:
+            for impl in ("hsp", "kp"):
+                r = by.get((shape, impl, False))
+                if r is None:
+                    continue
+                checks.append((f"{impl} step time / bp-autograd", _paired(r, bp), MODEL_TIME_TARGET))
+                if r["peak_bytes"] is not None and bp["peak_bytes"]:
+                    mem = r["peak_bytes"] / bp["peak_bytes"]
+                    checks.append((f"{impl} peak step memory / bp-autograd", mem, MODEL_MEMORY_TARGET))
+            bp = None  # the MLP targets below do not apply to a model
+        for compiled in (False, True) if bp is not None else ():
             hsp = by.get((shape, "hsp", compiled))
             if hsp is None:
                 continue
@@ -483,26 +669,46 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _faults(row: dict[str, Any]) -> str:
+    f = row.get("minor_faults_per_step")
+    return "-" if f is None else f"{f:,}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results as a markdown table plus the target checks and the method."""
     env = result["environment"]
     lines = [
         f"Training-step benchmark: heterograd {env['heterograd']}, torch {env['torch']}, {env['device']} "
         f"({env.get('gpu') or env['cpu']}, {env['torch_threads']} threads); load average "
-        f"{env['loadavg_start']} -> {env['loadavg_end']} (other processes may have been running).",
+        f"{env['loadavg_start']} -> {env['loadavg_end']} (other processes may have been running)"
+        + (
+            "; allocator: " + " ".join(f"{k}={v}" for k, v in env["malloc_env"].items()) + "."
+            if env.get("malloc_env")
+            else "; default allocator settings."
+        ),
         "",
-        "| size @ batch | implementation | dtype | step ms (median) | × bp-autograd | samples/s "
-        "| peak step MiB | mem × bp |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| case (size or model @ batch) | implementation | dtype | step ms (median) | × bp-autograd | samples/s "
+        "| peak step MiB | mem × bp | page faults / step |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["results"]:
         mem = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.2f}"
         mratio = "-" if r["memory_ratio_to_bp"] is None else f"{r['memory_ratio_to_bp']:.2f}"
         lines.append(
             f"| {r['shape']} | {r['label']} | {r['dtype']} | {r['median_ms']:.3f} | {r['ratio_to_bp']:.2f} "
-            f"| {r['samples_per_s']:,.0f} | {mem} | {mratio} |"
+            f"| {r['samples_per_s']:,.0f} | {mem} | {mratio} | {_faults(r)} |"
         )
-    lines += ["", "| size @ batch | target | measured | holds |", "|---|---|---:|---|"]
+    cfg = result.get("config", {})
+    if cfg.get("models"):
+        lines += [
+            "",
+            f"Model step: forward, `CrossEntropyLoss`, `loss.backward()`, `torch.optim.SGD` (lr {cfg['lr']}, "
+            f"momentum {cfg['momentum']}, weight decay {cfg['weight_decay']}: in the optimiser for bp-autograd, in "
+            "the rule for converted models), `zero_grad(set_to_none=True)`; one random batch of shape "
+            f"{cfg['batch']}x{'x'.join(map(str, cfg['input_shape']))}, {cfg['num_classes']} classes; same initial "
+            "weights for every implementation. `*-fused`: the optimiser step runs inside the backward sweep.",
+        ]
+    lines += ["", "| case | target | measured | holds |", "|---|---|---:|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['shape']} | {t['claim']} | {t['measured']:.3f} | {'yes' if t['holds'] else 'NO'} |")
     notes = result.get("config", {}).get("notes") or []
@@ -511,16 +717,17 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Timing: {result['timing_method']}. Memory: {result['memory_method']}; bytes above those live at step "
         "start (parameters and batch excluded). Ratios compare with bp-autograd at the same size and dtype "
-        "(compiled rows with compiled bp-autograd).",
+        "(compiled rows with compiled bp-autograd). Page faults: the process's minor page faults per step "
+        "(median over the timed blocks; memory the allocator returned to the system and touches again).",
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``bench.json`` and ``bench.md`` into ``out_dir``; return their paths."""
+def write_results(result: dict[str, Any], out_dir: str | Path, stem: str = "bench") -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jp, mp = out / "bench.json", out / "bench.md"
+    jp, mp = out / f"{stem}.json", out / f"{stem}.md"
     write_json(jp, result)
     mp.write_text(markdown(result), encoding="utf-8")
     return jp, mp

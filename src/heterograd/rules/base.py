@@ -16,6 +16,7 @@ rule returns ``ΔW_l = -(u_lᵀ h_{l-1} / n + λ W_l)``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -200,6 +201,18 @@ class Rule(ABC):
         ``B`` is passed only when it is plastic. Must equal the negated :meth:`deltas` of the same one-layer
         signals (a test checks every rule that implements it). ``None`` (the default): the engine calls
         :meth:`deltas`.
+        """
+        return None
+
+    def layer_deltas(
+        self, signals: Signals, params: Params, state: Any
+    ) -> Iterator[tuple[str, int, Tensor | None]] | None:
+        """Optional: :meth:`deltas` one piece at a time, so a plain-SGD step can apply and free each as it comes.
+
+        Yields ``(kind, index, delta)`` with ``kind`` in ``"W"``, ``"b"``, ``"B"`` (``index`` into ``params.W``,
+        ``params.b``, ``params.B``), every delta exactly (bit for bit) the one :meth:`deltas` returns, and
+        each final when yielded: the caller may add it to its tensor at once, which later pieces never read.
+        Only for rules whose state is unchanged by a step. ``None`` (the default): not supported.
         """
         return None
 

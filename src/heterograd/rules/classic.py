@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -137,6 +138,28 @@ class HSP(Rule):
         self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         return bilinear_layer_grads(sig, W, b, B, self.weight_decay, self.feedback_gain)
+
+    def layer_deltas(self, signals: Signals, params: Params, state: Any) -> Iterator[tuple[str, int, Tensor | None]]:
+        """:meth:`deltas` layer by layer (same ops on each tensor, so bit for bit equal): at most one layer's
+        correlation and its adjacent ``ΔB`` are alive at a time when the caller applies and drops each piece."""
+        lam, c = self.weight_decay, self.feedback_gain
+        adjacent: dict[int, list[int]] = {}
+        for k, sig in enumerate(signals.feedback):
+            if sig.adjacent:
+                adjacent.setdefault(sig.src, []).append(k)
+            else:  # no forward correlation to reuse
+                yield "B", k, feedback_delta(sig, params.B[k], c, lam, None, negated=True)
+        for l in reversed(range(len(signals.forward))):
+            sig = signals.forward[l]
+            nG = neg_correlation(sig)
+            for k in adjacent.get(l + 1, ()):  # B's delta reads -C(u, h) before W's is finished in place
+                yield "B", k, feedback_delta(signals.feedback[k], params.B[k], c, lam, nG, negated=True)
+            dW = nG.sub_(params.W[l], alpha=lam) if lam else nG
+            del nG
+            yield "W", l, dW
+            del dW
+            b = params.b[l]
+            yield "b", l, (sig_bias_delta(sig, b, lam) if b is not None else None)
 
     def describe(self) -> str:
         lam, c = self.weight_decay, self.feedback_gain
