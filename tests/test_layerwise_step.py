@@ -8,17 +8,31 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from heterograd.circuits import Circuit
+from heterograd.circuits import Circuit, block_mask
 from heterograd.losses import get_loss
 from heterograd.optim import make_motif
 from heterograd.rules import HSP, make_rule
 from heterograd.train import apply_steps, layerwise_sgd_step, local_step
 
 
-def _both(rule_name: str, topology: str, lam: float, n: int, dtype: torch.dtype = torch.float32, **kw: Any):
+def _both(
+    rule_name: str,
+    topology: str,
+    lam: float,
+    n: int,
+    dtype: torch.dtype = torch.float32,
+    forward_masks: dict[int, torch.Tensor] | None = None,
+    **kw: Any,
+):
     circuits = [
         Circuit(
-            [13, 11, 9, 5], "tanh", topology=topology, density=0.4 if topology == "sparse" else 1.0, seed=2, dtype=dtype
+            [13, 11, 9, 5],
+            "tanh",
+            topology=topology,
+            density=0.4 if topology == "sparse" else 1.0,
+            seed=2,
+            dtype=dtype,
+            forward_masks=forward_masks,
         )
         for _ in range(2)
     ]
@@ -76,3 +90,13 @@ def test_layerwise_step_declines_what_it_cannot_do():
     before = [t.clone() for t in c.plastic_tensors()]
     assert layerwise_sgd_step(c, MyHSP(), None, sgd, sgd.init(c.plastic_tensors()), loss, x, y) is None
     assert all(torch.equal(t, u) for t, u in zip(before, c.plastic_tensors(), strict=True))
+
+
+def test_layerwise_step_keeps_fixed_forward_wiring():
+    """A block-masked first layer (two populations, each fed by its own input bundle) stays block-masked."""
+    mask = block_mask([6, 7], [5, 6])
+    (a, b), _ = _both("hsp", "layered", 1e-3, 8, forward_masks={1: mask})
+    for c in (a, b):
+        assert torch.all(c.W[0][mask == 0] == 0)
+    for ta, tb in zip(a.plastic_tensors(), b.plastic_tensors(), strict=True):
+        assert torch.equal(ta, tb)

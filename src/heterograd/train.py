@@ -138,10 +138,9 @@ def layerwise_sgd_step(
     for kind, k, d in pieces:
         if d is None:
             continue
-        if kind == "B":
-            m = circuit.mask(k)
-            if m is not None:
-                d.mul_(m)
+        m = circuit.mask(k) if kind == "B" else circuit.forward_mask(k + 1) if kind == "W" else None
+        if m is not None:  # the same masks local_step applies: feedback masks and fixed forward wiring
+            d.mul_(m)
         i = offset[kind] + k
         t[i].add_(d, alpha=motif.lr)  # = apply_steps' t += lr * d
         done[i] = t[i]
