@@ -277,6 +277,8 @@ def test_convnets_quick_mode_verdict(tmp_path):
     )
     assert s["holds"] == holds
     assert m["lenet5"]["bp"]["phi"]["conv1"] == pytest.approx(1.0, abs=1e-4)  # backprop's feedback is the gradient
-    assert (tmp_path / "convnets" / "convnets.md").read_text().count("| HSP (c = 0.5) |") == 1
+    assert (tmp_path / "convnets" / "convnets.md").read_text().count(
+        "| HSP (c = 0.5) |"
+    ) == 3  # LeNet-5 errors, per-layer probes, ResNet-20
     for fig in s["figures"]:
         assert (tmp_path / "convnets" / fig).stat().st_size > 1000
