@@ -207,13 +207,15 @@ def build_model(c: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> 
 
 
 def rule_options(c: TrainConfig) -> dict[str, Any]:
-    """The rule's hyperparameters from the config; a non-default one the rule does not take is an error."""
-    fields = {f.name for f in dataclasses.fields(RULES[c.rule])}
-    opts: dict[str, Any] = {"weight_decay": c.weight_decay}
-    if "feedback_gain" in fields:
-        opts["feedback_gain"] = c.feedback_gain
-    elif c.feedback_gain != TrainConfig.feedback_gain:
-        raise HeterogradError(f"--feedback-gain does not apply to rule {c.rule!r} (its feedback is not plastic)")
+    """The rule's hyperparameters from a validated config (``None``: not set, or not a hyperparameter of the rule).
+
+    :meth:`TrainConfig.validate` has already refused an option the rule would ignore and filled in the defaults
+    of those it takes.
+    """
+    opts: dict[str, Any] = {}
+    for name in ("weight_decay", "feedback_gain"):
+        if getattr(c, name) is not None:
+            opts[name] = getattr(c, name)
     for name in ("theta_w", "theta_b"):
         if getattr(c, name) is not None:
             opts[name] = tuple(getattr(c, name))

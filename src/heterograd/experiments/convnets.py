@@ -116,7 +116,7 @@ def config_of(model: str, rule: str, seed: int, scale: Scale) -> TrainConfig:
         optimizer_options={"momentum": 0.9},
         schedule="cosine",
         probe_size=scale.probe_size if lenet else min(scale.probe_size, 64),
-        feedback_gain=HSP_GAIN if rule == "hsp" else 1.0,
+        feedback_gain=HSP_GAIN if rule == "hsp" else None,  # None: the rule default (kp: 1; none for fa, bp...)
     )
 
 
