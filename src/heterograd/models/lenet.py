@@ -53,7 +53,8 @@ def lenet5(
         num_classes: outputs of ``fc3``.
         activation: ``relu``, ``tanh``, ``sigmoid``, ``gelu`` or ``identity``.
         pooling: ``max`` or ``avg``.
-        seed / generator: source of the initial weights (not both).
+        seed: source of the initial weights (or pass ``generator``, not both).
+        generator: a ``torch.Generator`` for the initial weights, instead of ``seed``.
 
     Returns:
         ``nn.Sequential`` mapping ``(B, C, S, S)`` to logits ``(B, num_classes)``.

@@ -36,7 +36,8 @@ def mlp(
     Args:
         sizes: layer widths including input and output, at least two.
         activation: ``relu``, ``tanh``, ``sigmoid``, ``gelu`` or ``identity``.
-        seed / generator: source of the initial weights (not both).
+        seed: source of the initial weights (or pass ``generator``, not both).
+        generator: a ``torch.Generator`` for the initial weights, instead of ``seed``.
 
     Returns:
         ``nn.Sequential`` mapping ``(B, sizes[0])`` (or any ``(B, ...)`` with that many values) to

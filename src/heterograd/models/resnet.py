@@ -140,7 +140,8 @@ def resnet(
         in_shape: ``(C, H, W)``; 1 channel (MNIST-style) or 3 (CIFAR), any size.
         num_classes: outputs of ``fc``.
         shortcut: ``"A"`` or ``"B"``.
-        seed / generator: source of the initial weights (not both).
+        seed: source of the initial weights (or pass ``generator``, not both).
+        generator: a ``torch.Generator`` for the initial weights, instead of ``seed``.
 
     Returns:
         A :class:`ResNet` mapping ``(B, C, H, W)`` to ``(B, num_classes)``.

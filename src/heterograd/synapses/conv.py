@@ -32,8 +32,10 @@ class Conv(Synapse):
 
     Args:
         weight_shape: ``(C_out, C_in/groups, *k)``.
-        stride, padding, dilation: ints or one per spatial dimension; ``padding`` may be ``"valid"`` or
-            ``"same"`` (symmetric only: every ``dilation·(k-1)`` must be even).
+        stride: an int or one per spatial dimension.
+        padding: an int or one per spatial dimension, or ``"valid"`` or ``"same"`` (symmetric only: every
+            ``dilation·(k-1)`` must be even).
+        dilation: an int or one per spatial dimension.
         groups: ``C_in`` and ``C_out`` are multiples of it; ``groups = C_in`` is depthwise.
     """
 
