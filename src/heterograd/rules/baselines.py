@@ -24,9 +24,7 @@ from torch import Tensor
 
 from ..errors import HeterogradError
 from ..synapses import Synapse
-from .base import Deltas, ForwardSignals, Params, Rule, Signals
-from .bilinear import bilinear_layer_grads
-from .classic import _check_decay, _forward_only
+from .classic import ForwardOnly
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -35,16 +33,12 @@ if TYPE_CHECKING:
 
 @register_rule
 @dataclass(frozen=True)
-class DFA(Rule):
+class DFA(ForwardOnly):
     """Direct feedback alignment: ``u_l = σ'(p_l) ⊙ (D_l e)``, ``ΔW = -(C(u, h) + λW)``, ``D`` fixed."""
 
     name: ClassVar[str] = "dfa"
     feedback: ClassVar[str] = "direct"
-    uses_correlation: ClassVar[bool] = True
     weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_decay(self.weight_decay)
 
     def init(self, circuit: Circuit) -> Any:
         if circuit.topology != "direct":
@@ -54,41 +48,20 @@ class DFA(Rule):
             )
         return None
 
-    def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
-        return _forward_only(signals, params, self.weight_decay), state
-
-    def layer_grads(
-        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
-
     def describe(self) -> str:
         return f"u = σ'(p)·(D e),  ΔW = -η(u·h + {self.weight_decay:g} W),  ΔD = 0"
 
 
-class _SignSymmetry(Rule):
+class _SignSymmetry(ForwardOnly):
     """Shared part of the sign-symmetry rules: bilinear ``W`` update, ``B`` never learns."""
 
     circuit_engine: ClassVar[bool] = False
-    uses_correlation: ClassVar[bool] = True
-    weight_decay: float
-
-    def __post_init__(self) -> None:
-        _check_decay(self.weight_decay)
 
     def init(self, circuit: Circuit) -> Any:
         raise HeterogradError(
             f"rule {self.name!r} reads sign(W) across the synapse, which the Circuit engine's local signals do not "
             "carry; use it on a converted model (heterograd.convert(model, rule=...)) or pick fa/hsp/kp here"
         )
-
-    def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
-        return _forward_only(signals, params, self.weight_decay), state
-
-    def layer_grads(
-        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
 
 
 def _rms(W: Tensor) -> Tensor:

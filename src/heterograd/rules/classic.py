@@ -25,7 +25,7 @@ def _check_decay(weight_decay: float) -> None:
 
 
 def _forward_only(signals: Signals, params: Params, weight_decay: float) -> Deltas:
-    """Bilinear forward deltas for every layer, feedback frozen (``bp`` and ``fa``)."""
+    """Bilinear forward deltas for every layer, feedback frozen (the rules of :class:`ForwardOnly`)."""
     dW, db = [], []
     for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
         w, bb = forward_delta(sig, W, b, weight_decay)
@@ -34,9 +34,32 @@ def _forward_only(signals: Signals, params: Params, weight_decay: float) -> Delt
     return Deltas(dW, db, [None] * len(params.B))
 
 
+class ForwardOnly(Rule):
+    """Shared part of the rules whose feedback never learns (``bp``, ``fa``, ``dfa``, sign symmetry).
+
+    The bilinear forward update ``ΔW = -(C(u, h) + λW)``, ``Δb = -(C(u, 1) + λb)`` for every layer and no
+    feedback delta; a subclass decides only where ``u`` comes from (its transport or teaching signal). It is
+    not a dataclass: subclasses declare ``weight_decay: float = 0.0`` as their field.
+    """
+
+    uses_correlation: ClassVar[bool] = True
+    weight_decay: float
+
+    def __post_init__(self) -> None:
+        _check_decay(self.weight_decay)
+
+    def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
+        return _forward_only(signals, params, self.weight_decay), state
+
+    def layer_grads(
+        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
+
+
 @register_rule
 @dataclass(frozen=True)
-class BP(Rule):
+class BP(ForwardOnly):
     """Backpropagation baseline: ``u_l = ∇_{p_l} ℓ`` computed by autograd, ``ΔW = -(u hᵀ/n + λW)``.
 
     The one rule allowed to use autograd; ``B`` is ignored. Equals
@@ -46,28 +69,16 @@ class BP(Rule):
     name: ClassVar[str] = "bp"
     uses_autograd: ClassVar[bool] = True
     feedback: ClassVar[str] = "none"
-    uses_correlation: ClassVar[bool] = True
     weight_decay: float = 0.0
 
     def transport_weights(self, W: Tensor, B: Tensor | None, synapse: Synapse, generator: Any = None) -> Tensor:
         """``W`` itself (laid out like ``B``): the exact adjoint, so a converted layer's ``u`` is the gradient."""
         return synapse.as_feedback(W)
 
-    def __post_init__(self) -> None:
-        _check_decay(self.weight_decay)
-
     def teaching(self, circuit: Circuit, trace: Trace, x: Tensor, y: Tensor, loss: Loss) -> list[Tensor]:
         from ..autodiff import potential_gradients
 
         return potential_gradients(circuit, x, y, loss)
-
-    def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
-        return _forward_only(signals, params, self.weight_decay), state
-
-    def layer_grads(
-        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
 
     def describe(self) -> str:
         return f"ΔW = -η(∇_W ℓ + {self.weight_decay:g} W)  [autograd]"
@@ -75,23 +86,11 @@ class BP(Rule):
 
 @register_rule
 @dataclass(frozen=True)
-class FA(Rule):
+class FA(ForwardOnly):
     """Feedback alignment: the bilinear forward rule with frozen random ``B`` (``G ≡ 0``)."""
 
     name: ClassVar[str] = "fa"
-    uses_correlation: ClassVar[bool] = True
     weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_decay(self.weight_decay)
-
-    def deltas(self, signals: Signals, params: Params, state: Any) -> tuple[Deltas, Any]:
-        return _forward_only(signals, params, self.weight_decay), state
-
-    def layer_grads(
-        self, sig: ForwardSignals, W: Tensor, b: Tensor | None, B: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        return bilinear_layer_grads(sig, W, b, None, self.weight_decay)
 
     def describe(self) -> str:
         return f"ΔW = -η(u·h + {self.weight_decay:g} W),  ΔB = 0"
