@@ -34,7 +34,7 @@ from .errors import HeterogradError
 from .models import GPT, GPTConfig, make_model
 from .nn import convert, plastic_layers, probe
 from .rules import RULES, Rule
-from .runtime import DTYPES
+from .runtime import DTYPES, key_values
 from .train import Trainer, _first_n
 
 #: ``--optimizer`` -> ``(torch.optim class, options it takes, defaults set by heterograd)``.
@@ -95,15 +95,7 @@ def parse_model_options(text: str | None) -> dict[str, Any]:
                 pass
         return v
 
-    out: dict[str, Any] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        k, eq, v = part.partition("=")
-        if not eq or not k.strip():
-            raise HeterogradError(f"--model-options entry {part!r} is not key=value; write e.g. activation=tanh")
-        out[k.strip().replace("-", "_")] = value(v)
-    return out
+    return {k: value(v) for k, v in key_values(text, "--model-options", "activation=tanh")}
 
 
 def load_factory(spec: str) -> Any:

@@ -67,6 +67,7 @@ import torch
 from torch import Tensor
 
 from ..errors import HeterogradError, unknown_choice
+from ..runtime import key_values
 
 ROUNDINGS: tuple[str, ...] = ("stochastic", "nearest")
 STUCK_AT: tuple[str, ...] = ("random", "init")
@@ -192,18 +193,8 @@ def parse_device_options(text: str | None) -> dict[str, Any]:
     Numbers become ``int`` when integral and written without a point, else ``float``; ``inf`` and
     names (``random``, ``nearest``, ``auto`` for ``pulse_step=None``) stay as given.
     """
-    if text is None or not text.strip():
-        return {}
     out: dict[str, Any] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise HeterogradError(
-                f"--device-model-options entry {part!r} is not key=value; write e.g. read_noise=0.1,levels=16"
-            )
-        k, v = (s.strip() for s in part.split("=", 1))
-        k = k.replace("-", "_")
+    for k, v in key_values(text, "--device-model-options", "read_noise=0.1,levels=16"):
         if k not in OPTION_KEYS:
             raise unknown_choice("device option", k, OPTION_KEYS)
         if k == "pulse_step" and v.lower() in ("auto", "none"):

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 from torch import Tensor
 
 from ..errors import HeterogradError, unknown_choice
+from ..runtime import key_values
 
 State = dict[str, Any]
 """``{"motif": str, "step": int, "count": list[int], <buffer>: list[Tensor | None]}``."""
@@ -237,22 +238,7 @@ def parse_options(text: str | None) -> dict[str, Any]:
 
     Values are numbers, booleans (``true``/``false``) or ``:``-separated number lists (betas).
     """
-    if text is None or not text.strip():
-        return {}
-    out: dict[str, Any] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise HeterogradError(
-                f"--optimizer-options entry {part!r} is not key=value; write e.g. momentum=0.9,nesterov=true"
-            )
-        k, v = part.split("=", 1)
-        k = k.strip().replace("-", "_")
-        if not k:
-            raise HeterogradError(f"--optimizer-options entry {part!r} has no name; write e.g. momentum=0.9")
-        out[k] = _parse_value(k, v)
-    return out
+    return {k: _parse_value(k, v) for k, v in key_values(text, "--optimizer-options", "momentum=0.9,nesterov=true")}
 
 
 def parse_betas(text: str | None) -> tuple[float, float] | None:
