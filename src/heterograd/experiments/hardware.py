@@ -37,6 +37,7 @@ LeNet-5 (a converted convolutional model on devices) is the companion experiment
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -108,6 +109,76 @@ def compare(drop_hsp: float, drop_rival: float, margin: float = MARGIN) -> str:
     return "alike"
 
 
+@dataclass
+class SweepAnalysis:
+    """The numbers both device experiments (``hardware``, ``hardware-lenet``) derive from their runs.
+
+    ``runs``: one dict per training run with ``rule``, ``seed``, ``sweep`` (``plain``, ``reference`` or a
+    non-ideality), ``value`` and the measured ``test_accuracy``, ``align``, ``diverged`` (and ``phi``).
+    """
+
+    runs: list[dict[str, Any]]
+    sweeps: dict[str, tuple[float, ...]]
+    plain: dict[str, float] = field(init=False)
+    ref: dict[str, float] = field(init=False)
+    crossings: dict[str, dict[str, Any]] = field(init=False)
+    degradation: dict[str, dict[str, float]] = field(init=False)
+    comparisons: dict[str, dict[str, str]] = field(init=False)
+    less: list[str] = field(init=False)
+    more: list[str] = field(init=False)
+    stuck_max: float = field(init=False)
+    align_ref: dict[str, float] = field(init=False)
+    align_stuck: dict[str, float] = field(init=False)
+    diverged: dict[str, int] = field(init=False)
+
+    def sel(self, rule: str, sweep: str, value: Any) -> list[dict[str, Any]]:
+        return [r for r in self.runs if r["rule"] == rule and r["sweep"] == sweep and r["value"] == value]
+
+    def stat(self, rule: str, sweep: str, value: Any, key: str) -> float:
+        return mean_std([r[key] for r in self.sel(rule, sweep, value)])[0]
+
+    def __post_init__(self) -> None:
+        stat, sweeps = self.stat, self.sweeps
+        self.plain = {rule: stat(rule, "plain", None, "test_accuracy") for rule in RULES}
+        self.ref = {rule: stat(rule, "reference", 0, "test_accuracy") for rule in RULES}
+        self.crossings, self.degradation = {}, {}
+        for sweep, values in sweeps.items():
+            xs = [coordinate(sweep, 0)] + [coordinate(sweep, v) for v in values]
+            self.crossings[sweep], self.degradation[sweep] = {}, {}
+            for rule in RULES:
+                accs = [self.ref[rule]] + [stat(rule, sweep, v, "test_accuracy") for v in values]
+                drops = [100 * (self.ref[rule] - a) for a in accs]
+                x = loss_crossing(xs, drops)
+                self.crossings[sweep][rule] = (
+                    round(from_coordinate(sweep, x), 4) if x is not None else f"not reached (up to {values[-1]:g})"
+                )
+                self.degradation[sweep][rule] = sum(drops[1:]) / len(values)
+        deg = self.degradation
+        self.comparisons = {s: {rival: compare(deg[s]["hsp"], deg[s][rival]) for rival in ("bp", "fa")} for s in sweeps}
+        pairs = [(f"{s} vs {r}", v) for s, c in self.comparisons.items() for r, v in c.items()]
+        self.less = [name for name, v in pairs if v == "less graceful"]
+        self.more = [name for name, v in pairs if v == "more graceful"]
+        self.stuck_max = sweeps["stuck_fraction"][-1]
+        self.align_ref = {rule: stat(rule, "reference", 0, "align") for rule in RULES}
+        self.align_stuck = {rule: stat(rule, "stuck_fraction", self.stuck_max, "align") for rule in RULES}
+        self.diverged = {rule: sum(r["diverged"] for r in self.runs if r["rule"] == rule) for rule in RULES}
+
+    def measured(self) -> dict[str, Any]:
+        """The verdict's ``measured`` entries common to both experiments (``runs`` last)."""
+        return {
+            "plain_accuracy": self.plain,
+            "reference_accuracy": self.ref,
+            "loss_5_points_at": self.crossings,
+            "mean_loss_points": self.degradation,
+            "hsp_vs": self.comparisons,
+            "hsp_more_graceful": self.more,
+            "hsp_less_graceful": self.less,
+            "align_reference": self.align_ref,
+            f"align_stuck_{self.stuck_max:g}": self.align_stuck,
+            "diverged_runs": self.diverged,
+        }
+
+
 def _run(cfg: TrainConfig, ds: Any, progress: bool) -> dict[str, Any]:
     tr = Trainer(cfg, ds)
     tr.log_every = tr.steps_per_epoch
@@ -160,32 +231,12 @@ def run(ctx: Context) -> Verdict:
                         r = _run(cfg(rule, seed, "ideal", {**BASE, sweep: v}), ds, ctx.progress)
                         runs.append({"rule": rule, "seed": seed, "sweep": sweep, "value": v, **r})
 
-    def sel(rule: str, sweep: str, value: Any) -> list[dict[str, Any]]:
-        return [r for r in runs if r["rule"] == rule and r["sweep"] == sweep and r["value"] == value]
-
-    def stat(rule: str, sweep: str, value: Any, key: str) -> float:
-        return mean_std([r[key] for r in sel(rule, sweep, value)])[0]
-
-    # ---------------------------------------------------------------- numbers
-    plain = {rule: stat(rule, "plain", None, "test_accuracy") for rule in RULES}
-    ref = {rule: stat(rule, "reference", 0, "test_accuracy") for rule in RULES}
-    table: dict[str, Any] = {}
-    crossings: dict[str, dict[str, Any]] = {}
-    degradation: dict[str, dict[str, float]] = {}
-    for sweep, values in sweeps.items():
-        xs = [coordinate(sweep, 0)] + [coordinate(sweep, v) for v in values]
-        table[sweep] = {}
-        crossings[sweep] = {}
-        degradation[sweep] = {}
-        for rule in RULES:
-            accs = [ref[rule]] + [stat(rule, sweep, v, "test_accuracy") for v in values]
-            drops = [100 * (ref[rule] - a) for a in accs]
-            x = loss_crossing(xs, drops)
-            crossings[sweep][rule] = (
-                round(from_coordinate(sweep, x), 4) if x is not None else f"not reached (up to {values[-1]:g})"
-            )
-            degradation[sweep][rule] = sum(drops[1:]) / len(values)
-            table[sweep][rule] = {
+    a = SweepAnalysis(runs, sweeps)
+    sel, stat, plain, ref = a.sel, a.stat, a.plain, a.ref
+    crossings, degradation, comparisons, diverged = a.crossings, a.degradation, a.comparisons, a.diverged
+    table: dict[str, Any] = {
+        sweep: {
+            rule: {
                 f"{v:g}": {
                     "test_accuracy": stat(rule, sweep, v, "test_accuracy"),
                     "std": mean_std([r["test_accuracy"] for r in sel(rule, sweep, v)])[1],
@@ -195,16 +246,10 @@ def run(ctx: Context) -> Verdict:
                 }
                 for v in values
             }
-    comparisons = {
-        sweep: {rival: compare(degradation[sweep]["hsp"], degradation[sweep][rival]) for rival in ("bp", "fa")}
-        for sweep in sweeps
+            for rule in RULES
+        }
+        for sweep, values in sweeps.items()
     }
-    less = [f"{s} vs {r}" for s, c in comparisons.items() for r, v in c.items() if v == "less graceful"]
-    more = [f"{s} vs {r}" for s, c in comparisons.items() for r, v in c.items() if v == "more graceful"]
-    stuck_max = sweeps["stuck_fraction"][-1]
-    align_stuck = {rule: stat(rule, "stuck_fraction", stuck_max, "align") for rule in RULES}
-    align_ref = {rule: stat(rule, "reference", 0, "align") for rule in RULES}
-    diverged = {rule: sum(r["diverged"] for r in runs if r["rule"] == rule) for rule in RULES}
 
     # ---------------------------------------------------------------- figures
     colors = {"bp": "C0", "fa": "C1", "hsp": "C2"}
@@ -270,20 +315,7 @@ def run(ctx: Context) -> Verdict:
         lines.append("")
     (ctx.out / "hardware.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    measured: dict[str, Any] = {
-        "plain_accuracy": plain,
-        "reference_accuracy": ref,
-        "loss_5_points_at": crossings,
-        "mean_loss_points": degradation,
-        "hsp_vs": comparisons,
-        "hsp_more_graceful": more,
-        "hsp_less_graceful": less,
-        "align_reference": align_ref,
-        f"align_stuck_{stuck_max:g}": align_stuck,
-        "diverged_runs": diverged,
-        "by_strength": table,
-        "runs": runs,
-    }
+    measured: dict[str, Any] = {**a.measured(), "by_strength": table, "runs": runs}
     return Verdict(
         claim=(
             "On imperfect devices (read noise, few conductance states, asymmetric updates, stuck devices) "
@@ -294,7 +326,7 @@ def run(ctx: Context) -> Verdict:
             f"per non-ideality, hsp's mean accuracy loss over the sweep (from its own reference-device accuracy) is "
             f"not {MARGIN:g} point(s) or more above bp's or fa's; diverged runs count at chance ({CHANCE:.0%})"
         ),
-        holds=not less,
+        holds=not a.less,
         figures=figures,
         notes=(
             f"Fashion-MNIST, {n_train} training images, {'1000' if quick else 'all 10000'} test images, "

@@ -44,10 +44,7 @@ from .hardware import (
     LABELS,
     MARGIN,
     RULES,
-    compare,
-    coordinate,
-    from_coordinate,
-    loss_crossing,
+    SweepAnalysis,
 )
 
 SWEEPS: dict[str, tuple[float, ...]] = {
@@ -137,36 +134,15 @@ def run(ctx: Context) -> Verdict:
                         runs.append({"rule": rule, "seed": seed, "sweep": sweep, "value": v})
                         runs[-1].update(train_lenet(rule, seed, {**BASE, sweep: v}, data, epochs))
 
-    def sel(rule: str, sweep: str, value: Any) -> list[dict[str, Any]]:
-        return [r for r in runs if r["rule"] == rule and r["sweep"] == sweep and r["value"] == value]
-
-    def stat(rule: str, sweep: str, value: Any, key: str) -> float:
-        return mean_std([r[key] for r in sel(rule, sweep, value)])[0]
-
-    plain = {rule: stat(rule, "plain", None, "test_accuracy") for rule in RULES}
-    ref = {rule: stat(rule, "reference", 0, "test_accuracy") for rule in RULES}
-    crossings: dict[str, dict[str, Any]] = {}
-    degradation: dict[str, dict[str, float]] = {}
-    for sweep, values in sweeps.items():
-        xs = [coordinate(sweep, 0)] + [coordinate(sweep, v) for v in values]
-        crossings[sweep], degradation[sweep] = {}, {}
-        for rule in RULES:
-            accs = [ref[rule]] + [stat(rule, sweep, v, "test_accuracy") for v in values]
-            drops = [100 * (ref[rule] - a) for a in accs]
-            x = loss_crossing(xs, drops)
-            crossings[sweep][rule] = (
-                round(from_coordinate(sweep, x), 4) if x is not None else f"not reached (up to {values[-1]:g})"
-            )
-            degradation[sweep][rule] = sum(drops[1:]) / len(values)
-    comparisons = {
-        s: {rival: compare(degradation[s]["hsp"], degradation[s][rival]) for rival in ("bp", "fa")} for s in sweeps
-    }
-    less = [f"{s} vs {r}" for s, c in comparisons.items() for r, v in c.items() if v == "less graceful"]
-    more = [f"{s} vs {r}" for s, c in comparisons.items() for r, v in c.items() if v == "more graceful"]
-    stuck_max = sweeps["stuck_fraction"][-1]
-    align_ref = {rule: stat(rule, "reference", 0, "align") for rule in RULES}
-    align_stuck = {rule: stat(rule, "stuck_fraction", stuck_max, "align") for rule in RULES}
-    diverged = {rule: sum(r["diverged"] for r in runs if r["rule"] == rule) for rule in RULES}
+    a = SweepAnalysis(runs, sweeps)
+    sel, stat, plain, ref = a.sel, a.stat, a.plain, a.ref
+    crossings, degradation, comparisons, diverged, align_ref = (
+        a.crossings,
+        a.degradation,
+        a.comparisons,
+        a.diverged,
+        a.align_ref,
+    )
 
     colors = {"bp": "C0", "fa": "C1", "hsp": "C2"}
     fig, axes = plt.subplots(2, len(sweeps), figsize=(4.2 * len(sweeps), 7), sharey="row")
@@ -230,24 +206,12 @@ def run(ctx: Context) -> Verdict:
             "On imperfect devices (read noise, few conductance states, asymmetric updates, stuck devices) a "
             "converted LeNet-5 trained by hsp (c=1) loses no more accuracy than trained by bp and fa."
         ),
-        measured={
-            "plain_accuracy": plain,
-            "reference_accuracy": ref,
-            "loss_5_points_at": crossings,
-            "mean_loss_points": degradation,
-            "hsp_vs": comparisons,
-            "hsp_more_graceful": more,
-            "hsp_less_graceful": less,
-            "align_reference": align_ref,
-            f"align_stuck_{stuck_max:g}": align_stuck,
-            "diverged_runs": diverged,
-            "runs": runs,
-        },
+        measured={**a.measured(), "runs": runs},
         threshold=(
             f"per non-ideality, hsp's mean accuracy loss over the sweep (from its own reference-device accuracy) is "
             f"not {MARGIN:g} point(s) or more above bp's or fa's; diverged runs count at chance ({CHANCE:.0%})"
         ),
-        holds=not less,
+        holds=not a.less,
         figures=figures,
         notes=(
             f"Fashion-MNIST, {n_train} training images, {n_test} test images, LeNet-5 (ReLU, max pool) converted, "
