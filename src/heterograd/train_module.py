@@ -222,16 +222,27 @@ class ModuleTrainer(Trainer):
     ...), evaluation, divergence check and the model's part of a checkpoint. ``self.model`` (also
     ``self.circuit``, the name the shared loop uses) is the converted model.
 
+    With ``config.amp = "bf16"`` the forward (and the test evaluation) runs under ``torch.autocast`` to
+    bfloat16: the plastic layers compute in bfloat16, their weights, ``B`` and the optimiser state stay float32.
+
     Args:
         config: the run's configuration (``config.model`` must be set).
         dataset: optionally a preloaded :class:`Dataset`.
     """
+
+    #: whether this trainer runs one rank of a data-parallel run (``--sync-batchnorm`` applies only then).
+    data_parallel: bool = False
 
     def __init__(self, config: TrainConfig, dataset: Dataset | None = None) -> None:
         self.config = config.validate()
         c = self.config
         if c.model is None:
             raise HeterogradError("ModuleTrainer needs config.model (e.g. 'lenet5'); use Trainer for circuits")
+        if c.sync_batchnorm and not self.data_parallel:
+            raise HeterogradError(
+                "--sync-batchnorm synchronises BatchNorm statistics across the ranks of a data-parallel run; add "
+                "--distributed (under torchrun) or drop --sync-batchnorm"
+            )
         self.dtype = DTYPES[c.dtype]
         self.device = torch.device(c.device)
         self.data: Any = load_module_data(c, dataset).to(device=self.device, dtype=self.dtype)
@@ -269,7 +280,12 @@ class ModuleTrainer(Trainer):
 
     # ..................................................................... steps
     def loss_of(self, out: Tensor, y: Tensor) -> Tensor:
-        """Mean cross-entropy: ``out`` ``(n, K)``, labels ``(n,)``; or ``(n, T, V)``, ``(n, T)`` (-100 ignored)."""
+        """Mean cross-entropy: ``out`` ``(n, K)``, labels ``(n,)``; or ``(n, T, V)``, ``(n, T)`` (-100 ignored).
+
+        Half-precision logits (``--amp``) are taken in float32, as autocast does for losses.
+        """
+        if out.dtype in (torch.bfloat16, torch.float16):
+            out = out.float()
         if out.dim() == 3:
             return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
         return F.cross_entropy(out, y)
@@ -288,11 +304,21 @@ class ModuleTrainer(Trainer):
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_of(self.model(x), y)
+        loss, value = self.batch_loss(x, y)
         loss.backward()
         self.optimizer.step()
         self.step_count += 1
-        return loss.detach()
+        return value
+
+    def autocast(self) -> Any:
+        """``torch.autocast`` to bfloat16 on the model's device with ``--amp bf16``, else a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16")
+
+    def batch_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss to call backward on, the batch's mean loss to report)`` of the model on a batch ``(x, y)``."""
+        with self.autocast():
+            loss = self.loss_of(self.model(x), y)
+        return loss, loss.detach()
 
     def probe(self) -> dict[str, float]:
         """Per-layer probes (:func:`heterograd.nn.probe`) on the fixed probe batch; nothing is changed."""
@@ -306,7 +332,10 @@ class ModuleTrainer(Trainer):
             total, correct, count = 0.0, 0, 0
             x, y = self.data.x_test, self.data.y_test
             for i in range(0, x.shape[0], chunk):
-                out, yy = self.model(x[i : i + chunk]), y[i : i + chunk]
+                with self.autocast():
+                    out = self.model(x[i : i + chunk])
+                out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+                yy = y[i : i + chunk]
                 logits, labels = out.reshape(-1, out.shape[-1]), yy.reshape(-1)
                 keep = labels != IGNORE
                 total += float(F.cross_entropy(logits[keep], labels[keep], reduction="sum").double())
