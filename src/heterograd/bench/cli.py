@@ -47,7 +47,16 @@ def bench(
         str | None, typer.Option(help="compute dtypes, first = main (default float32,bfloat16; quick: float32)")
     ] = None,
     compile_step: Annotated[
-        bool, typer.Option("--compile", help="also time hsp and bp-autograd under torch.compile (slow to start)")
+        bool,
+        typer.Option(
+            "--compile",
+            help="also time hsp and bp-autograd (with --models: bp-autograd, kp, hsp) under torch.compile "
+            "(slow to start)",
+        ),
+    ] = False,
+    autocast: Annotated[
+        bool,
+        typer.Option("--autocast", help="with --models: also time bp-autograd, kp, hsp under bfloat16 torch.autocast"),
     ] = False,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     repeats: Annotated[int | None, typer.Option(help="round-robin rounds (median over them); default 21")] = None,
@@ -64,6 +73,8 @@ def bench(
     from .runner import IMPLS, MODEL_IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
 
     kw: dict[str, Any] = {"device": device, "compile": compile_step, "threads": threads, "memory": memory}
+    if autocast:
+        kw["autocast"] = True
     kw["max_seconds"] = max_seconds
     if sizes is not None:
         kw["sizes"] = parse_sizes_arg(sizes)
