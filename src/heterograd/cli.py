@@ -77,7 +77,11 @@ def train(
         ),
     ] = None,
     data: Annotated[
-        str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir> | cifar10:<dir> | sorting")
+        str,
+        typer.Option(
+            help="digits | mnist1d | teacher | fashion-mnist | idx:<dir> | cifar10:<dir> | imagefolder:<dir>[@SIZE] "
+            "| sorting"
+        ),
     ] = "digits",
     model: Annotated[
         str | None,
@@ -94,7 +98,8 @@ def train(
         bool,
         typer.Option(
             "--augment",
-            help="--model on images: random crop (zero padding 4 at 32x32, else 2) + horizontal flip, seeded",
+            help="--model on images: random crop (zero padding 4 at 32x32, else 2) + horizontal flip, seeded "
+            "(imagefolder: random resized crop + flip)",
         ),
     ] = False,
     rule: Annotated[

@@ -5,7 +5,8 @@ a fixed probe batch, test evaluation each epoch, divergence handling, checkpoint
 SIGINT/SIGTERM, TensorBoard, the same run folder) on a model of :mod:`heterograd.models` or a user's
 factory, converted by :func:`heterograd.nn.convert` so that every plastic layer learns by the chosen rule.
 The update is applied by a ``torch.optim`` optimiser (``--optimizer``), optionally under a cosine learning-rate
-schedule, on augmented image batches (random crop with zero padding and horizontal flip, seeded).
+schedule, on augmented image batches (random crop with zero padding and horizontal flip, seeded; on an
+``imagefolder:`` dataset random resized crop and flip).
 
 ``--model FILE.py:FACTORY`` imports ``FILE.py`` (this executes its code, as ``python FILE.py`` would) and calls
 ``FACTORY(in_shape, num_classes, **model_options)``, which must return an ``nn.Module`` mapping
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from .config import SEQUENCE_DATA, TrainConfig
 from .data import Augment, Dataset, load_dataset
+from .data.imagefolder import IMAGEFOLDER_PREFIX, ResizedCropFlip
 from .data.sequences import IGNORE, sorting_task
 from .errors import HeterogradError
 from .models import GPT, GPTConfig, make_model
@@ -274,7 +276,9 @@ class ModuleTrainer(Trainer):
         self.optimizer = make_optimizer(c.optimizer, params, c.lr, dict(c.optimizer_options))
         # crop padding 4 for 32x32 images (the usual CIFAR recipe), 2 for smaller ones (28x28 Fashion-MNIST)
         pad = 4 if self.data.x_train.shape[-1] >= 32 else 2
-        self.augment = Augment(padding=pad) if c.augment else None
+        self.augment: Any = None
+        if c.augment:  # an image folder: ImageNet's random resized crop + flip; else crop with padding + flip
+            self.augment = ResizedCropFlip() if c.data.lower().startswith(IMAGEFOLDER_PREFIX) else Augment(padding=pad)
         self.augment_generator = torch.Generator().manual_seed(c.seed + 7919)
         self._init_position()
 
