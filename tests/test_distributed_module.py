@@ -190,3 +190,53 @@ def test_sync_batchnorm_needs_a_data_parallel_run_and_a_batchnorm(factory):
     model = convert(make_model("mlp", (64,), 10, hidden=(8,)), "kp")
     with pytest.raises(HeterogradError, match="no BatchNorm"):
         convert_sync_batchnorm(model)
+
+
+def _cli(args: list[str]) -> int:
+    from heterograd.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "mlp", "--sync-batchnorm"], "add --distributed"),
+        (["--amp", "bf16"], "only to a converted model"),
+        (["--model", "mlp", "--amp", "fp16"], "use --amp bf16"),
+    ],
+)
+def test_cli_refuses_options_that_do_not_apply(args, message, tmp_path, capsys):
+    assert _cli(["train", "--epochs", "1", "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_model_cli_equals_single_process(tmp_path, factory):
+    """The real launcher: `torchrun --nproc-per-node 2 -m heterograd.distributed --model ...` (gloo)."""
+    import json
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    args = ["--model", "resnet20", "--data", "digits", "--rule", "kp", "--epochs", "1", "--n-train", "100",
+            "--n-test", "40", "--batch-size", "25", "--dtype", "float64", "--no-probes", "--no-progress",
+            "--sync-batchnorm", "--augment", "--lr", "0.05", "--seed", "3", "--log-every", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+    subprocess.run([*cmd, "-m", "heterograd.distributed", *args, "--out", str(tmp_path / "ddp")], check=True, env=env)
+    ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    cfg = TrainConfig(
+        model="resnet20", data="digits", rule="kp", epochs=1, n_train=100, n_test=40, batch_size=25, dtype="float64",
+        probes=False, augment=True, lr=0.05, seed=3, log_every=1,
+    )  # fmt: skip
+    single = ModuleTrainer(cfg).fit(None, progress=False).summary
+    assert ddp["world_size"] == 2
+    assert ddp["final_train_loss"] == pytest.approx(single["final_train_loss"], abs=1e-10)
+    assert ddp["test_loss"] == pytest.approx(single["test_loss"], abs=1e-10)
