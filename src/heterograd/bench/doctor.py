@@ -1,25 +1,22 @@
 """``heterograd doctor``: check every accelerator path of heterograd on this machine, with a pass/fail table.
 
-One command, ready for the first machine with a GPU (``heterograd doctor --device cuda --out docs/benchmarks``):
+One command, ready for the first machine with a GPU (``heterograd doctor --device cuda --out docs/benchmarks``).
+Checks and what passes:
 
-==========================  ==========================================================================================
-check                       what passes
-==========================  ==========================================================================================
-``placement``               after a training step, every parameter and buffer (``W``, ``B``, dfa's ``D``, BatchNorm
-                            statistics, the circuit engine's masks) and every optimiser / motif state tensor is on the
-                            device (converted LeNet-5 and ResNet-20 under kp, hsp, dfa, frsf; a sparse circuit)
-``bp-equals-autograd``      converted ``bp`` gives autograd's gradients (relative error <= 1e-4 per tensor, float32,
-                            TF32 off on CUDA) on LeNet-5 and ResNet-20
-``learn-<rule>``            kp and hsp (and kp under bf16 autocast) train LeNet-5 for a few hundred steps: test
-                            accuracy >= the readout-only baseline (every layer but the last frozen) + 0.05; ``--quick``:
-                            a smoke run (the train loss falls, nothing diverges)
-``bench-models``            the converted-model bench (LeNet-5, ResNet-20: bp-autograd, bp, kp, hsp) in float32 and
-                            bf16 autocast: runs, every time finite; step-time and memory ratios in the table
-``bench-models-compile``    the same under ``torch.compile`` (bp-autograd, kp, hsp)
-``bench-dense``             the dense circuit engine's ``bench`` on the device
-``ddp``                     2 ranks (nccl on CUDA with >= 2 GPUs, gloo on CPU) under ``torchrun`` equal one
-                            process: final train loss within 1e-4 (relative)
-==========================  ==========================================================================================
+- ``placement``: after a training step, every parameter and buffer (``W``, ``B``, dfa's ``D``, BatchNorm
+  statistics, the circuit engine's masks) and every optimiser / motif state tensor is on the device (converted
+  LeNet-5 and ResNet-20 under kp, hsp, dfa, frsf; a sparse circuit);
+- ``bp-equals-autograd``: converted ``bp`` gives autograd's gradients (relative error <= 1e-4 per tensor,
+  float32, TF32 off on CUDA) on LeNet-5 and ResNet-20;
+- ``learn-<rule>``: kp and hsp (and kp under bf16 autocast) train LeNet-5 for a few hundred steps: their test
+  accuracy is at least the readout-only baseline's (every layer but the last frozen) plus 0.05; ``--quick``: a
+  smoke run (the train loss falls, nothing diverges);
+- ``bench-models``: the converted-model bench (LeNet-5, ResNet-20: bp-autograd, bp, kp, hsp) in float32 and
+  bf16 autocast runs, every time finite; step-time and memory ratios in the table;
+- ``bench-models-compile``: the same under ``torch.compile`` (bp-autograd, kp, hsp);
+- ``bench-dense``: the dense circuit engine's ``bench`` on the device;
+- ``ddp``: 2 ranks (nccl on CUDA with >= 2 GPUs, gloo on CPU) under ``torchrun`` equal one process (final
+  train loss within 1e-4, relative).
 
 Without a GPU every check runs on the CPU and the CUDA-only parts (TF32, nccl) are listed as skipped with the
 reason; ``--quick`` (the CI mode) shrinks every check to seconds and skips the slow ones (``torch.compile``,
