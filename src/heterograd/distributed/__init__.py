@@ -140,9 +140,12 @@ class RankMixin:
     device: torch.device
 
     def join(self, config: TrainConfig) -> None:
-        """Resolve ``config.device`` for this rank and join the process group (sets ``rank``, ``world_size``)."""
+        """Resolve ``config.device`` for this rank and join the process group (sets ``rank``, ``world_size``).
+
+        Any CUDA device becomes this rank's GPU, ``cuda:LOCAL_RANK`` (torchrun's local rank), one GPU per rank.
+        """
         config.device = resolve_device(config.device)
-        if config.device == "cuda":  # one GPU per rank
+        if config.device.startswith("cuda"):  # one GPU per rank (also when resuming a config saved as cuda:0)
             config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         self.rank, self.world_size = init_distributed(config.device)
         if config.device.startswith("cuda"):
