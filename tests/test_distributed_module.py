@@ -240,3 +240,20 @@ def test_torchrun_model_cli_equals_single_process(tmp_path, factory):
     assert ddp["world_size"] == 2
     assert ddp["final_train_loss"] == pytest.approx(single["final_train_loss"], abs=1e-10)
     assert ddp["test_loss"] == pytest.approx(single["test_loss"], abs=1e-10)
+
+
+def test_every_cuda_device_becomes_this_ranks_gpu(monkeypatch):
+    """A resumed config holds rank 0's `cuda:0`; rank 1 must still take `cuda:1` (one GPU per rank)."""
+    import heterograd.distributed as d
+
+    monkeypatch.setattr(d, "resolve_device", lambda dev: dev)
+    monkeypatch.setattr(d, "init_distributed", lambda dev: (1, 2))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for given in ("cuda", "cuda:0"):
+        cfg = TrainConfig(device=given)
+        d.RankMixin().join(cfg)
+        assert cfg.device == "cuda:1"
+    cfg = TrainConfig(device="cpu")
+    d.RankMixin().join(cfg)
+    assert cfg.device == "cpu"
