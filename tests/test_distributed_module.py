@@ -257,3 +257,31 @@ def test_every_cuda_device_becomes_this_ranks_gpu(monkeypatch):
     cfg = TrainConfig(device="cpu")
     d.RankMixin().join(cfg)
     assert cfg.device == "cpu"
+
+
+def test_reduced_batchnorm_with_identity_reduce_is_the_plastic_batchnorm(float64):
+    """One shard (identity reduce): output, input feedback, γ/β updates (with λ) and running statistics as the
+    converted BatchNorm's fused kernel."""
+    from heterograd.nn import convert
+    from heterograd.nn.reduced_batchnorm import ReducedBatchNormFunction
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 3, 4, 5, generator=g)
+    u = torch.randn(6, 3, 4, 5, generator=g)
+    outs = []
+    for reduced in (False, True):
+        bn = convert(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), "kp", weight_decay=0.01)[0]
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5, generator=g) if not reduced else bn.weight.copy_(outs[0][4])
+        x = x0.clone().requires_grad_(True)
+        if reduced:
+            y = ReducedBatchNormFunction.apply(
+                x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps, bn.plasticity,
+                lambda t: t,
+            )  # fmt: skip
+        else:
+            y = bn(x)
+        y.backward(u)
+        outs.append((y.detach(), x.grad, bn.weight.grad, bn.bias.grad, bn.weight.detach().clone(), bn.running_var))
+    for a, b in zip(outs[0], outs[1], strict=True):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)

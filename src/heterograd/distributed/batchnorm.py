@@ -11,7 +11,8 @@ like every other ``.grad``.
 
 Unlike ``torch.nn.SyncBatchNorm`` this works on CPU (gloo) as well as CUDA (nccl): a few per-channel sums
 are all-reduced in the forward (mean, then variance: two passes, exact in float64) and two in the backward.
-It lives here and not in :mod:`heterograd.nn`: converted layers know nothing about ranks.
+The normalisation is :class:`heterograd.nn.reduced_batchnorm.ReducedBatchNormFunction` with an all-reduce over
+the process group as its ``reduce``: converted layers know nothing about ranks.
 """
 
 from __future__ import annotations
@@ -22,89 +23,17 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import HeterogradError
-from ..nn.layers import PlasticBatchNorm1d, PlasticBatchNorm2d, PlasticBatchNorm3d, Plasticity
+from ..nn.layers import PlasticBatchNorm1d, PlasticBatchNorm2d, PlasticBatchNorm3d
+from ..nn.reduced_batchnorm import ReducedBatchNormFunction
 
 
 def _all_reduce(t: Tensor) -> Tensor:
+    """``t`` summed over the process group, in place (unchanged without one)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
-
-
-def _decay(pl: Plasticity) -> float:
-    """The rule's weight decay λ on the affine parameters (0 in a probe's exact pass)."""
-    return 0.0 if pl.exact else float(getattr(pl.rule, "weight_decay", 0.0) or 0.0)
-
-
-class SyncBatchNormFunction(torch.autograd.Function):
-    """BatchNorm over the global batch of all ranks, affine ``γ``, ``β`` ``(C,)`` learning by the local rule.
-
-    ``x`` ``(n_r, C, *S)`` is this rank's shard. Forward: global per-channel mean and (biased) variance from
-    all-reduced sums over ``N = Σ_r n_r · |S|`` values; running statistics updated with the unbiased variance.
-    Backward: ``∂x = γ · invstd · (u - Σu/N - x̂ · Σ(u ⊙ x̂)/N)`` with the sums all-reduced (the local
-    derivative of the global normalisation), and this rank's ``Σ u ⊙ x̂ + λγ``, ``Σ u + λβ`` for ``γ``, ``β``.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        gamma: Tensor,
-        beta: Tensor,
-        rm: Tensor | None,
-        rv: Tensor | None,
-        momentum: float,
-        eps: float,
-        pl: Plasticity,
-    ) -> Tensor:
-        C = x.shape[1]
-        dims = [0, *range(2, x.dim())]
-        view = (1, C) + (1,) * (x.dim() - 2)
-        acc = torch.promote_types(x.dtype, torch.float32)
-        xa = x.to(acc)
-        s = torch.cat([xa.sum(dims), torch.tensor([x.numel() // C], dtype=acc, device=x.device)])
-        _all_reduce(s)
-        count = float(s[C])
-        mean = s[:C] / count
-        centred = xa - mean.view(view)
-        var = _all_reduce((centred * centred).sum(dims)) / count
-        invstd = torch.rsqrt(var + eps)
-        out = (centred * invstd.view(view)).to(x.dtype) * gamma.view(view) + beta.view(view)
-        if rm is not None and rv is not None:
-            with torch.no_grad():
-                rm.mul_(1 - momentum).add_(mean.to(rm.dtype), alpha=momentum)
-                unbiased = var * (count / max(count - 1.0, 1.0))
-                rv.mul_(1 - momentum).add_(unbiased.to(rv.dtype), alpha=momentum)
-        ctx.pl, ctx.count, ctx.view, ctx.dims = pl, count, view, dims
-        ctx.save_for_backward(x, gamma, beta, mean, invstd)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, gamma, beta, mean, invstd = ctx.saved_tensors
-        view, dims = ctx.view, ctx.dims
-        acc = mean.dtype
-        ga = g.to(acc)
-        xhat = (x.to(acc) - mean.view(view)) * invstd.view(view)
-        sg, sgx = ga.sum(dims), (ga * xhat).sum(dims)
-        gx = gg = gb = None
-        if ctx.needs_input_grad[0]:
-            C = sg.shape[0]
-            tot = _all_reduce(torch.cat([sg, sgx])) / ctx.count
-            gx = (gamma.to(acc) * invstd).view(view) * (ga - tot[:C].view(view) - xhat * tot[C:].view(view))
-            gx = gx.to(x.dtype)
-        lam = _decay(ctx.pl)
-        if ctx.needs_input_grad[1]:
-            gg = sgx.to(gamma.dtype)
-            if lam:
-                gg.add_(gamma, alpha=lam)
-        if ctx.needs_input_grad[2]:
-            gb = sg.to(beta.dtype)
-            if lam:
-                gb.add_(beta, alpha=lam)
-        return gx, gg, gb, None, None, None, None, None
 
 
 class _SyncPlasticBatchNorm:
@@ -121,7 +50,9 @@ class _SyncPlasticBatchNorm:
             momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         rm, rv = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
         with torch.autocast(x.device.type, enabled=False):  # as autocast runs batch_norm: in the input's dtype
-            return SyncBatchNormFunction.apply(x, bn.weight, bn.bias, rm, rv, momentum, bn.eps, bn.plasticity)
+            return ReducedBatchNormFunction.apply(
+                x, bn.weight, bn.bias, rm, rv, momentum, bn.eps, bn.plasticity, _all_reduce
+            )
 
 
 class SyncPlasticBatchNorm1d(_SyncPlasticBatchNorm, PlasticBatchNorm1d):
@@ -175,7 +106,6 @@ def convert_sync_batchnorm(model: nn.Module, what: str = "the model") -> int:
 
 
 __all__ = [
-    "SyncBatchNormFunction",
     "SyncPlasticBatchNorm1d",
     "SyncPlasticBatchNorm2d",
     "SyncPlasticBatchNorm3d",
