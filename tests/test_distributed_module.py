@@ -208,6 +208,7 @@ def _cli(args: list[str]) -> int:
         (["--model", "mlp", "--sync-batchnorm"], "add --distributed"),
         (["--amp", "bf16"], "only to a converted model"),
         (["--model", "mlp", "--amp", "fp16"], "use --amp bf16"),
+        (["--model", "mlp", "--distributed"], "launch with: torchrun"),  # --model takes --distributed (0.2: refused)
     ],
 )
 def test_cli_refuses_options_that_do_not_apply(args, message, tmp_path, capsys):
