@@ -63,7 +63,8 @@ def test_dfa_feedback_on_conv_is_a_kernel_from_the_classes_to_the_input_channels
         _is_xavier_uniform(getattr(model, name).feedback, K_by_in)
 
 
-def test_dfa_conv_feedback_is_the_transpose_convolution_of_the_spread_error(float64):
+@pytest.mark.parametrize("spread", ["mean", "repeat"])
+def test_dfa_conv_feedback_is_the_transpose_convolution_of_the_spread_error(float64, spread):
     """The input of a strided, padded, grouped conv gets conv_transpose(e spread over positions, D)."""
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -71,7 +72,7 @@ def test_dfa_conv_feedback_is_the_transpose_convolution_of_the_spread_error(floa
     )
     model.append(nn.Linear(6 * 4 * 4, 5))
     x = torch.randn(3, 2, 9, 9, generator=torch.Generator().manual_seed(1))
-    convert(model, "dfa", example_input=x)
+    convert(model, "dfa", example_input=x, spread=spread)
     conv = model[2]
     D = conv.feedback
     assert tuple(D.shape) == (5, 4, 3, 3)  # every class reaches every input channel (no groups in D)
@@ -84,11 +85,16 @@ def test_dfa_conv_feedback_is_the_transpose_convolution_of_the_spread_error(floa
     out = model(x)
     e = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
     out.backward(e)
-    # reference, by the adjoint: v = d/dh <conv(h, D), E> with E the error repeated over the 4x4 output positions
+    # reference, by the adjoint: v = d/dh <conv(h, D), E> with E the error at each of the 4x4 output positions
     h = torch.zeros(3, 4, 7, 7, requires_grad=True)
-    E = e[:, :, None, None].expand(3, 5, 4, 4)
+    E = e[:, :, None, None].expand(3, 5, 4, 4) / (16 if spread == "mean" else 1)
     (F.conv2d(h, D, stride=2, padding=1) * E).sum().backward()
     assert torch.allclose(seen["v"], h.grad, atol=1e-12)
+
+
+def test_dfa_spread_is_checked():
+    with pytest.raises(HeterogradError, match="spread"):
+        convert(nn.Linear(2, 2), "dfa", example_input=torch.randn(2, 2), spread="sum")
 
 
 def test_dfa_without_feedback_buffer_refuses_a_layer_made_trainable_later():

@@ -281,8 +281,8 @@ def _direct_feedback(W: Tensor, syn: Synapse, in_shape: tuple[int, ...], K: int,
 
     * conv (``W`` ``(C_out, C_in/groups, *k)``): a kernel ``(K, C_in, *k)`` shaped like the layer's own, as
       the published implementations do it; at t' the output error ``e`` ``(n, K)``, spread over the layer's
-      output positions, is sent to the input by the convolution transpose with ``D`` (same stride, padding,
-      dilation; no groups: every class reaches every input channel).
+      output positions (the rule's ``spread``), is sent to the input by the convolution transpose with ``D``
+      (same stride, padding, dilation; no groups: every class reaches every input channel).
     * dense (input ``(n, *F)``): a matrix ``(K, *F)``, ``v = e D``.
 
     Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (:func:`xavier_bound`), i.e.

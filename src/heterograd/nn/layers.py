@@ -75,9 +75,11 @@ def _weight_decay(rule: Rule) -> float:
 def _direct_transport(pl: Plasticity, D: Tensor | None, x: Tensor, g: Tensor) -> Tensor:
     """The direct feedback to the layer's input ``x`` ``(n, ...)`` from the captured output error ``e`` ``(n, K...)``.
 
-    Conv layer (``D`` ``(K, C_in, *k)``): ``e`` flattened to ``(n, K)`` and spread over the layer's output
-    positions (those of ``g`` ``(n, C_out, *S')``), sent back by the convolution transpose with ``D`` (the
-    layer's stride, padding and dilation) to ``(n, C_in, *S)``. Dense layer (``D`` ``(K, ...)``): ``e D``.
+    Conv layer (``D`` ``(K, C_in, *k)``): ``e`` flattened to ``(n, K)`` and spread over the layer's ``P``
+    output positions (those of ``g`` ``(n, C_out, *S')``): ``e/P`` at each (the rule's ``spread="mean"``,
+    the adjoint of global average pooling) or ``e`` at each (``spread="repeat"``, as biotorch), then sent back
+    by the convolution transpose with ``D`` (the layer's stride, padding and dilation) to ``(n, C_in, *S)``.
+    Dense layer (``D`` ``(K, ...)``): ``e D``.
     """
     assert pl.direct is not None
     e = pl.direct.e
@@ -96,7 +98,9 @@ def _direct_transport(pl: Plasticity, D: Tensor | None, x: Tensor, g: Tensor) ->
     syn = pl.synapse
     if isinstance(syn, Conv):
         fb = Conv(tuple(D.shape), syn.stride, syn.padding, syn.dilation, 1)
-        spread = e.reshape(*e.shape, *([1] * syn.dims)).expand(*e.shape, *g.shape[2:]).contiguous()
+        positions = g[0, 0].numel()
+        spread = e.reshape(*e.shape, *([1] * syn.dims)).expand(*e.shape, *g.shape[2:])
+        spread = spread.div(positions) if getattr(pl.rule, "spread", "mean") == "mean" else spread.contiguous()
         return fb.transport(spread, D, x)
     return (e @ D.reshape(D.shape[0], -1)).reshape(x.shape)
 

@@ -37,14 +37,28 @@ if TYPE_CHECKING:
 class DFA(ForwardOnly):
     """Direct feedback alignment: ``u_l = σ'(p_l) ⊙ (D_l e)``, ``ΔW = -(C(u, h) + λW)``, ``D`` fixed.
 
-    In a converted model ``D_l`` is Xavier uniform; a conv layer's is a kernel shaped like its own, from the
-    classes to its input channels, applied by the convolution transpose to the output error spread over the
-    layer's output positions (see :func:`heterograd.nn.convert`).
+    In a converted model ``D_l`` is Xavier uniform; a conv layer's is a kernel ``(K, C_in, *k)`` shaped like
+    its own, from the ``K`` outputs to its input channels, applied by the convolution transpose to the output
+    error spread over the layer's ``P`` output positions (see :func:`heterograd.nn.convert`).
+
+    Args:
+        weight_decay: ``λ``.
+        spread: how a conv layer's ``P`` output positions share the error: ``"mean"`` (default) puts ``e/P``
+            at each, the adjoint of global average pooling, which keeps the update of the layer below at the
+            scale of backprop's; ``"repeat"`` puts ``e`` at each, as the published implementation (biotorch)
+            does, the same direction with ``D`` ``P`` times larger (LeNet-5's ``conv1`` then starts with an
+            update many times backprop's, and one step size cannot serve it and the dense layers).
     """
 
     name: ClassVar[str] = "dfa"
     feedback: ClassVar[str] = "direct"
     weight_decay: float = 0.0
+    spread: str = "mean"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.spread not in ("mean", "repeat"):
+            raise HeterogradError(f"dfa spread must be 'mean' or 'repeat', got {self.spread!r}")
 
     def init(self, circuit: Circuit) -> Any:
         if circuit.topology != "direct":
