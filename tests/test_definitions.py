@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heterograd import HeterogradError, convert
+from heterograd.data.sources import FASHION_MNIST_DIR
 from heterograd.models import lenet5
 from heterograd.nn.convert import xavier_bound
 
@@ -157,3 +158,37 @@ def test_frsf_is_sign_of_W_times_its_fixed_magnitudes():
     M = _transport(model, "fc2")
     assert torch.equal(M, torch.sign(W).t() * B.abs())
     assert torch.equal(_transport(model, "fc2", 3 * W), M)  # does not follow W's scale
+
+
+def _fashion_lenet_accuracy(rule: str, readout_only: bool, seed: int, steps: int = 200) -> float:
+    """LeNet-5 on a Fashion-MNIST subset: SGD momentum 0.9, lr 1e-3, batch 64; test accuracy on 1,000 images."""
+    from heterograd.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", n_train=2000, n_test=1000).images()
+    x, y = ds.x_train, ds.y_train
+    model = lenet5(seed=seed)
+    if readout_only:  # the control: hidden layers frozen at their random start, only fc3 learns
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("fc3"))
+    convert(model, rule, seed=seed, **({"example_input": x[:8]} if rule == "dfa" else {}))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (64,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    with torch.no_grad():
+        return float((model(ds.x_test).argmax(1) == ds.y_test).float().mean())
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_dfa_lenet5_learns_beyond_its_readout():
+    """DFA trains LeNet-5's hidden layers usefully: 200 steps beat the same recipe with them frozen.
+
+    Threshold fixed before the run: at least 2 points of test accuracy above the readout-only control
+    (same data, seed, optimiser and step size). Measured margins, seeds 0-3: 3.0, 15.2, 22.7, 5.3 points.
+    """
+    dfa = _fashion_lenet_accuracy("dfa", readout_only=False, seed=0)
+    readout = _fashion_lenet_accuracy("dfa", readout_only=True, seed=0)
+    assert math.isfinite(dfa) and dfa >= readout + 0.02, (dfa, readout)
