@@ -107,16 +107,18 @@ def test_dfa_without_feedback_buffer_refuses_a_layer_made_trainable_later():
         model(x.requires_grad_(True)).sum().backward()
 
 
-def test_fa_and_frsf_feedback_stay_fixed_while_W_learns():
-    for rule in ("fa", "frsf"):
+def test_fa_frsf_and_dfa_feedback_stay_fixed_while_W_learns():
+    for rule in ("fa", "frsf", "dfa"):
         model, x = _lenet(rule)
         B0 = model.fc1.feedback.clone()
+        W0 = model.fc1.weight.detach().clone()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         y = torch.arange(8) % 10
         for _ in range(3):
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step()
+        assert not torch.equal(model.fc1.weight, W0), rule
         assert torch.equal(model.fc1.feedback, B0), rule
 
 
