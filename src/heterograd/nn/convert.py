@@ -220,6 +220,7 @@ def convert(
                     b.copy_(v)
         if not isinstance(out, Tensor):
             raise HeterogradError("dfa needs a model whose output is one tensor (the output error is taken there)")
+        out_shape = tuple(out.shape)
         out_size = out[0].numel()
     direct = DirectContext() if r.feedback == "direct" else None
 
@@ -239,8 +240,13 @@ def convert(
             shape = in_shapes.get(name)
             if shape is None:
                 raise HeterogradError(f"dfa: layer {name!r} was not used by the example input's forward pass")
-            fan = math.prod(shape[1:])
-            D = (torch.rand((out_size, *shape[1:]), generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(fan)
+            if base is nn.Linear and len(shape) > 2 and shape[:-1] == out_shape[:-1]:
+                # a sequence (n, T, d_in) with one output per position: D (K, d_in) shared by the positions,
+                # each position's feedback from its own output error (per-token DFA, as in published transformers)
+                fan, d_shape = shape[-1], (out_shape[-1], shape[-1])
+            else:
+                fan, d_shape = math.prod(shape[1:]), (out_size, *shape[1:])
+            D = (torch.rand(d_shape, generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(fan)
             m.register_buffer("feedback", D.to(dtype=W.dtype, device=W.device))
         else:
             B = _initial_feedback(W.detach(), syn, init, gen)

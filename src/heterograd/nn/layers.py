@@ -73,7 +73,10 @@ def _weight_decay(rule: Rule) -> float:
 
 
 def _direct_transport(pl: Plasticity, D: Tensor, x: Tensor) -> Tensor:
-    """``D e`` shaped like ``x`` ``(n, ...)`` from the captured output error ``e`` ``(n, K...)``; ``D`` ``(K, ...)``."""
+    """``D e`` shaped like ``x`` ``(n, ...)`` from the captured output error ``e`` ``(n, K...)``; ``D`` ``(K, ...)``.
+
+    A sequence layer (``x`` ``(n, T, d)``, ``e`` ``(n, T, K)``, ``D`` ``(K, d)``) gets ``e @ D`` at each position.
+    """
     assert pl.direct is not None
     e = pl.direct.e
     if e is None:
@@ -81,6 +84,8 @@ def _direct_transport(pl: Plasticity, D: Tensor, x: Tensor) -> Tensor:
             f"dfa layer {pl.name!r}: no output error was captured; the loss must be computed from the converted "
             "model's output tensor"
         )
+    if D.dim() == 2 and e.dim() > 2 and e.shape[:-1] == x.shape[:-1] and D.shape[1] == x.shape[-1]:
+        return e @ D  # per position: (n, T, K) @ (K, d_in) -> (n, T, d_in)
     n = x.shape[0]
     return (e.reshape(n, -1) @ D.reshape(D.shape[0], -1)).reshape(x.shape)
 
