@@ -86,8 +86,8 @@ def train(
     model: Annotated[
         str | None,
         typer.Option(
-            help="train a converted nn.Module instead of a circuit: lenet5 | resnet20 | resnet56 | mlp | transformer | gpt "
-            "| FILE.py:FACTORY (imports and runs FILE.py; FACTORY(in_shape, num_classes, **model_options))"
+            help="train a converted nn.Module instead of a circuit: lenet5 | resnet20 | resnet56 | mlp | transformer "
+            "| gpt | FILE.py:FACTORY (imports and runs FILE.py; FACTORY(in_shape, num_classes, **model_options))"
         ),
     ] = None,
     model_options: Annotated[

@@ -37,9 +37,9 @@ from .errors import HeterogradError
 from .models import GPT, GPTConfig, make_model
 from .models.transformer import generate
 from .nn import convert, plastic_layers, probe
+from .results import atomic_write_text, write_json
 from .rules import RULES, Rule
 from .runtime import DTYPES, key_values
-from .results import atomic_write_text, write_json
 from .train import RunResult, Trainer, _first_n
 
 #: ``--optimizer`` -> ``(torch.optim class, options it takes, defaults set by heterograd)``.
@@ -622,17 +622,17 @@ def resume_trainer(run_dir: str | Path, dataset: Dataset | None = None, **overri
 __all__ = [
     "GPT_DEFAULTS",
     "TORCH_OPTIMIZERS",
-    "TextData",
-    "bits_per_char",
-    "load_language_model",
-    "sample_text",
     "ModuleTrainer",
     "SequenceData",
+    "TextData",
+    "bits_per_char",
     "build_model",
     "cosine_lr",
     "load_factory",
+    "load_language_model",
     "make_optimizer",
     "make_trainer",
     "parse_model_options",
     "resume_trainer",
+    "sample_text",
 ]
