@@ -436,6 +436,7 @@ class ModuleTrainer(Trainer):
         pad = 4 if self.data.x_train.shape[-1] >= 32 else 2
         self.augment = Augment(padding=pad) if c.augment else None
         self.augment_generator = torch.Generator().manual_seed(c.seed + 7919)
+        self.text_outputs = True
         self._init_position()
         if self.text:  # an epoch is n_train random windows (default: as many as the training part holds)
             windows_per_epoch = c.n_train or self.data.x_train.shape[0]
@@ -595,9 +596,10 @@ class ModuleTrainer(Trainer):
 
     def fit(self, out_dir: str | Path | None = None, **kwargs: Any) -> RunResult:
         """:meth:`Trainer.fit`; a text run then keeps its weights (``checkpoint.pt``, which ``heterograd sample``
-        reads) and writes ``samples.txt`` (:data:`SAMPLE_PROMPTS`, :data:`SAMPLE_CHARS` characters each, seeded)."""
+        reads) and writes ``samples.txt`` (:data:`SAMPLE_TEMPERATURES`, :data:`SAMPLE_CHARS` characters each,
+        seeded), unless ``self.text_outputs`` was set to ``False`` (runs that only choose a step size)."""
         result = super().fit(out_dir, **kwargs)
-        if self.text and result.out_dir is not None and not result.summary["diverged"]:
+        if self.text and self.text_outputs and result.out_dir is not None and not result.summary["diverged"]:
             if self.checkpoint_file is None or not self.config.checkpoint_every:
                 self.save_checkpoint(result.out_dir)
             write_samples(self.model, self.data.corpus, self.data.block, result.out_dir / "samples.txt",
