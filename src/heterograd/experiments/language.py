@@ -223,6 +223,11 @@ def judge(bpc: dict[str, list[float]]) -> tuple[bool, dict[str, dict[str, Any]]]
     return bool(holds), checks
 
 
+def _mean_of(summaries: list[dict[str, Any]], key: str, i: int) -> float:
+    """Mean over runs of ``summary[key][i]`` (a layer's final φ or align); NaN when there is no run."""
+    return mean_std([s[key][i] for s in summaries])[0] if summaries else math.nan
+
+
 def _curve(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     xs = [float(r["step"]) for r in rows if r.get(key) not in (None, "")]
     ys = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
@@ -231,7 +236,7 @@ def _curve(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[floa
 
 @experiment("language")
 def run(ctx: Context) -> Verdict:
-    """kp and hsp train a character-level GPT within 5 % of backprop's validation bits per character, below DFA and FA."""
+    """kp and hsp train a character-level GPT within 5 % of bp's validation bits per character, below DFA and FA."""
     scale = QUICK if ctx.quick else FULL
     data = scale.data or quick_corpus(ctx.out / "quick_corpus.txt", ctx.seed)
     runs = ctx.out / "runs"
@@ -282,9 +287,8 @@ def run(ctx: Context) -> Verdict:
             "test_bpc_runs": tb,
             "diverged": sum(bool(s["diverged"]) for s in sums),
             "runs": len(sums),
-            "phi": {n: mean_std([s["phi"][i] for s in kept])[0] if kept else math.nan for i, n in enumerate(layers)},
-            "align": {n: mean_std([s["align"][i] for s in kept])[0] if kept else math.nan
-                      for i, n in enumerate(layers)},  # fmt: skip
+            "phi": {n: _mean_of(kept, "phi", i) for i, n in enumerate(layers)},
+            "align": {n: _mean_of(kept, "align", i) for i, n in enumerate(layers)},
             "tune_val_bpc": {f"{lr:g}": grid[rule][lr] for lr in scale.lrs},
             "tune_diverged": sum(bool(tuned[(rule, lr)]["summary"]["diverged"]) for lr in scale.lrs),
         }
@@ -337,7 +341,7 @@ def run(ctx: Context) -> Verdict:
         "",
         "Attention's parameter-free operations (the softmax, q·kᵀ and attention·v) pass the feedback through "
         "autograd's exact derivative, as in every published FA/DFA transformer; every weight learns by its rule's "
-        "local signals. \"Local\" applies to every weight, not to these operations.",
+        'local signals. "Local" applies to every weight, not to these operations.',
         "",
         "Step-size grid (validation bits per character after the grid runs; blank = diverged):",
         "",
