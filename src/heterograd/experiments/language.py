@@ -6,7 +6,9 @@ head over the characters. :data:`FULL` is 4 blocks of 4 heads, width 128, window
 weights), on the first 2 MiB of the running Python's standard library (``--data pystdlib:2``: 90 % train, 5 %
 validation, 5 % test by position). Every rule trains with Adam (betas 0.9, 0.999), a cosine step-size schedule,
 batch 16 and the rule's own weight decay ``λ = 1e-4`` (on ``W``, ``b``, ``B`` and the LayerNorm parameters);
-``hsp`` runs with feedback gain ``c = 0.5`` (:data:`HSP_GAIN`; at ``c = 1`` it is ``kp``).
+``hsp`` runs with feedback gain ``c = 0.5`` (:data:`HSP_GAIN`; at ``c = 1`` it is ``kp``). Under Adam the
+per-synapse normalisation divides a constant gain out of ``B``'s steps, so ``hsp`` is expected to follow ``kp``
+closely (up to Adam's ``ε`` and the weight decay); the report says so.
 
 **Step size, an equal budget per rule.** Every rule gets the same grid of Adam step sizes (:attr:`Scale.lrs`),
 one run of :attr:`Scale.tune_steps` steps per grid point on seed ``s``, and the step size with the lowest
@@ -343,6 +345,10 @@ def run(ctx: Context) -> Verdict:
         "autograd's exact derivative, as in every published FA/DFA transformer; every weight learns by its rule's "
         'local signals. "Local" applies to every weight, not to these operations.',
         "",
+        "Under Adam the per-synapse normalisation divides out a constant feedback gain: hsp's feedback step "
+        "c·C(u, h)' is normalised to nearly kp's step, so hsp (c = 0.5) is expected to follow kp closely here; "
+        "the gain shapes learning under SGD and momentum (the convnets experiment).",
+        "",
         "Step-size grid (validation bits per character after the grid runs; blank = diverged):",
         "",
         "| rule | " + " | ".join(f"lr {lr:g}" for lr in scale.lrs) + " |",
@@ -425,7 +431,8 @@ def run(ctx: Context) -> Verdict:
         notes=(
             "Attention's softmax and q·kᵀ, attention·v products have no weights; their feedback is autograd's exact "
             "derivative, as in every published FA/DFA transformer. Perplexities here are per character; Launay et "
-            "al. 2020's are per word (DFA 52.0 vs BP 29.8 on WikiText-103), so only the direction compares."
+            "al. 2020's are per word (DFA 52.0 vs BP 29.8 on WikiText-103), so only the direction compares. Under "
+            "Adam a constant feedback gain is normalised away, so hsp (c = 0.5) is expected to follow kp closely."
             + (" Quick mode: a tiny model on generated text, not a measurement." if ctx.quick else "")
         ),
     )
