@@ -160,7 +160,15 @@ def test_train_gpt_writes_the_run_folder_and_sample_prints_text(tmp_path, capsys
     code, stdout, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert "bits per character: validation" in stdout
-    for name in ("config.json", "metrics.csv", "summary.json", "vocab.json", "samples.txt", "checkpoint.pt"):
+    for name in (
+        "config.json",
+        "metrics.csv",
+        "summary.json",
+        "vocab.json",
+        "samples.txt",
+        "checkpoint.pt",
+        "loss.png",
+    ):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data_source"]["sha256"] and load_config_file(out / "config.json")["model"] == "gpt"
