@@ -217,7 +217,8 @@ def convert(
     gen = torch.Generator().manual_seed(int(seed))
     in_shapes: dict[str, tuple[int, ...]] = {}
     needs_feedback: dict[str, bool] = {}  # dfa: does the layer's input receive feedback (anything plastic upstream)?
-    out_size, out_shape = 0, tuple[int, ...]()
+    out_size = 0
+    out_shape: tuple[int, ...] = ()  # dfa: the model's output shape (n, ..., K)
     if r.feedback == "direct":
         assert example_input is not None
 
