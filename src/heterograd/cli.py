@@ -97,6 +97,13 @@ def train(
             help="--model on images: random crop (zero padding 4 at 32x32, else 2) + horizontal flip, seeded",
         ),
     ] = False,
+    norm_feedback: Annotated[
+        str,
+        typer.Option(
+            help="--model: feedback through norm layers: exact (through the batch statistics, as backprop) "
+            "| local (γ/σ per channel, statistics held fixed)"
+        ),
+    ] = "exact",
     rule: Annotated[
         str, typer.Option(help="bp | fa | dfa | hsp | kp | poly; with --model also usf | brsf | frsf")
     ] = "hsp",
@@ -190,6 +197,7 @@ def train(
         model_options=parse_model_options(model_options),
         schedule=schedule,
         augment=augment,
+        norm_feedback=norm_feedback,
         rule=rule,
         checkpoint_every=checkpoint_every,
         epochs=epochs,

@@ -25,6 +25,7 @@ from .errors import HeterogradError, unknown_choice
 from .hardware import make_device_model
 from .losses import LOSSES
 from .models import MODELS
+from .nn import NORM_FEEDBACK
 from .optim import MOTIFS
 from .rules import RULES, check_rule_hyperparameters, rule_hyperparameters
 from .runtime import DTYPES, resolve_device
@@ -77,6 +78,7 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     schedule: str = "constant"
     augment: bool = False
+    norm_feedback: str = "exact"
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
@@ -193,6 +195,8 @@ class TrainConfig:
             raise unknown_choice("schedule", self.schedule, SCHEDULES)
         if not isinstance(self.augment, bool):
             raise HeterogradError(f"augment must be True or False, got {self.augment!r}")
+        if not isinstance(self.norm_feedback, str) or self.norm_feedback not in NORM_FEEDBACK:
+            raise unknown_choice("norm feedback", self.norm_feedback, NORM_FEEDBACK)
         if not isinstance(self.model_options, dict) or not all(isinstance(k, str) for k in self.model_options):
             raise HeterogradError(f"model_options must be a dict of name -> value, got {self.model_options!r}")
         if self.model is None:
@@ -202,6 +206,7 @@ class TrainConfig:
                     ("--schedule", self.schedule != "constant"),
                     ("--augment", self.augment),
                     ("--model-options", bool(self.model_options)),
+                    ("--norm-feedback", self.norm_feedback != "exact"),
                 )
                 if on
             ]

@@ -250,6 +250,7 @@ class ModuleTrainer(Trainer):
             else c.feedback_init,
             seed=c.seed,
             example_input=example if RULES[c.rule].feedback == "direct" else None,
+            norm_feedback=c.norm_feedback,
             **rule_options(c),
         )
         self.model = self.circuit = model  # type: ignore[assignment]
