@@ -166,7 +166,8 @@ def convert(
 
     Raises:
         HeterogradError: an unknown rule or option (``norm_feedback`` included, or ``"local"`` without a norm
-        layer), a rule that does not apply to converted models, a module with trainable parameters no synapse type covers (all named), a model converted twice.
+        layer), a rule that does not apply to converted models, a module with trainable parameters no synapse
+        type covers (all named), a model converted twice.
     """
     if not isinstance(model, nn.Module):
         raise HeterogradError(f"convert expects a torch.nn.Module, got {type(model).__name__}")

@@ -445,11 +445,11 @@ class PlasticGroupNorm(nn.GroupNorm, PlasticModule):
 
 
 __all__ = [
+    "NORM_FEEDBACK",
     "AffineFunction",
     "BatchNormFunction",
     "DirectContext",
     "LayerNormFunction",
-    "NORM_FEEDBACK",
     "PlasticBatchNorm1d",
     "PlasticBatchNorm2d",
     "PlasticBatchNorm3d",
