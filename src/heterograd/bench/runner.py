@@ -447,9 +447,7 @@ def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[]
         steps, state[1] = motif.update(out.deltas.flat(), state[1], circuit.plastic_tensors())
         apply_steps(circuit, steps)
 
-    return _Step(
-        local_learning_step, lambda: Resident(tensor_bytes(circuit.plastic_tensors()), tensor_bytes(state))
-    )
+    return _Step(local_learning_step, lambda: Resident(tensor_bytes(circuit.plastic_tensors()), tensor_bytes(state)))
 
 
 def _sync(device: torch.device) -> None:

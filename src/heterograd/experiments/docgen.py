@@ -109,11 +109,15 @@ def dig(data: Any, dotted: str) -> Any:
 # ---------------------------------------------------------------------------------------------- generators
 @generator("value")
 def value_block(ctx: DocContext, args: list[str]) -> str:
-    """One number from a committed JSON file: ``value FILE KEY [FORMAT]`` (``FILE`` under ``docs/``, ``KEY``
-    dotted, ``FORMAT`` a Python format spec such as ``.2f``; a number times 100 with ``%``)."""
+    """One number from a committed JSON file: ``value FILE KEY [FORMAT]``.
+
+    ``FILE`` is a path under ``docs/``, or an experiment name for ``reproduction/NAME/summary.json``; ``KEY`` is
+    dotted (``measured.lenet5.kp.std``, list items by index); ``FORMAT`` a Python format spec (``.2f``, ``,``).
+    """
     if len(args) not in (2, 3):
         raise HeterogradError(f"generated value takes FILE KEY [FORMAT], got {' '.join(args)!r}")
-    v = dig(ctx.load(args[0]), args[1])
+    rel = args[0] if "/" in args[0] or args[0].endswith(".json") else f"reproduction/{args[0]}/summary.json"
+    v = dig(ctx.load(rel), args[1])
     fmt = args[2] if len(args) == 3 else ""
     if isinstance(v, bool) or not isinstance(v, int | float):
         return str(v)
@@ -139,10 +143,7 @@ def claims_block(ctx: DocContext, args: list[str]) -> str:
     for path in sorted((ctx.docs / "reproduction").glob("*/summary.json")):
         s = json.loads(path.read_text())
         name = str(s.get("name", path.parent.name))
-        if "error" in s:
-            verdict = "crashed"
-        else:
-            verdict = "holds" if s.get("holds") else "**does not hold**"
+        verdict = "crashed" if "error" in s else "holds" if s.get("holds") else "**does not hold**"
         if s.get("quick"):
             verdict += " (quick run)"
         target = _report_link(ctx, path.parent, name)
@@ -256,29 +257,44 @@ class BlockResult:
     current: bool
 
 
+_CODE = re.compile(r"^(```|~~~).*?^\1[^\n]*$|`[^`\n]+`", re.DOTALL | re.MULTILINE)
+
+
 def render(text: str, file: Path, root: Path) -> tuple[str, list[BlockResult]]:
-    """``text`` with every generated block rewritten; and one :class:`BlockResult` per block."""
+    """``text`` with every generated block rewritten; and one :class:`BlockResult` per block.
+
+    Markers inside code (fenced blocks, inline code spans) are examples, left as they are.
+    """
     results: list[BlockResult] = []
+    code: list[str] = []
+
+    def hide(m: re.Match[str]) -> str:
+        code.append(m.group(0))
+        return f"\x00{len(code) - 1}\x00"
+
+    text = _CODE.sub(hide, text)
     opened = len(_OPEN.findall(text))
 
     def sub(m: re.Match[str]) -> str:
-        key, args, old = m.group(1), m.group(2).strip(), m.group(3)
-        line = text.count("\n", 0, m.start()) + 1
+        key, args, old = m.group(1), m.group(2).strip(), _restore(m.group(3), code)
+        line = _restore(text[: m.start()], code).count("\n") + 1
         if key not in GENERATORS:
-            raise HeterogradError(
-                f"{file}:{line}: no generator {key!r}; registered: {', '.join(sorted(GENERATORS))}"
-            )
+            raise HeterogradError(f"{file}:{line}: no generator {key!r}; registered: {', '.join(sorted(GENERATORS))}")
         new = GENERATORS[key](DocContext(root, file), args.split())
         results.append(BlockResult(file, key, args, line, new == old))
         return f"<!-- generated: {key}{' ' + args if args else ''} -->{new}<!-- /generated: {key} -->"
 
-    out = _BLOCK.sub(sub, text)
+    out = _restore(_BLOCK.sub(sub, text), code)
     if opened != len(results):
         raise HeterogradError(
             f"{file}: {opened} '<!-- generated: KEY -->' marker(s) but {len(results)} complete block(s); each needs "
             "its closing '<!-- /generated: KEY -->' with the same KEY"
         )
     return out, results
+
+
+def _restore(text: str, code: list[str]) -> str:
+    return re.sub("\x00(\\d+)\x00", lambda m: code[int(m.group(1))], text)
 
 
 def doc_files(root: Path) -> list[Path]:
