@@ -17,6 +17,8 @@ import dataclasses
 import json
 import math
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from heterograd.train_module import ModuleTrainer
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train one ResNet-20 under ``kp`` with ``norm_feedback=mode``; its numbers."""
+    torch.set_num_threads(args.threads)
     scale = dataclasses.replace(FULL, resnet_epochs=args.epochs, resnet_train=args.n_train, resnet_test=args.n_test)
     cfg = dataclasses.replace(config_of("resnet20", "kp", args.seed, scale), norm_feedback=mode)
     tr = ModuleTrainer(cfg)
@@ -55,13 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="processes (one per mode); 1 runs the modes in turn")
     p.add_argument("--out", type=Path, default=Path("docs/convert/resnet20_norm_feedback.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = []
-    for mode in ("exact", "local"):
-        results.append(run_mode(mode, args))
-        print(json.dumps(results[-1]), flush=True)
+    modes = ("exact", "local")
+    if args.workers > 1:  # one process per mode, each with --threads threads
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(run_mode, modes, [args] * len(modes)))
+    else:
+        results = [run_mode(mode, args) for mode in modes]
+    for r in results:
+        print(json.dumps(r), flush=True)
     doc = {
         "command": "python examples/resnet20_norm_feedback.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": "resnet20",
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "seed": args.seed,
         "threads": args.threads,
+        "workers": args.workers,
         "torch": torch.__version__,
         "results": results,
     }

@@ -241,6 +241,50 @@ def bench_block(ctx: DocContext, args: list[str]) -> str:
     return _bench_block(ctx, f"benchmarks/{args[0]}")
 
 
+@generator("bench-memory")
+def bench_memory_block(ctx: DocContext, args: list[str]) -> str:
+    """Memory of one training step per case: step peak, resident parameters and optimiser state, their total,
+    and both ratios to ``bp-autograd``: ``bench-memory [FILE]`` (default ``bench-convnets-memory.json``)."""
+    if len(args) > 1:
+        raise HeterogradError(f"generated bench-memory takes at most one FILE, got {' '.join(args)!r}")
+    rel = f"benchmarks/{args[0] if args else 'bench-convnets-memory.json'}"
+    data = ctx.load(rel)
+    rows = []
+    for r in data["results"]:
+        if r.get("total_bytes") is None:
+            raise HeterogradError(f"docs/{rel} predates the total-memory columns; rerun the benchmark")
+        rows.append(
+            [
+                r["shape"],
+                r["label"],
+                _num(r["peak_bytes"] / 2**20, ".2f"),
+                _num(r["memory_ratio_to_bp"], ".3f"),
+                _num(r["param_bytes"] / 2**20, ".2f"),
+                _num(r["optimizer_state_bytes"] / 2**20, ".2f"),
+                _num(r["total_bytes"] / 2**20, ".2f"),
+                _num(r["total_memory_ratio_to_bp"], ".3f"),
+            ]
+        )
+    env = data["environment"]
+    head = (
+        f"\nFrom `docs/{rel}` (heterograd {env['heterograd']}, torch {env['torch']}, {env['device']}, "
+        f"{env['torch_threads']} thread(s)); MiB = 2^20 bytes.\n"
+    )
+    return head + _table(
+        [
+            "case",
+            "implementation",
+            "step peak MiB",
+            "peak × bp-autograd",
+            "parameters + buffers MiB",
+            "optimiser state MiB",
+            "total MiB",
+            "total × bp-autograd",
+        ],
+        rows,
+    )
+
+
 # ---------------------------------------------------------------------------------------------- the rewrite
 _BLOCK = re.compile(r"<!-- generated: ([\w.-]+)((?: [^>]*?)?) -->(.*?)<!-- /generated: \1 -->", re.DOTALL)
 _OPEN = re.compile(r"<!-- generated: ([\w.-]+)")
