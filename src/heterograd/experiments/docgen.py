@@ -201,7 +201,7 @@ def convert_norm_block(ctx: DocContext, args: list[str]) -> str:
     d = ctx.load("convert/resnet20_norm_feedback.json")
     head = (
         f"\nResNet-20, rule `{d['rule']}`, {d['data']}: {d['n_train']:,} training images, {d['epochs']} epoch(s), "
-        f"seed {d['seed']}, test error on {d['n_test']:,} test images; `{d['command']}` "
+        f"seed {d['seed']}, test error on {d['n_test']:,} test images; `{d['command'].strip()}` "
         f"(torch {d['torch']}, {d['threads']} thread(s)).\n"
     )
     rows = [
