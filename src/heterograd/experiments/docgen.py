@@ -94,15 +94,23 @@ def _num(v: Any, fmt: str) -> str:
 
 
 def dig(data: Any, dotted: str) -> Any:
-    """``data["a"]["b"][0]`` for ``"a.b.0"``; a clear error when a part is missing."""
-    cur = data
-    for part in dotted.split("."):
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
-            cur = cur[int(part)]
+    """``data["a"]["b"][0]`` for ``"a.b.0"``; a key that itself holds dots (``align_stuck_0.5``) is matched whole
+    (the longest key that fits wins). A clear error when a part is missing."""
+    parts = dotted.split(".")
+    cur, i = data, 0
+    while i < len(parts):
+        if isinstance(cur, dict):
+            for j in range(len(parts), i, -1):
+                key = ".".join(parts[i:j])
+                if key in cur:
+                    cur, i = cur[key], j
+                    break
+            else:
+                raise HeterogradError(f"no key {dotted!r} (stops at {parts[i]!r}); fix the generated block's key")
+        elif isinstance(cur, list) and parts[i].lstrip("-").isdigit() and -len(cur) <= int(parts[i]) < len(cur):
+            cur, i = cur[int(parts[i])], i + 1
         else:
-            raise HeterogradError(f"no key {dotted!r} (stops at {part!r}); fix the generated block's key")
+            raise HeterogradError(f"no key {dotted!r} (stops at {parts[i]!r}); fix the generated block's key")
     return cur
 
 
@@ -283,6 +291,46 @@ def bench_memory_block(ctx: DocContext, args: list[str]) -> str:
         ],
         rows,
     )
+
+
+def _strength(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
+
+@generator("hardware-table")
+def hardware_block(ctx: DocContext, args: list[str]) -> str:
+    """The headline numbers of a committed device sweep: ``hardware-table NAME`` (``hardware``,
+    ``hardware-lenet``): accuracy without and on the reference device, the strength at which each rule has lost
+    5 points, the mean accuracy loss over each sweep, diverged runs and runs."""
+    if len(args) != 1:
+        raise HeterogradError(f"generated hardware-table takes one experiment NAME, got {' '.join(args)!r}")
+    s = ctx.load(f"reproduction/{args[0]}/summary.json")
+    m = s["measured"]
+    sweeps = list(m["loss_5_points_at"])
+    runs: dict[str, int] = {}
+    for r in m.get("runs", []):
+        runs[r["rule"]] = runs.get(r["rule"], 0) + 1
+    rows = []
+    for rule in m["plain_accuracy"]:
+        rows.append(
+            [
+                f"`{rule}`",
+                _num(m["plain_accuracy"][rule], ".3f"),
+                _num(m["reference_accuracy"][rule], ".3f"),
+                *[_strength(m["loss_5_points_at"][sw].get(rule, "-")) for sw in sweeps],
+                *[_num(m["mean_loss_points"][sw].get(rule), ".1f") for sw in sweeps],
+                f"{m['diverged_runs'].get(rule, 0)} of {runs.get(rule, '?')}",
+            ]
+        )
+    header = [
+        "rule",
+        "plain (no device)",
+        "reference device",
+        *[f"5-pt loss at: {sw}" for sw in sweeps],
+        *[f"mean loss (points): {sw}" for sw in sweeps],
+        "diverged runs",
+    ]
+    return _table(header, rows)
 
 
 # ---------------------------------------------------------------------------------------------- the rewrite
