@@ -2,7 +2,8 @@
 
 Every test that says "X learns" compares with the readout-only baseline (hidden layers frozen, same data, seed
 and loop) and must beat it by a stated margin: ``test_convert_rules`` (digits MLP, every rule),
-``test_hardware_nn`` (converted models on devices) and ``test_train_module`` (``train --model lenet5``). Here
+``test_hardware_nn`` (converted models on devices), ``test_train_module`` (``train --model lenet5``) and
+``test_foundation`` (circuits of every topology). Here
 the same checks run on models whose feedback cannot reach the hidden layers, and each must say "does not learn".
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from heterograd import convert
 from learning_checks import plant_broken_transport, synapse_layers
 from test_convert_rules import _train_digits, digits_learns
+from test_foundation import circuit_accuracy, circuit_learns
 from test_hardware_nn import device_learns, device_loss
 from test_train_module import lenet5_accuracy, lenet5_learns
 
@@ -37,9 +39,11 @@ def test_planted_zero_transport_stops_all_feedback_to_hidden_layers(rule):
 def test_a_planted_broken_transport_fails_every_learning_check(digits):
     """The closing check of issue 20 item 3: the same checks that pass for working feedback fail here."""
     readout = _train_digits("bp", digits, mode="readout")[1]
-    for rule in ("hsp", "usf", "dfa"):
+    for rule in ("hsp", "dfa"):  # a transport through B, a direct one (test above: each is zero)
         acc = _train_digits(rule, digits, mode="broken")[1]
         assert not digits_learns(acc, readout), (rule, acc, readout)
     broken = device_loss(digits, "conv", "hsp", "moderate", mode="broken")
     assert not device_learns(broken, device_loss(digits, "conv", "hsp", "moderate", mode="readout"))
     assert not lenet5_learns(lenet5_accuracy("broken"), lenet5_accuracy("readout"))
+    readout = circuit_accuracy(digits, "layered", mode="readout")
+    assert not circuit_learns(circuit_accuracy(digits, "layered", mode="broken"), readout)
