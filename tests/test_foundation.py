@@ -166,20 +166,35 @@ def test_hsp_matches_bp_accuracy_on_digits(digits):
 
 
 def test_dc_prediction_negative_gain_does_not_learn(digits):
-    """docs/theory.md section 4: c = -1 breaks DC in a 2-hidden-layer circuit; c = +1 and 0.3 learn."""
+    """docs/theory.md section 4: c = -1 breaks DC in a 2-hidden-layer circuit; c = +1 and 0.3 learn (beat the
+    readout-only baseline of the same circuit by :data:`CIRCUIT_MARGIN`)."""
+    from heterograd.rules import Freeze
+
     acc = {}
-    for gain in (1.0, 0.3, -1.0):
-        s = Trainer(TrainConfig(feedback_gain=gain, epochs=15, seed=0, probes=False), digits).fit(None, progress=False)
-        acc[gain] = s.summary
-    assert acc[1.0]["test_accuracy"] > 0.9
-    assert acc[0.3]["test_accuracy"] > 0.9
+    for gain in (1.0, 0.3, -1.0, "readout"):
+        tr = Trainer(TrainConfig(feedback_gain=1.0 if gain == "readout" else gain, epochs=15, probes=False), digits)
+        if gain == "readout":
+            tr.rule = Freeze(tr.rule, layers=(1, 2))
+            tr.rule_state = tr.rule.init(tr.circuit)
+        acc[gain] = tr.fit(None, progress=False).summary
+    readout = acc["readout"]["test_accuracy"]
+    assert circuit_learns(acc[1.0]["test_accuracy"], readout), (acc[1.0]["test_accuracy"], readout)
+    assert circuit_learns(acc[0.3]["test_accuracy"], readout), (acc[0.3]["test_accuracy"], readout)
     bad = acc[-1.0]
     assert bad["diverged"] or bad["test_accuracy"] < 0.5, bad
 
 
 def test_teacher_regression_learns(teacher):
-    r = Trainer(TrainConfig(data="teacher", epochs=20, hidden=(32,), lr=0.05), teacher).fit(None, progress=False)
-    s = r.summary
-    assert s["test_accuracy"] is None and not s["diverged"]
-    first = r.rows[0]["train_loss"]
-    assert s["final_train_loss"] < 0.5 * first
+    """Learns: the final training loss is below half the readout-only baseline's (hidden layer frozen)."""
+    from heterograd.rules import Freeze
+
+    final = {}
+    for mode in ("full", "readout"):
+        tr = Trainer(TrainConfig(data="teacher", epochs=20, hidden=(32,), lr=0.05), teacher)
+        if mode == "readout":
+            tr.rule = Freeze(tr.rule, layers=(1,))
+            tr.rule_state = tr.rule.init(tr.circuit)
+        s = tr.fit(None, progress=False).summary
+        assert s["test_accuracy"] is None and not s["diverged"]
+        final[mode] = s["final_train_loss"]
+    assert final["full"] < 0.5 * final["readout"], final
