@@ -63,8 +63,9 @@ def plant_broken_transport(model: nn.Module) -> nn.Module:
     for _, m in synapse_layers(model):
         pl: Any = m.plasticity
         if pl.direct is not None:
-            with torch.no_grad():
-                m.feedback.zero_()  # type: ignore[union-attr,operator]
+            if m.feedback is not None:  # the first layer keeps no D (its input takes no feedback)
+                with torch.no_grad():
+                    m.feedback.zero_()  # type: ignore[operator]
         else:
             pl.device = ZeroTransport(pl.device)
     return model
