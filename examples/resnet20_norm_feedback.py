@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
+import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -51,6 +52,15 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _commit() -> str | None:
+    """The git commit of the working tree the run used (``None`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-train", type=int, default=10000)
@@ -82,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "workers": args.workers,
         "torch": torch.__version__,
+        "commit": _commit(),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -210,7 +210,9 @@ def convert_norm_block(ctx: DocContext, args: list[str]) -> str:
     head = (
         f"\nResNet-20, rule `{d['rule']}`, {d['data']}: {d['n_train']:,} training images, {d['epochs']} epoch(s), "
         f"seed {d['seed']}, test error on {d['n_test']:,} test images; `{d['command'].strip()}` "
-        f"(torch {d['torch']}, {d['threads']} thread(s)).\n"
+        f"(torch {d['torch']}, {d['threads']} thread(s)"
+        + (f", commit {d['commit'][:7]}" if d.get("commit") else "")
+        + ").\n"
     )
     rows = [
         [
