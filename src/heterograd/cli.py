@@ -102,6 +102,13 @@ def train(
             "(imagefolder: random resized crop + flip)",
         ),
     ] = False,
+    norm_feedback: Annotated[
+        str,
+        typer.Option(
+            help="--model: feedback through norm layers: exact (through the batch statistics, as backprop) "
+            "| local (γ/σ per channel, statistics held fixed)"
+        ),
+    ] = "exact",
     rule: Annotated[
         str, typer.Option(help="bp | fa | dfa | hsp | kp | poly; with --model also usf | brsf | frsf")
     ] = "hsp",
@@ -205,6 +212,7 @@ def train(
         model_options=parse_model_options(model_options),
         schedule=schedule,
         augment=augment,
+        norm_feedback=norm_feedback,
         rule=rule,
         checkpoint_every=checkpoint_every,
         epochs=epochs,
