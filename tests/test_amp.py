@@ -18,12 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heterograd import TrainConfig
+from heterograd import TrainConfig, train_module
 from heterograd.bench import doctor
 from heterograd.data import Dataset
 from heterograd.errors import HeterogradError
 from heterograd.models import make_model
 from heterograd.nn import convert
+from learning_checks import plant_broken_transport
 
 
 def _lenet_kp() -> torch.nn.Module:
@@ -79,7 +80,7 @@ def _digits28() -> Dataset:
     return Dataset("digits28", up(ds.x_train), ds.y_train, up(ds.x_test), ds.y_test, 10, (1, 28, 28))
 
 
-def test_kp_learns_lenet5_under_bf16_autocast_and_float32_beyond_the_readout_baseline():
+def test_kp_learns_lenet5_under_bf16_autocast_and_float32_beyond_the_readout_baseline(monkeypatch):
     """The doctor's full ``learn-kp`` and ``learn-kp-bf16-autocast`` checks on the digits at 28x28.
 
     Recipe (``doctor.DIGITS_RECIPE``): 10 epochs of batch 32 (450 steps), lr 0.02, momentum 0.9, cosine
@@ -91,7 +92,8 @@ def test_kp_learns_lenet5_under_bf16_autocast_and_float32_beyond_the_readout_bas
     seed 0: 0.967 / 0.961 / 0.922 (0.2), margins +0.045 / +0.039;
     seed 1: 0.956 / 0.947 / 0.906 (0.2), margins +0.050 / +0.041;
     seed 2: 0.956 / 0.928 / 0.897 (0.1), margins +0.059 / +0.031.
-    This test runs seed 0 (~30 s of one CPU core).
+    The control beside it: the same check with a planted broken transport (no feedback reaches a hidden layer,
+    tests/learning_checks.py) must fail. This test runs seed 0 (~35 s of one CPU core).
     """
     shared: dict = {"data": (_digits28(), "digits upsampled to 28x28 1437/360")}
     cpu = torch.device("cpu")
@@ -101,6 +103,15 @@ def test_kp_learns_lenet5_under_bf16_autocast_and_float32_beyond_the_readout_bas
         assert data["test_accuracy"] >= data["readout_accuracy"] + doctor.DIGITS_LEARN_MARGIN, (amp, detail)
         assert status == "pass", (amp, detail)
     assert shared["readout"][1] in doctor.READOUT_LRS and shared["readout"][0] > 0.5  # the baseline learned too
+
+    class Broken(train_module.ModuleTrainer):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            plant_broken_transport(self.model)
+
+    monkeypatch.setattr(train_module, "ModuleTrainer", Broken)  # the readout is already in ``shared``
+    status, detail, _ = doctor.make_learn_check("kp")(cpu, False, 0, shared)
+    assert status == "fail", detail
 
 
 def test_amp_is_refused_where_it_does_not_apply():
