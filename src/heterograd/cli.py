@@ -15,6 +15,25 @@ import typer
 
 from .errors import HeterogradError
 
+
+def _hide_flag_types() -> None:
+    """Show no type next to on/off flags in ``--help``: typer 0.29 prints ``--augment <bool>``, which reads as if the
+    flag took a value."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "heterograd_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else original(self, ctx)
+
+    display_type_rich.heterograd_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
 app = typer.Typer(
     name="heterograd",
     help="Heterosynaptic circuits: learning by local two-signal plasticity, measured against backprop.",
@@ -98,20 +117,35 @@ def train(
         ),
     ] = False,
     rule: Annotated[
-        str, typer.Option(help="bp | fa | dfa | hsp | kp | poly; with --model also usf | brsf | frsf")
+        str,
+        typer.Option(
+            help="bp | fa | dfa | hsp (feedback gain c = 0.5 unless --feedback-gain) | kp (hsp at c = 1) | poly "
+            "| freeze (circuits only: hsp with W_1 frozen); with --model also usf | brsf | frsf"
+        ),
     ] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     seed: Annotated[int, typer.Option(help="seed for weights, masks, data order")] = 0,
     out: Annotated[Path | None, typer.Option(help="results folder (default runs/<data>-<rule>-s<seed>)")] = None,
     hidden: Annotated[str, typer.Option(help="hidden widths, e.g. 128,128 ('none' for no hidden layer)")] = "128,128",
     activation: Annotated[str, typer.Option(help="tanh | relu | sigmoid | identity")] = "tanh",
-    lr: Annotated[float, typer.Option(help="learning rate η")] = 0.05,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="learning rate η  [default: 0.05 for sgd and momentum, 1e-3 for rmsprop, adam and adamw]"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="minibatch size n")] = 32,
     weight_decay: Annotated[
-        float | None, typer.Option(help="weight decay λ on W, b and B  [default: 1e-4 where the rule has it]")
+        float | None,
+        typer.Option(
+            help="weight decay λ on W, b and B (every rule; not poly given both --theta-w and --theta-b)  "
+            "[default: 1e-4, as heterograd.convert(model, rule)]"
+        ),
     ] = None,
     feedback_gain: Annotated[
-        float | None, typer.Option(help="feedback plasticity gain c (hsp, poly, freeze)  [default: 1.0]")
+        float | None,
+        typer.Option(
+            help="feedback plasticity gain c of ΔB; rules hsp, poly (without --theta-b) and freeze only  [default: "
+            "0.5 for hsp, 1.0 for poly and freeze]"
+        ),
     ] = None,
     topology: Annotated[str, typer.Option(help="layered | sparse | direct | amorphous")] = "layered",
     density: Annotated[
@@ -196,7 +230,7 @@ def train(
         seed=seed,
         hidden=hidden,
         activation=activation,
-        lr=lr,  # type: ignore[arg-type]
+        lr=lr,
         batch_size=batch_size,
         weight_decay=weight_decay,
         feedback_gain=feedback_gain,
@@ -234,6 +268,7 @@ def train(
     data, rule, seed = cfg.data, cfg.rule, cfg.seed
     if overwrite and resume is not None:
         raise HeterogradError("--overwrite would delete the run --resume continues; drop --overwrite")
+    _refuse_undeclared_torchrun(distributed)
     if distributed and resume is not None:
         raise HeterogradError("--distributed cannot --resume yet; start a fresh run or resume without --distributed")
     if resume is not None:
@@ -286,6 +321,21 @@ def train(
         )
     else:
         typer.echo(f"results written to {out_dir}")
+
+
+def _refuse_undeclared_torchrun(distributed: bool) -> None:
+    """Started as one of several processes (``torchrun``: ``WORLD_SIZE`` > 1) without ``--distributed``: every
+    process would train alone and write the same ``--out``; refuse with one line."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not distributed and world.strip().isdigit() and int(world) > 1:
+        rank = os.environ.get("RANK", "?")
+        raise HeterogradError(
+            f"this process is rank {rank} of {world} (WORLD_SIZE={world}, as torchrun sets it) but --distributed is "
+            "not set, so every rank would train alone into the same --out; pass --distributed, or run one process "
+            "without torchrun"
+        )
 
 
 _NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx", "config", "tensorboard", "overwrite"})

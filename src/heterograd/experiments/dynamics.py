@@ -93,7 +93,7 @@ def _one_run(ds: Any, wiring: dict[str, Any], seed: int, steps: int, log: int) -
         weight_decay=WEIGHT_DECAY,
         probe_size=256,
         log_every=log,
-        **wiring,
+        **{"feedback_gain": 1.0, **wiring},  # c = 1 unless the wiring sets it (the hsp run default is 0.5)
     )
     tr = trainer_with(cfg, ds)
     layers = tr.circuit.hidden_layers

@@ -217,6 +217,7 @@ def run(ctx: Context) -> Verdict:
             probe_size=256,
             device_model=model,
             device_model_options=options,
+            feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
         )
 
     with torch_threads(1):

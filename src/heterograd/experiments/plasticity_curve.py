@@ -175,6 +175,7 @@ def run(ctx: Context) -> Verdict:
             cfg = TrainConfig(
                 data=DATA,
                 rule="hsp",
+                feedback_gain=1.0,  # c = 1 as committed (the hsp run default is 0.5)
                 hidden=HIDDEN,
                 activation=ACTIVATION,
                 epochs=epochs,

@@ -92,7 +92,7 @@ def _two_streams(signal: Tensor, noise: Tensor, swapped: bool) -> Tensor:
 def _new_learner(rule_name: str, d: int, seed: int) -> _Learner:
     mask = block_mask([d, d], [POP, POP])
     circuit = Circuit([2 * d, 2 * POP, HIDDEN, 10], "tanh", forward_masks={1: mask}, seed=seed)
-    rule = make_rule(rule_name, weight_decay=WEIGHT_DECAY)
+    rule = make_rule(rule_name, weight_decay=WEIGHT_DECAY, feedback_gain=1.0 if rule_name == "hsp" else None)
     motif = make_motif("sgd", lr=LR)
     return _Learner(
         circuit,

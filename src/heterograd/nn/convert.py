@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import HeterogradError, unknown_choice
-from ..rules import RULES, Rule, make_rule
+from ..rules import RULES, Rule, make_rule, run_defaults
 from ..synapses import DENSE, Conv, Embedding, Synapse
 from .layers import (
     DirectContext,
@@ -68,7 +68,7 @@ def _build_rule(rule: str | Rule, options: dict[str, Any]) -> Rule:
             raise HeterogradError(
                 f"rule {rule!r} has no option {', '.join(bad)}; its options: {', '.join(sorted(fields)) or 'none'}"
             )
-        r = make_rule(rule, **options)
+        r = make_rule(rule, **{**options, **run_defaults(rule, options)})
     if not r.nn_engine:
         raise HeterogradError(
             f"rule {r.name!r} applies to the Circuit engine only; in a converted model freeze a layer with "
@@ -147,7 +147,10 @@ def convert(
             that carry a ``B`` (plastic or frozen).
         seed: seeds every random feedback matrix (and the per-layer generators of ``brsf``).
         example_input: a batch the model accepts; required by ``dfa`` (it sizes each layer's ``D``).
-        **rule_options: the rule's hyperparameters, e.g. ``weight_decay=1e-4``, ``feedback_gain=0.5``.
+        **rule_options: the rule's hyperparameters, e.g. ``weight_decay=0.0``, ``feedback_gain=1.0``. A rule given
+            by name gets the same defaults as ``heterograd train`` where it takes them: ``weight_decay=1e-4``,
+            ``feedback_gain=0.5`` for ``hsp`` (``1.0`` for ``poly``); a :class:`~heterograd.rules.Rule` object
+            keeps its own values.
 
     The loop is the standard one: ``loss.backward()`` is the t' sweep, after which each plastic parameter's
     ``.grad`` holds ``-Δ/η`` of the rule (``B``'s too where it is plastic), so any ``torch.optim`` optimiser
