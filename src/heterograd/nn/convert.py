@@ -21,6 +21,7 @@ from ..rules import RULES, Rule, make_rule, run_defaults
 from ..synapses import DENSE, Conv, Embedding, Synapse
 from .layers import (
     DirectContext,
+    GradientGuard,
     PlasticBatchNorm1d,
     PlasticBatchNorm2d,
     PlasticBatchNorm3d,
@@ -226,16 +227,17 @@ def convert(
         out_size = out[0].numel()
     direct = DirectContext() if r.feedback == "direct" else None
 
+    guard = GradientGuard()
     for k, (name, m, base, is_syn) in enumerate(plan):
         if not is_syn:
             m.__class__ = _NORM_TYPES[base]
-            m.plasticity = Plasticity(r, None, name)  # type: ignore[assignment]
+            m.plasticity = Plasticity(r, None, name, guard=guard)  # type: ignore[assignment]
             continue
         syn = _synapse_of(name, m, base)
         W: Tensor = m.weight  # type: ignore[assignment]
         layer_gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + k) if r.name == "brsf" else None
         m.__class__ = _SYNAPSE_TYPES[base]
-        m.plasticity = Plasticity(r, syn, name, generator=layer_gen, direct=direct)  # type: ignore[assignment]
+        m.plasticity = Plasticity(r, syn, name, generator=layer_gen, direct=direct, guard=guard)  # type: ignore[assignment]
         if not syn.has_transport or (not has_B and r.feedback != "direct"):
             m.register_buffer("feedback", None)
         elif r.feedback == "direct":
@@ -253,6 +255,8 @@ def convert(
                 m.register_buffer("feedback", B)
     if direct is not None:
         model.register_forward_hook(CaptureOutputError(direct))
+    guard.layers = [(name, m) for name, m, _, _ in plan]  # a gradient that bypassed its layer is an error
+    guard.install_hooks()
     return model
 
 
