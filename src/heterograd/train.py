@@ -333,6 +333,7 @@ class Trainer:
         self.loss_count = 0
         self.last_train_loss = math.nan
         self.elapsed = 0.0
+        self.initial_test_loss: float | None = None  # the untrained model's test loss (the no-learning check)
         self.checkpoint_file: Path | None = None
         self.resumed_from: Path | None = None
         self._run_dir: Path | None = None  # the folder this run writes to (set by resume and the first fit)
@@ -422,6 +423,7 @@ class Trainer:
             "data_fingerprint": data_fingerprint(self.data.x_train, self.data.y_train),
             "wall_seconds": float(self.elapsed),
             "versions": environment(),
+            "initial_test_loss": self.initial_test_loss,
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
@@ -465,6 +467,8 @@ class Trainer:
         self.loss_sum, self.loss_count = float(ck["loss_sum"]), ck["loss_count"]
         self.last_train_loss = float(ck["last_train_loss"])
         self.elapsed = float(ck.get("wall_seconds", 0.0))
+        initial = ck.get("initial_test_loss")  # absent in checkpoints of heterograd <= 0.2.0
+        self.initial_test_loss = None if initial is None else float(initial)
 
     def save_checkpoint(self, out_dir: str | Path) -> Path:
         """Atomically write ``out_dir/checkpoint.pt``; returns its path."""
@@ -602,6 +606,8 @@ class Trainer:
             write_json(out / "config.json", recorded)
             if tb is not None:
                 tb.config(recorded)
+        if self.step_count == 0 and self.initial_test_loss is None:
+            self.initial_test_loss = self.evaluate_test()[0]  # what "learned nothing" is measured against
         start = time.perf_counter()
         start_step = self.step_count
         diverged, diverged_step, reason = False, None, None
@@ -752,6 +758,8 @@ class Trainer:
             "diverged": diverged,
             "diverged_step": diverged_step,
             "diverged_reason": reason if diverged else None,
+            "no_learning": None if diverged else self.no_learning_reason(test_loss, test_acc),
+            "initial_test_loss": self.initial_test_loss,
             "phi": [probes.get(f"phi{k}", math.nan) for k in keys],
             "align": [probes.get(f"align{k}", math.nan) for k in keys],
             "dc_score": probes.get("dc_score", math.nan),
@@ -759,6 +767,39 @@ class Trainer:
             "device": str(self.device),
             **self.summary_extra(),
         }
+
+    def chance_accuracy(self) -> tuple[float, int] | None:
+        """``(p, n)``: the accuracy of always answering the test set's most frequent class, over its ``n`` labels
+        (sequence targets: the non-ignored tokens); ``None`` for regression."""
+        y = self.data.y_test
+        if y.is_floating_point():
+            return None
+        labels = y.reshape(-1)
+        labels = labels[labels >= 0]  # -100: no target (sequence positions without a loss)
+        if labels.numel() == 0:
+            return None
+        return float(torch.bincount(labels.cpu()).max()) / labels.numel(), int(labels.numel())
+
+    def no_learning_reason(self, test_loss: float, test_acc: float | None) -> str | None:
+        """Why a finished (not diverged) run counts as having learned nothing, or ``None``; the criteria, fixed:
+
+        * ``final test loss above the initial``: the test loss at the end exceeds the untrained model's;
+        * ``test accuracy at chance``: the final test accuracy (judged after at least one epoch) is at most the
+          majority-class rate ``p`` plus two standard errors, ``p + 2·sqrt(p(1-p)/n)`` over ``n`` test labels.
+        """
+        initial = self.initial_test_loss
+        if initial is not None and math.isfinite(initial) and test_loss > initial:
+            return f"final test loss {test_loss:.4g} above the initial {initial:.4g}"
+        chance = self.chance_accuracy()
+        if test_acc is not None and chance is not None:
+            p, n = chance
+            limit = p + 2.0 * math.sqrt(p * (1.0 - p) / n)
+            if test_acc <= limit:
+                return (
+                    f"test accuracy {test_acc:.3f} at chance (<= {limit:.3f}: majority class {p:.3f} plus 2 "
+                    f"standard errors over {n} test labels)"
+                )
+        return None
 
     def probed_layers(self) -> list[str]:
         """Suffixes of the probe columns the summary lists as ``phi``/``align``: ``_1``, ``_2``, ... (hidden layers)."""

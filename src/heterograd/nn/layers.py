@@ -105,8 +105,9 @@ class GuardHook:
     def __init__(self, guard: GradientGuard, name: str, param: Tensor) -> None:
         self.guard, self.name, self.param = guard, name, param
 
-    def __call__(self, grad: Tensor) -> None:
-        self.guard.check(self.param, self.name)
+    def __call__(self, grad: Tensor | None) -> None:
+        if grad is not None:  # autograd.grad calls hooks with None for an input that got no gradient
+            self.guard.check(self.param, self.name)
 
 
 def _arm(pl: Plasticity) -> None:
