@@ -302,6 +302,13 @@ def train(
     except TrainingInterrupted as exc:
         import signal
 
+        if exc.checkpoint is None:
+            typer.echo(
+                f"interrupted by {signal.Signals(exc.signum).name} before training started; nothing was kept in "
+                f"{out_dir}; run the command again to start",
+                err=True,
+            )
+            sys.exit(128 + exc.signum)
         typer.echo(
             f"interrupted by {signal.Signals(exc.signum).name} after step {exc.step}; checkpoint written to "
             f"{exc.checkpoint}; continue with: heterograd train --resume {out_dir}",
@@ -425,6 +432,9 @@ _register_subcommands()
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
+    from ._startup import startup_done
+
+    startup_done()  # from here on Ctrl-C is handled below (and by the trainer), not by the start-up handler
     try:
         rc = app(args=argv, standalone_mode=False)  # a command's typer.Exit(code) comes back as its return value
     except HeterogradError as exc:

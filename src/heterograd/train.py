@@ -241,6 +241,21 @@ def _first_n(ds: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
     )
 
 
+#: ``config.data`` of a run on a :class:`Dataset` passed in Python: ``python:<its name>`` (not loadable by name).
+PYTHON_DATA_PREFIX = "python:"
+
+
+def record_dataset_name(c: TrainConfig, dataset: Dataset) -> None:
+    """Record a dataset passed in Python as ``config.data = "python:<dataset.name>"`` unless it is the named one.
+
+    A preloaded built-in set (``load_dataset(config.data)``, same name) keeps its name; any other (your own data)
+    gets the prefix, so ``config.json`` says what the run trained on and ``--config`` refuses to rerun it on
+    another set (:func:`heterograd.data.load_dataset` rejects ``python:`` names with the way to rerun it).
+    """
+    if dataset.name != c.data and c.data != PYTHON_DATA_PREFIX + dataset.name:
+        c.data = PYTHON_DATA_PREFIX + dataset.name
+
+
 def _same_fingerprint(a: Any, b: Any) -> bool:
     """Fingerprints from :func:`heterograd.checkpoint.data_fingerprint` agree (sums to 1e-9 relative)."""
     if not isinstance(a, list) or len(a) != len(b):
@@ -285,6 +300,7 @@ class Trainer:
             )
         else:
             ds = _first_n(dataset, c.n_train, c.n_test)
+            record_dataset_name(c, dataset)
         self.data = ds.to(device=self.device, dtype=self.dtype)
         if c.loss is None:
             c.loss = "ce" if self.data.n_classes is not None else "mse"
@@ -570,7 +586,8 @@ class Trainer:
         A diverging run (non-finite loss, or weights beyond ``divergence_threshold``) stops at the
         logged step where it is detected, keeps everything written so far and reports
         ``diverged: true``, ``diverged_step`` and ``diverged_reason`` in the summary; it is a result,
-        not an exception.
+        not an exception. A finished run that learned nothing (final test loss above the untrained
+        model's, or test accuracy at chance: :meth:`no_learning_reason`) says so in ``no_learning``.
 
         With ``config.checkpoint_every = K`` a checkpoint is written every K steps and at the end (only
         when there is an ``out_dir``: checkpoints live in the run folder). With
@@ -579,6 +596,10 @@ class Trainer:
         :class:`TrainingInterrupted` is raised; ``Trainer.resume(out_dir).fit(out_dir)`` continues
         and ends with the same weights and metrics as an uninterrupted run.
 
+        A new run that fails or is interrupted before its first step leaves no files behind (the folder is
+        as before: nothing of it blocks a rerun); an interruption there raises :class:`TrainingInterrupted`
+        with ``checkpoint=None``.
+
         ``summary.json`` depends only on the configuration, data and machine (same seed, same file);
         wall-clock time goes to ``timing.json`` (and ``RunResult.summary["wall_seconds"]``).
 
@@ -586,6 +607,53 @@ class Trainer:
         epoch (at most 10 per run). ``tensorboard`` also writes every logged row as scalars and the
         config as text to ``out_dir/tensorboard`` (needs ``heterograd[tensorboard]``).
         """
+        created = out_dir is not None and not Path(out_dir).exists()
+        self._fresh_out: Path | None = None
+        try:
+            return self._fit(
+                out_dir,
+                progress=progress,
+                on_log=on_log,
+                handle_signals=handle_signals,
+                tensorboard=tensorboard,
+                overwrite=overwrite,
+            )
+        except BaseException as exc:
+            fresh = self._fresh_out
+            if fresh is None or self.step_count > 0:
+                raise
+            self._discard(fresh, created)  # nothing trained yet: leave no folder that blocks the rerun
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
+                raise TrainingInterrupted(signal.SIGINT, 0, None) from exc
+            raise
+
+    @staticmethod
+    def _discard(out: Path, created: bool) -> None:
+        """Delete what a new run wrote into ``out`` (it was empty before), and ``out`` itself if it was created."""
+        import shutil
+
+        if not out.is_dir():
+            return
+        for e in out.iterdir():
+            if e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e, ignore_errors=True)
+            else:
+                e.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+    def _fit(
+        self,
+        out_dir: str | Path | None = None,
+        *,
+        progress: bool = True,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        handle_signals: bool = True,
+        tensorboard: bool = False,
+        overwrite: bool = False,
+    ) -> RunResult:
+        """:meth:`fit` without the clean-up of a new run that fails before its first step."""
         c = self.config
         if tensorboard and out_dir is None:
             raise HeterogradError("--tensorboard writes next to metrics.csv and needs an output folder (--out)")
@@ -599,6 +667,8 @@ class Trainer:
             if own and overwrite:
                 raise HeterogradError(f"--overwrite would delete the run being resumed in {out_dir}; drop --overwrite")
             out = prepare_out_dir(out_dir) if own else prepare_run_dir(out_dir, overwrite=overwrite)
+            if not own:
+                self._fresh_out = out  # empty now: what a failure before the first step leaves is removed
             self._run_dir = out.resolve()
         tb = TensorBoardLog(out / "tensorboard", self.step_count or None) if tensorboard and out is not None else None
         if out is not None:
