@@ -29,6 +29,26 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
 )
 """Modules (relative to this package) that register experiments, in report order."""
 
+EXPERIMENT_NAMES: tuple[str, ...] = (
+    "hs",
+    "dc",
+    "metaplasticity",
+    "hebbian",
+    "flexibility",
+    "benchmark",
+    "optimizers",
+    "meta",
+    "evolution",
+    "hardware",
+    "hardware-lenet",
+    "rewire",
+    "dynamics",
+    "plasticity",
+    "convnets",
+)
+"""The names :data:`EXPERIMENT_MODULES` register, in report order, known without importing them (``repro --help``;
+a test keeps the two in step)."""
+
 
 def load_all() -> dict[str, object]:
     """Import every experiment module so that :data:`EXPERIMENTS` is complete."""
@@ -37,4 +57,13 @@ def load_all() -> dict[str, object]:
     return dict(EXPERIMENTS)
 
 
-__all__ = ["EXPERIMENTS", "EXPERIMENT_MODULES", "Context", "Verdict", "experiment", "load_all", "run_experiment"]
+__all__ = [
+    "EXPERIMENTS",
+    "EXPERIMENT_MODULES",
+    "EXPERIMENT_NAMES",
+    "Context",
+    "Verdict",
+    "experiment",
+    "load_all",
+    "run_experiment",
+]

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from . import EXPERIMENT_NAMES
+
 EXIT_HOLDS = 0
 EXIT_DOES_NOT_HOLD = 1
 EXIT_CRASHED = 3
@@ -33,7 +35,10 @@ def register(app: typer.Typer) -> None:
     def repro(
         name: Annotated[
             str,
-            typer.Argument(help="experiment name, 'all', or 'report' (rebuild OUT/report.md from OUT/*/summary.json)"),
+            typer.Argument(
+                help=f"experiment: {', '.join(EXPERIMENT_NAMES)}; or 'all', or 'report' (rebuild OUT/report.md from "
+                "OUT/*/summary.json)"
+            ),
         ],
         out: Annotated[Path, typer.Option(help="results folder; each experiment writes out/NAME/")] = Path(
             "results/repro"
@@ -69,7 +74,12 @@ def register(app: typer.Typer) -> None:
             if code:
                 raise typer.Exit(code)
             return
-        names = list(load_all()) if name == "all" else [name]
+        known = load_all()
+        if name != "all" and name not in known:  # before anything is printed or written
+            from ..errors import unknown_choice
+
+            raise unknown_choice("experiment", name, [*known, "all", "report"])
+        names = list(known) if name == "all" else [name]
         summaries = []
         for n in names:
             typer.echo(f"[repro] {n} ...", err=True)
