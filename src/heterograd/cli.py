@@ -68,7 +68,8 @@ def results_table(summaries: list[dict[str, Any]], title: str = "") -> str:
         acc = s.get("test_accuracy")
         lines.append(
             [
-                str(s.get("label", s.get("rule"))) + (" (diverged)" if s.get("diverged") else ""),
+                str(s.get("label", s.get("rule")))
+                + (" (diverged)" if s.get("diverged") else " (no learning)" if s.get("no_learning") else ""),
                 _fmt(acc) if acc is not None else "-",
                 _fmt(s.get("test_loss")),
                 " ".join(_fmt(v, 2) for v in s.get("phi", [])) or "-",
@@ -325,6 +326,10 @@ def train(
         typer.echo(
             f"diverged at step {s['diverged_step']} ({s.get('diverged_reason')}); the run stopped there and "
             f"metrics and figures up to that step are kept in {out_dir}; try a smaller --lr"
+        )
+    elif s.get("no_learning"):
+        typer.echo(
+            f"learned nothing: {s['no_learning']}; results written to {out_dir}; try another --lr or --optimizer"
         )
     else:
         typer.echo(f"results written to {out_dir}")
