@@ -315,18 +315,20 @@ def test_one_weight_decay_default_and_per_optimiser_step_sizes() -> None:
     assert TrainConfig(optimizer="adam", lr=0.01).validate().lr == 0.01
 
 
-def test_help_shows_the_defaults(capsys) -> None:
+def test_help_shows_the_defaults(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping or cut help texts
     code, out, _ = run_cli(capsys, "train", "--help")
     text = " ".join(out.split()).replace("│", "")
     text = " ".join(text.split())
     assert code == 0
-    assert "1e-3 for rmsprop, adam and adamw" in text and "default: 1e-4" in text
+    assert "1e-3 for rmsprop, adam and adamw" in text and "default 1e-4" in text
     assert "freeze" in text and "0.5 for hsp" in text  # 14: --rule lists freeze, --feedback-gain names its rules
     assert "<bool>" not in out  # 14: flags take no value
 
 
 # ---------------------------------------------------------------- 13. repro names its experiments
-def test_repro_lists_experiments_and_refuses_unknown_ones_first(capsys) -> None:
+def test_repro_lists_experiments_and_refuses_unknown_ones_first(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
     from heterograd.experiments import EXPERIMENT_NAMES, load_all
 
     assert tuple(load_all()) == EXPERIMENT_NAMES

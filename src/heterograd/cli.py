@@ -131,26 +131,26 @@ def train(
     activation: Annotated[str, typer.Option(help="tanh | relu | sigmoid | identity")] = "tanh",
     lr: Annotated[
         float | None,
-        typer.Option(help="learning rate η  [default: 0.05 for sgd and momentum, 1e-3 for rmsprop, adam and adamw]"),
+        typer.Option(help="learning rate η; default 0.05 for sgd and momentum, 1e-3 for rmsprop, adam and adamw"),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="minibatch size n")] = 32,
     weight_decay: Annotated[
         float | None,
         typer.Option(
-            help="weight decay λ on W, b and B (every rule; not poly given both --theta-w and --theta-b)  "
-            "[default: 1e-4, as heterograd.convert(model, rule)]"
+            help="weight decay λ on W, b and B (every rule; not poly given both --theta-w and --theta-b); "
+            "default 1e-4, as heterograd.convert(model, rule)"
         ),
     ] = None,
     feedback_gain: Annotated[
         float | None,
         typer.Option(
-            help="feedback plasticity gain c of ΔB; rules hsp, poly (without --theta-b) and freeze only  [default: "
-            "0.5 for hsp, 1.0 for poly and freeze]"
+            help="feedback plasticity gain c of ΔB; rules hsp, poly (without --theta-b) and freeze only; default "
+            "0.5 for hsp, 1.0 for poly and freeze"
         ),
     ] = None,
     topology: Annotated[str, typer.Option(help="layered | sparse | direct | amorphous")] = "layered",
     density: Annotated[
-        float | None, typer.Option(help="feedback mask density, sparse/amorphous only, in (0, 1]  [default: 1.0]")
+        float | None, typer.Option(help="feedback mask density, sparse/amorphous only, in (0, 1]; default 1.0")
     ] = None,
     feedback_init: Annotated[
         str, typer.Option(help="random | transpose (B=Wᵀ) | anti (B=-Wᵀ); ±Wᵀ needs adjacent-layer feedback")
