@@ -331,7 +331,7 @@ def test_repro_lists_experiments_and_refuses_unknown_ones_first(capsys, monkeypa
     monkeypatch.setenv("COLUMNS", "400")
     from heterograd.experiments import EXPERIMENT_NAMES, load_all
 
-    assert tuple(load_all()) == EXPERIMENT_NAMES
+    assert sorted(load_all()) == sorted(EXPERIMENT_NAMES)
     code, out, _ = run_cli(capsys, "repro", "--help")
     flat = " ".join(out.replace("│", " ").split())
     assert code == 0 and all(n in flat for n in EXPERIMENT_NAMES)
