@@ -46,6 +46,7 @@ EXPERIMENT_NAMES: tuple[str, ...] = (
     "dynamics",
     "plasticity",
     "convnets",
+    "language",
 )
 """The names :data:`EXPERIMENT_MODULES` register, in report order, known without importing them (``repro --help``;
 a test keeps the two in step)."""
