@@ -135,11 +135,11 @@ def test_space_gain_only_under_sgd_type_optimisers():
         (["--resume", "x"], None, "--resume does not apply to tune"),
         (["--val-size", "480"], None, "--val-size must be between 1 and 479"),
         (["--storage", "nosuch://x"], None, "--storage nosuch://x"),
-        (["--optimizer", "adam"], 'feedback_gain = {low = 0.1, high = 2.0}\n', "cancels c"),
-        ([], 'epochs = {low = 1, high = 3}\n', "'epochs' is not a hyperparameter a study searches"),
-        ([], 'lr = {low = 1, high = 0.1}\n', "lr needs low < high"),
-        ([], 'lrr = 0.1\n', "unknown hyperparameter 'lrr'"),
-        (["--lr", "0.1"], 'lr = {low = 1e-3, high = 0.1, log = true}\n', "--lr fixed on the command line but searched"),
+        (["--optimizer", "adam"], "feedback_gain = {low = 0.1, high = 2.0}\n", "cancels c"),
+        ([], "epochs = {low = 1, high = 3}\n", "'epochs' is not a hyperparameter a study searches"),
+        ([], "lr = {low = 1, high = 0.1}\n", "lr needs low < high"),
+        ([], "lrr = 0.1\n", "unknown hyperparameter 'lrr'"),
+        (["--lr", "0.1"], "lr = {low = 1e-3, high = 0.1, log = true}\n", "--lr fixed on the command line but searched"),
         ([], "lr = [", "not valid TOML"),
     ],
 )
@@ -158,11 +158,29 @@ def test_two_workers_share_one_study(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "heterograd", "tune", *SMALL, "--n-trials", "2", "--startup-trials", "1",
-             "--storage", f"journal:{journal}", "--sampler-seed", str(k), "--out", str(tmp_path / f"w{k}"),
-             "--no-progress"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "heterograd",
+                "tune",
+                *SMALL,
+                "--n-trials",
+                "2",
+                "--startup-trials",
+                "1",
+                "--storage",
+                f"journal:{journal}",
+                "--sampler-seed",
+                str(k),
+                "--out",
+                str(tmp_path / f"w{k}"),
+                "--no-progress",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for k in range(2)
     ]
     for p in procs:
