@@ -219,3 +219,22 @@ def test_done_check_of_issue_19(capsys, tmp_path):
     assert run_cli(capsys, "train", "--config", str(out / "best.json"), "--out", str(tmp_path / "OTHER"))[0] == 0
     assert run_cli(capsys, *argv)[0] == 0
     assert len(rows(out / "trials.csv")) >= 16
+
+
+@pytest.mark.parametrize(("optimizer", "cancels"), [("adam", True), ("rmsprop", True), ("momentum", False)])
+def test_adaptive_optimisers_cancel_the_gain(optimizer, cancels):
+    from heterograd.train import Trainer
+
+    def feedback(c: float) -> list[torch.Tensor]:
+        cfg = TrainConfig(data="digits", rule="hsp", hidden=(16,), n_train=128, epochs=1, lr=1e-3, probes=False,
+                          optimizer=optimizer, feedback_gain=c, weight_decay=0.0)  # fmt: skip
+        tr = Trainer(cfg)
+        start = [b.detach().clone() for b in tr.circuit.B]
+        tr.fit(None, progress=False)
+        return [b.detach() - s for b, s in zip(tr.circuit.B, start, strict=True)]
+
+    half, one = feedback(0.5), feedback(1.0)
+    for a, b in zip(half, one, strict=True):
+        assert float(b.norm()) > 1e-3
+        same = torch.allclose(a, b, rtol=1e-3, atol=1e-6 * float(b.abs().max()))
+        assert same == cancels
