@@ -344,7 +344,7 @@ def shared_recipe(out: Path) -> dict[str, Any] | None:
 def _hyperparameters(cfg: dict[str, Any]) -> dict[str, Any]:
     """What the final runs of a rule used: the tuned values and the shared recipe around them."""
     hp: dict[str, Any] = {"lr": cfg["lr"]}
-    if cfg.get("feedback_gain") is not None:
+    if cfg["rule"] == "hsp":  # the one rule whose gain is tuned (kp's c = 1 is its definition)
         hp["feedback_gain"] = cfg["feedback_gain"]
     hp.update({"optimizer": cfg["optimizer"], **cfg["optimizer_options"], "weight_decay": cfg["weight_decay"],
                "schedule": cfg["schedule"], "batch_size": cfg["batch_size"]})  # fmt: skip
