@@ -32,7 +32,7 @@ import dataclasses
 import json
 import math
 import subprocess
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -238,11 +238,30 @@ def final_run(job: tuple[str, dict[str, Any], Scale, str, int]) -> dict[str, Any
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _pool(fn: Any, jobs: list[Any], workers: int) -> list[Any]:
-    if workers <= 1 or len(jobs) <= 1:
-        return [fn(j) for j in jobs]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        return list(pool.map(fn, jobs))
+def _tune_and_train(
+    out: str, scale: Scale, seeds: list[int], seed: int
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, int], dict[str, Any]]]:
+    """Every rule's study, then its final runs: in ``scale.workers`` processes, a rule's final runs queued as soon
+    as its study ends (no worker waits for the slowest study). Returns ``(tuned[rule], finals[(rule, seed)])``."""
+    tuned: dict[str, dict[str, Any]] = {}
+    finals: dict[tuple[str, int], dict[str, Any]] = {}
+    if scale.workers <= 1:
+        for rule in LENET_RULES:
+            tuned[rule] = tune_rule((rule, scale, out, seed))
+        for rule in LENET_RULES:
+            for s in seeds:
+                finals[(rule, s)] = final_run((rule, tuned[rule]["best"], scale, out, s))
+        return tuned, finals
+    with ProcessPoolExecutor(max_workers=scale.workers, mp_context=get_context("spawn")) as pool:
+        studies = [pool.submit(tune_rule, (rule, scale, out, seed)) for rule in LENET_RULES]
+        runs: dict[tuple[str, int], Future[dict[str, Any]]] = {}
+        for fut in as_completed(studies):
+            res = fut.result()
+            tuned[res["rule"]] = res
+            for s in seeds:
+                runs[(res["rule"], s)] = pool.submit(final_run, (res["rule"], res["best"], scale, out, s))
+        finals = {k: f.result() for k, f in runs.items()}
+    return tuned, finals
 
 
 def error_pct(summary: dict[str, Any]) -> float:
@@ -364,11 +383,7 @@ def run(ctx: Context) -> Verdict:
     scale = QUICK if ctx.quick else FULL
     seeds = [ctx.seed + i for i in range(scale.seeds)]
     load_dataset("fashion-mnist")  # a clear error before any worker starts when the files are missing
-    out = str(ctx.out)
-    tuned = {r["rule"]: r for r in _pool(tune_rule, [(rule, scale, out, ctx.seed) for rule in LENET_RULES],
-                                         scale.workers)}  # fmt: skip
-    jobs = [(rule, tuned[rule]["best"], scale, out, seed) for rule in LENET_RULES for seed in seeds]
-    finals = dict(zip([(j[0], j[4]) for j in jobs], _pool(final_run, jobs, scale.workers), strict=True))
+    tuned, finals = _tune_and_train(str(ctx.out), scale, seeds, ctx.seed)
 
     # ---------------------------------------------------------------- numbers
     lenet: dict[str, Any] = {}
