@@ -238,3 +238,23 @@ def test_adaptive_optimisers_cancel_the_gain(optimizer, cancels):
         assert float(b.norm()) > 1e-3
         same = torch.allclose(a, b, rtol=1e-3, atol=1e-6 * float(b.abs().max()))
         assert same == cancels
+
+
+def test_ctrl_c_keeps_every_finished_trial(tmp_path, monkeypatch):
+    real, calls = study_module.make_trainer, []
+
+    def interrupted_third(cfg, dataset=None):
+        calls.append(cfg)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(cfg, dataset)
+
+    monkeypatch.setattr(study_module, "make_trainer", interrupted_third)
+    base = TrainConfig(data="digits", rule="fa", hidden=(16,), n_train=300, epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(base, default_space(base), StudyOptions(n_trials=5), tmp_path)
+    states = [r["state"] for r in rows(tmp_path / "trials.csv")]  # written on the way out
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"] and (tmp_path / "best.json").exists()
+    monkeypatch.setattr(study_module, "make_trainer", real)
+    res = run_study(base, default_space(base), StudyOptions(n_trials=1), tmp_path)  # the same study continues
+    assert res.summary["states"]["complete"] == 3 and res.summary["trials"] == 4
