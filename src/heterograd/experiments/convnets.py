@@ -45,7 +45,7 @@ from ..data import load_dataset
 from ..errors import HeterogradError
 from ..results import atomic_write_text, write_json
 from ..train_module import ModuleTrainer
-from ..tune import SearchSpace, StudyOptions, run_study, space_from_mapping
+from ..tune import SearchSpace, StudyOptions, config_differences, run_study, space_from_mapping
 from .base import Context, Verdict, experiment, mean_std, plot_band, save_figure, torch_threads
 
 LENET_RULES: tuple[str, ...] = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "kp", "hsp")
@@ -220,16 +220,15 @@ def final_config(best: dict[str, Any], scale: Scale, seed: int) -> TrainConfig:
 def final_run(job: tuple[str, dict[str, Any], Scale, str, int]) -> dict[str, Any]:
     """Train one final run (or reuse its record ``OUT/finals/RULE-sSEED.json`` when it has this config)."""
     rule, best, scale, out, seed = job
-    cfg = final_config(best, scale, seed)
-    path = Path(out) / "finals" / f"{rule}-s{seed}.json"
+    cfg = final_config(best, scale, seed).validate()
     want = json.loads(json.dumps(cfg.to_dict()))
+    path = Path(out) / "finals" / f"{rule}-s{seed}.json"
     if path.exists():
         rec = json.loads(path.read_text(encoding="utf-8"))
-        if rec.get("config") == json.loads(json.dumps(dataclasses.replace(cfg).validate().to_dict())):
+        if not config_differences(rec.get("config", {}), want):
             return rec
     with torch_threads(1):
         tr = ModuleTrainer(cfg)
-        want = cfg.to_dict()
         tr.log_every = tr.steps_per_epoch  # one row (probes and test error) per epoch
         res = tr.fit(None, progress=False, handle_signals=False)
     rec = {"config": want, "summary": res.summary, "rows": res.rows, "git": _commit()}

@@ -17,7 +17,15 @@ from .space import (
     load_space,
     space_from_mapping,
 )
-from .study import DIVERGED_ERROR, StudyOptions, StudyResult, default_study_name, run_study, validation_split
+from .study import (
+    DIVERGED_ERROR,
+    StudyOptions,
+    StudyResult,
+    config_differences,
+    default_study_name,
+    run_study,
+    validation_split,
+)
 
 __all__ = [
     "ADAPTIVE_OPTIMIZERS",
@@ -28,6 +36,7 @@ __all__ = [
     "StudyOptions",
     "StudyResult",
     "apply",
+    "config_differences",
     "default_space",
     "default_study_name",
     "load_space",

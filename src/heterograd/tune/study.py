@@ -346,15 +346,34 @@ def _check_same_study(study: Any, record: dict[str, Any], name: str, url: str) -
         study.set_user_attr("record", norm(record))
         return
     for key, what in (("base_config", "training options"), ("split", "validation split"), ("space", "search space")):
-        if norm(old.get(key)) != norm(record[key]):
+        if key == "base_config":
+            changed = config_differences(norm(old.get(key) or {}), norm(record[key]))
+            diff = f" ({', '.join(changed)})"
+        else:
+            changed = ["x"] if norm(old.get(key)) != norm(record[key]) else []
             diff = ""
-            if key == "base_config":
-                changed = sorted(k for k in record[key] if norm(old[key].get(k)) != norm(record[key][k]))
-                diff = f" ({', '.join(changed)})"
+        if changed:
             raise HeterogradError(
                 f"study {name!r} in {url} was run with other {what}{diff}; continue it with the same options, "
                 "or pass another --out / --study-name for a new study"
             )
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The fields in which two recorded configs (``TrainConfig.to_dict()``, JSON-normalised) differ.
+
+    A field only one of them records (a newer or older heterograd) counts as the same when its value is the
+    field's default, so a study or run recorded before a field was added still matches.
+    """
+    import json
+
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, defaults.get(k)), new.get(k, defaults.get(k))
+        if a != b:
+            out.append(k)
+    return out
 
 
 def _write_outputs(
