@@ -316,6 +316,7 @@ def run_study(
         line = f"trial {trial.number} {trial.state.name.lower()} validation error {value} (best {best})"
         bar.update(1, best=best)
         bar.phase(done_here, options.n_trials, line)
+        _write_trials_csv(study, space, out)  # the table follows the study trial by trial (figures at the end)
         if on_trial is not None:
             on_trial({"number": trial.number, "state": trial.state.name, "value": trial.value, "line": line})
 
@@ -359,6 +360,15 @@ def _check_same_study(study: Any, record: dict[str, Any], name: str, url: str) -
             )
 
 
+def _write_trials_csv(study: Any, space: SearchSpace, out: Path) -> list[dict[str, Any]]:
+    """``trials.csv``: one row per trial of the study (every worker's); returns the rows."""
+    names = space.names()
+    rows = _trial_rows(study, names)
+    cols = ["number", "state", "validation_error_pct", "epochs_done", "seconds", "diverged", *names]
+    write_csv(out / "trials.csv", rows, columns=cols)
+    return rows
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The fields in which two recorded configs (``TrainConfig.to_dict()``, JSON-normalised) differ.
 
@@ -389,10 +399,7 @@ def _write_outputs(
     """trials.csv, best.json, space.json, figures and summary.json from the study as stored now."""
     import optuna
 
-    names = space.names()
-    rows = _trial_rows(study, names)
-    write_csv(out / "trials.csv", rows, columns=["number", "state", "validation_error_pct", "epochs_done",
-                                                   "seconds", "diverged", *names])  # fmt: skip
+    rows = _write_trials_csv(study, space, out)
     write_json(out / "space.json", space.to_dict())
     files = ["trials.csv", "space.json"]
     states = {s.name.lower(): sum(1 for r in rows if r["state"] == s.name) for s in optuna.trial.TrialState}
