@@ -473,10 +473,12 @@ def run(ctx: Context) -> Verdict:
             lines.append(f"| {t['target']} | {val} | {'yes' if t['met'] else 'no'} |")
         lines.append("")
     if old:
+        rec = old["recipe"] or {}
+        n_old = "60,000" if rec.get("lenet_train") is None else f"{rec['lenet_train']:,}"
         lines += [
-            f"The old shared recipe (one lr for every rule; {old['source']}): "
-            + ", ".join(f"{k} {v}" for k, v in (old["recipe"] or {}).items() if k.startswith("lenet"))
-            + ".",
+            "The old shared recipe: one recipe for every rule (SGD momentum 0.9, lr 0.02, cosine schedule, hsp at "
+            f"c = 0.5), {rec.get('lenet_epochs')} epochs on {n_old} training images; its report is "
+            f"{old['source'].replace('summary.json', 'convnets.md')}.",
             "",
         ]
     layer_names = list(lenet["bp"]["phi"])
