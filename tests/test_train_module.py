@@ -150,7 +150,6 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, factory, digits, rule, s
         (["--feedback-init", "transpose", "--rule", "bp"], "feedback_init"),
         (["--rule", "freeze"], "Circuit engine only"),
         (["--optimizer", "adam", "--momentum", "0.9"], "has no option momentum"),
-        (["--distributed"], "--distributed"),
         (["--model-options", "nope=1"], "nope"),
         (["--model-options", "oops"], "not key=value"),
     ],

@@ -25,7 +25,9 @@ of that model instead, with ``torch.optim.SGD`` (momentum) and ``CrossEntropyLos
 
 Every case uses the same random batch (``x ~ N(0, 1)``, random labels) at every step, so the times are
 the step's own cost with no data loading. Optional variants: ``bfloat16`` compute and ``torch.compile``
-(heterograd compiles its pure local step; the baseline compiles its model).
+(heterograd compiles its pure local step; the baseline compiles its model); for ``models``, bfloat16
+``torch.autocast`` (float32 weights, ``autocast``) and ``torch.compile`` of the model (converted or not) for
+:data:`MODEL_VARIANT_IMPLS`.
 
 Peak memory of a step, reported as bytes allocated above what was live when the step started
 (parameters and the batch are excluded; activations, gradients/deltas and temporaries are included):
@@ -76,6 +78,8 @@ SPARSE_DENSITY = 0.2
 MODEL_IMPLS: tuple[str, ...] = ("bp-autograd", "bp", "hsp", "kp", "fa", "usf")
 """Implementations a model benchmark (``models``) can time; ``hsp-fused`` also (see the module docstring)."""
 EXTRA_MODEL_IMPLS: tuple[str, ...] = ("hsp-fused", "bp-autograd-fused", "dfa", "brsf", "frsf")
+MODEL_VARIANT_IMPLS: tuple[str, ...] = ("bp-autograd", "kp", "hsp")
+"""Model implementations also timed under bfloat16 autocast (``autocast``) and ``torch.compile`` (``compile``)."""
 DEFAULT_MODELS: tuple[str, ...] = ("lenet5", "resnet20")
 MODEL_TIME_TARGET = 1.05
 MODEL_MEMORY_TARGET = 1.1
@@ -89,7 +93,10 @@ class BenchConfig:
         sizes: ``((n_0, ..., n_L), batch)`` pairs.
         impls: implementations, a subset of :data:`IMPLS` (``bp-autograd`` is always added: ratios need it).
         dtypes: compute dtypes; the first is the main one (all impls), the others time :data:`VARIANT_IMPLS`.
-        compile: also time :data:`VARIANT_IMPLS` under ``torch.compile`` (main dtype).
+        compile: also time :data:`VARIANT_IMPLS` (models: :data:`MODEL_VARIANT_IMPLS`) under ``torch.compile``
+            (main dtype).
+        autocast: models only: also time :data:`MODEL_VARIANT_IMPLS` under ``torch.autocast`` to bfloat16 (the
+            main dtype must be float32: weights stay float32).
         repeats: round-robin rounds; each case's time is the median over rounds.
         block_seconds: target duration of one timed block (steps per block are calibrated to it).
         max_seconds: time budget of the timed rounds; rounds stop early (at least 3) once it is spent.
@@ -110,6 +117,7 @@ class BenchConfig:
     impls: tuple[str, ...] = IMPLS
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     compile: bool = False
+    autocast: bool = False
     repeats: int = 21
     block_seconds: float = 0.04
     max_seconds: float = 120.0
@@ -154,10 +162,12 @@ class BenchConfig:
                 raise HeterogradError(f"unknown model(s) {unknown}; valid choices: {', '.join(MODELS)}")
             if self.sizes:
                 raise HeterogradError("give either --models or --sizes to one benchmark run, not both")
-            if len(self.dtypes) != 1 or self.compile:
+            if len(self.dtypes) != 1:
                 raise HeterogradError(
-                    "a model benchmark (--models) times one dtype and no --compile; drop the extra dtypes / --compile"
+                    "a model benchmark (--models) times one dtype (use autocast for bfloat16); drop the extra dtypes"
                 )
+            if self.autocast and self.dtypes[0] != "float32":
+                raise HeterogradError(f"bfloat16 autocast runs a float32 model; drop dtype {self.dtypes[0]}")
             self.input_shape = tuple(int(v) for v in self.input_shape)
             if not self.input_shape or min(self.input_shape) < 1 or self.batch < 1 or self.num_classes < 2:
                 raise HeterogradError(
@@ -168,6 +178,8 @@ class BenchConfig:
                 raise HeterogradError(f"--momentum must be in [0, 1), got {self.momentum}")
         elif not self.sizes:
             raise HeterogradError("nothing to benchmark: give --sizes (MLP) or --models")
+        elif self.autocast:
+            raise HeterogradError("autocast applies to a model benchmark (--models); the MLP cases take --dtypes")
         if BASELINE not in self.impls:
             self.impls = (BASELINE, *self.impls)
         bad = [d for d in self.dtypes if d not in DTYPES]
@@ -194,10 +206,11 @@ class Case:
     dtype: str
     compiled: bool
     model: str | None = None
+    amp: bool = False
 
     @property
     def label(self) -> str:
-        return self.impl + ("+compile" if self.compiled else "")
+        return self.impl + ("+autocast" if self.amp else "") + ("+compile" if self.compiled else "")
 
     @property
     def shape(self) -> str:
@@ -306,16 +319,21 @@ def fuse_optimizer(model: nn.Module, make_optimizer: Callable[[list[Tensor]], to
 class ModelStep:
     """One training step of a model case (a zero-argument callable): forward, ``loss.backward()`` (the t'
     sweep), optimiser step, ``zero_grad(set_to_none=True)``; with ``optimizer=None`` (``*-fused``) the
-    optimiser steps run inside the backward sweep. ``x`` ``(n, *input_shape)``, ``y`` ``(n,)`` labels."""
+    optimiser steps run inside the backward sweep. ``x`` ``(n, *input_shape)``, ``y`` ``(n,)`` labels. With ``amp``
+    the forward runs under ``torch.autocast`` to bfloat16; ``forward`` (default: the model) may be compiled."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer | None
     x: Tensor
     y: Tensor
     loss: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    amp: bool = False
+    forward: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self) -> None:
-        self.loss(self.model(self.x), self.y).backward()
+        with torch.autocast(self.x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = (self.forward or self.model)(self.x)
+        self.loss(out.float(), self.y).backward()
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -325,7 +343,8 @@ def make_model_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Model
     """One training step of ``case.model`` on ``(x, y)`` (see :class:`ModelStep` and :func:`model_for`)."""
     model, opt = model_for(case, cfg)
     model.train()
-    return ModelStep(model, opt, x, y)
+    forward = torch.compile(model) if case.compiled else None
+    return ModelStep(model, opt, x, y, amp=case.amp, forward=forward)
 
 
 def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[], None]:
@@ -409,7 +428,13 @@ def _cases(cfg: BenchConfig) -> list[Case]:
     cases = []
     main = cfg.dtypes[0]
     for name in cfg.models:
-        cases += [Case(i, tuple(cfg.input_shape), cfg.batch, main, False, name.lower()) for i in cfg.impls]
+        shape, m = tuple(cfg.input_shape), name.lower()
+        cases += [Case(i, shape, cfg.batch, main, False, m) for i in cfg.impls]
+        variants = [i for i in MODEL_VARIANT_IMPLS if i in cfg.impls]
+        if cfg.autocast:
+            cases += [Case(i, shape, cfg.batch, main, False, m, amp=True) for i in variants]
+        if cfg.compile:
+            cases += [Case(i, shape, cfg.batch, main, True, m) for i in variants]
     for sizes, batch in cfg.sizes:
         sz = tuple(int(s) for s in sizes)
         cases += [Case(i, sz, batch, main, False) for i in cfg.impls]
@@ -573,11 +598,11 @@ def _rows(
     memory: dict[Case, int | None],
 ) -> list[dict[str, Any]]:
     med = {c: statistics.median(times[c]) for c in cases}
-    base = {(c.model, c.sizes, c.batch, c.dtype, c.compiled): c for c in cases if c.impl == BASELINE}
+    base = {(c.model, c.sizes, c.batch, c.dtype, c.compiled, c.amp): c for c in cases if c.impl == BASELINE}
     rows = []
     for c in cases:
-        ref = base.get((c.model, c.sizes, c.batch, c.dtype, c.compiled)) or base.get(
-            (c.model, c.sizes, c.batch, cfg.dtypes[0], False)
+        ref = base.get((c.model, c.sizes, c.batch, c.dtype, c.compiled, c.amp)) or base.get(
+            (c.model, c.sizes, c.batch, cfg.dtypes[0], False, False)
         )
         ts = sorted(times[c])
         q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
@@ -592,6 +617,7 @@ def _rows(
                 "shape": c.shape,
                 "dtype": c.dtype,
                 "compiled": c.compiled,
+                "autocast": "bfloat16" if c.amp else None,
                 "median_ms": med[c] * 1e3,
                 "q1_ms": q1 * 1e3,
                 "q3_ms": q3 * 1e3,
@@ -629,7 +655,7 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     (the ``*-fused`` rows are reported, not checked: they change the baseline's loop as well).
     """
     main = rows[0]["dtype"] if rows else "float32"
-    by = {(r["shape"], r["impl"], r["compiled"]): r for r in rows if r["dtype"] == main}
+    by = {(r["shape"], r["impl"], r["compiled"]): r for r in rows if r["dtype"] == main and not r.get("autocast")}
     out = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         bp, fa = by.get((shape, "bp-autograd", False)), by.get((shape, "fa-autograd", False))
@@ -694,8 +720,9 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["results"]:
         mem = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.2f}"
         mratio = "-" if r["memory_ratio_to_bp"] is None else f"{r['memory_ratio_to_bp']:.2f}"
+        dtype = r["dtype"] + (" → bf16" if r.get("autocast") else "")
         lines.append(
-            f"| {r['shape']} | {r['label']} | {r['dtype']} | {r['median_ms']:.3f} | {r['ratio_to_bp']:.2f} "
+            f"| {r['shape']} | {r['label']} | {dtype} | {r['median_ms']:.3f} | {r['ratio_to_bp']:.2f} "
             f"| {r['samples_per_s']:,.0f} | {mem} | {mratio} | {_faults(r)} |"
         )
     cfg = result.get("config", {})
@@ -717,8 +744,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Timing: {result['timing_method']}. Memory: {result['memory_method']}; bytes above those live at step "
         "start (parameters and batch excluded). Ratios compare with bp-autograd at the same size and dtype "
-        "(compiled rows with compiled bp-autograd). Page faults: the process's minor page faults per step "
-        "(median over the timed blocks; memory the allocator returned to the system and touches again).",
+        "(compiled rows with compiled bp-autograd, autocast rows with autocast bp-autograd). Page faults: the "
+        "process's minor page faults per step (median over the timed blocks; memory the allocator returned to the "
+        "system and touches again).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -15,6 +15,7 @@ _NOT_FOR_TUNE = {
     "tensorboard": "trials write no run folder; see DIR/trials.csv and the figures",
     "checkpoint_every": "trials write no run folder; a finished trial is kept in the study's storage",
     "distributed": "share one study between workers with --storage instead",
+    "sync_batchnorm": "it needs --distributed, which tune does not run; share a study with --storage instead",
     "n_test": "the study never reads the test set (its objective is the validation split)",
 }
 
