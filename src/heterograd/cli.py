@@ -102,6 +102,13 @@ def train(
             "(imagefolder: random resized crop + flip)",
         ),
     ] = False,
+    norm_feedback: Annotated[
+        str,
+        typer.Option(
+            help="--model: feedback through norm layers: exact (through the batch statistics, as backprop) "
+            "| local (γ/σ per channel, statistics held fixed)"
+        ),
+    ] = "exact",
     rule: Annotated[
         str, typer.Option(help="bp | fa | dfa | hsp | kp | poly; with --model also usf | brsf | frsf")
     ] = "hsp",
@@ -296,6 +303,7 @@ def train_config(ctx: typer.Context) -> Any:
         model_options=parse_model_options(p["model_options"]),
         schedule=p["schedule"],
         augment=p["augment"],
+        norm_feedback=p["norm_feedback"],
         rule=p["rule"],
         checkpoint_every=p["checkpoint_every"],
         epochs=p["epochs"],

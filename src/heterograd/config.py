@@ -26,6 +26,7 @@ from .errors import HeterogradError, unknown_choice
 from .hardware import make_device_model
 from .losses import LOSSES
 from .models import MODELS
+from .nn import NORM_FEEDBACK
 from .optim import MOTIFS
 from .rules import RULES, check_rule_hyperparameters, rule_hyperparameters
 from .runtime import DTYPES, resolve_device
@@ -78,6 +79,7 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     schedule: str = "constant"
     augment: bool = False
+    norm_feedback: str = "exact"
     amp: str = "none"
     sync_batchnorm: bool = False
 
@@ -196,6 +198,8 @@ class TrainConfig:
             raise unknown_choice("schedule", self.schedule, SCHEDULES)
         if not isinstance(self.augment, bool):
             raise HeterogradError(f"augment must be True or False, got {self.augment!r}")
+        if not isinstance(self.norm_feedback, str) or self.norm_feedback not in NORM_FEEDBACK:
+            raise unknown_choice("norm feedback", self.norm_feedback, NORM_FEEDBACK)
         if not isinstance(self.sync_batchnorm, bool):
             raise HeterogradError(f"sync_batchnorm must be True or False, got {self.sync_batchnorm!r}")
         _check_amp(self.amp, self.dtype, self.device)
@@ -208,6 +212,7 @@ class TrainConfig:
                     ("--schedule", self.schedule != "constant"),
                     ("--augment", self.augment),
                     ("--model-options", bool(self.model_options)),
+                    ("--norm-feedback", self.norm_feedback != "exact"),
                     ("--amp", self.amp != "none"),
                     ("--sync-batchnorm", self.sync_batchnorm),
                 )

@@ -279,6 +279,7 @@ def convert_for(c: TrainConfig, model: nn.Module, example: Tensor) -> nn.Module:
         else c.feedback_init,
         seed=c.seed,
         example_input=example if RULES[c.rule].feedback == "direct" else None,
+        norm_feedback=c.norm_feedback,
         **rule_options(c),
     )
 

@@ -35,6 +35,12 @@ on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation at step start; 
 of the allocator's alloc/free events recorded by ``torch.profiler`` (``profile_memory=True``) over one
 step, whose maximum is the peak. The autograd baselines free their gradients at the end of each step
 (``zero_grad(set_to_none=True)``), so their peak includes the gradients, as ours includes the deltas.
+
+Total memory of a training step adds what stays resident between steps to that peak (:func:`resident_bytes`,
+measured after the warm-up steps): the parameters and buffers (``W``, ``b``, ``B`` whether a parameter or a
+frozen buffer, BatchNorm statistics) and the optimiser's state (momentum buffers, ``B``'s included; a circuit's
+rule and motif state). ``total_bytes = resident_bytes + peak_bytes``; ``total_memory_ratio_to_bp`` beside the
+step-peak ratio ``memory_ratio_to_bp`` shows what a plastic ``B`` and its optimiser state cost.
 """
 
 from __future__ import annotations
@@ -290,29 +296,81 @@ def model_for(case: Case, cfg: BenchConfig) -> tuple[nn.Module, torch.optim.Opti
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
 
     if case.impl.endswith("-fused"):
-        fuse_optimizer(model, sgd)
+        model.fused_optimizers = fuse_optimizer(model, sgd)  # type: ignore[assignment]  # for resident_bytes
         return model, None
     return model, sgd(model.parameters())
 
 
-def fuse_optimizer(model: nn.Module, make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]) -> None:
+def _tensors(obj: Any) -> list[Tensor]:
+    """Every tensor inside ``obj`` (nested lists, tuples, dicts, dataclasses, NamedTuples, optimisers)."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, torch.optim.Optimizer):
+        return _tensors(list(obj.state.values()))
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in _tensors(getattr(obj, f.name))]
+    return []
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the distinct tensor storages inside ``obj`` (a tensor shared twice counts once)."""
+    seen: dict[tuple[str, int], int] = {}
+    for t in _tensors(obj):
+        if t.numel() == 0:
+            continue
+        st = t.untyped_storage()
+        seen[(str(t.device), st.data_ptr())] = st.nbytes()
+    return sum(seen.values())
+
+
+@dataclass
+class Resident:
+    """What stays allocated between two steps: ``parameters`` (parameters and buffers: ``W``, ``b``, ``B``,
+    statistics) and ``optimizer_state`` (optimiser / motif / rule state), in bytes."""
+
+    parameters: int
+    optimizer_state: int
+
+    @property
+    def total(self) -> int:
+        """``parameters + optimizer_state``."""
+        return self.parameters + self.optimizer_state
+
+
+def resident_bytes(step: Callable[[], None]) -> Resident | None:
+    """The resident memory of a step made by :func:`make_step` (``None`` for a callable it did not make)."""
+    fn = getattr(step, "resident", None)
+    return fn() if callable(fn) else None
+
+
+def fuse_optimizer(
+    model: nn.Module, make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]
+) -> list[torch.optim.Optimizer]:
     """Step each parameter inside ``loss.backward()`` as soon as its ``.grad`` is complete, then free the grad.
 
     One optimiser per parameter (``make_optimizer([p])``), run by ``p``'s post-accumulate-grad hook: the
     update of a layer is applied while the sweep goes on below it, so the gradients of all layers are never
     alive at once and no separate ``optimizer.step()`` runs. The same update as ``make_optimizer`` on all
     parameters for per-parameter optimisers such as SGD (not for ones that couple parameters, e.g. LBFGS).
+    Returns the per-parameter optimisers (their state is part of the step's resident memory).
     """
+    opts: list[torch.optim.Optimizer] = []
     for p in model.parameters():
         if not p.requires_grad:
             continue
         opt = make_optimizer([p])
+        opts.append(opt)
 
         def hook(param: Tensor, opt: torch.optim.Optimizer = opt) -> None:
             opt.step()
             param.grad = None
 
         p.register_post_accumulate_grad_hook(hook)
+    return opts
 
 
 @dataclass
@@ -337,6 +395,21 @@ class ModelStep:
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+
+    def resident(self) -> Resident:
+        """Parameters + buffers of the model and its optimiser state(s) (see :class:`Resident`)."""
+        opts = [self.optimizer] if self.optimizer is not None else getattr(self.model, "fused_optimizers", [])
+        return Resident(tensor_bytes([*self.model.parameters(), *self.model.buffers()]), tensor_bytes(opts))
+
+
+class _Step:
+    """A step callable with its :class:`Resident` accounting (for the MLP cases)."""
+
+    def __init__(self, fn: Callable[[], None], resident: Callable[[], Resident]) -> None:
+        self.fn, self.resident = fn, resident
+
+    def __call__(self) -> None:
+        self.fn()
 
 
 def make_model_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> ModelStep:
@@ -373,7 +446,9 @@ def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[]
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        return autograd_step
+        return _Step(
+            autograd_step, lambda: Resident(tensor_bytes([*model.parameters(), *model.buffers()]), tensor_bytes(opt))
+        )
     rule = make_rule("hsp" if case.impl == "hsp-sparse" else case.impl, weight_decay=cfg.weight_decay)
     motif = make_motif("sgd", lr=cfg.lr)
     loss = get_loss("ce")
@@ -391,7 +466,7 @@ def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[]
         steps, state[1] = motif.update(out.deltas.flat(), state[1], circuit.plastic_tensors())
         apply_steps(circuit, steps)
 
-    return local_learning_step
+    return _Step(local_learning_step, lambda: Resident(tensor_bytes(circuit.plastic_tensors()), tensor_bytes(state)))
 
 
 def _sync(device: torch.device) -> None:
@@ -560,9 +635,11 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
             if f0 is not None and f1 is not None:
                 faults[case].append((f1 - f0) / n)
     memory: dict[Case, int | None] = {}
+    resident: dict[Case, Resident | None] = {}
     for case in cases:
         memory[case] = peak_step_memory(steps[case], device) if cfg.memory else None
-    rows = _rows(cfg, cases, times, per_block, setup, memory)
+        resident[case] = resident_bytes(steps[case]) if cfg.memory else None
+    rows = _rows(cfg, cases, times, per_block, setup, memory, resident)
     for row, case in zip(rows, cases, strict=True):
         row["minor_faults_per_step"] = round(statistics.median(faults[case])) if faults[case] else None
     method = (
@@ -596,6 +673,7 @@ def _rows(
     per_block: dict[Case, int],
     setup: dict[Case, float],
     memory: dict[Case, int | None],
+    resident: dict[Case, Resident | None] | None = None,
 ) -> list[dict[str, Any]]:
     med = {c: statistics.median(times[c]) for c in cases}
     base = {(c.model, c.sizes, c.batch, c.dtype, c.compiled, c.amp): c for c in cases if c.impl == BASELINE}
@@ -607,6 +685,10 @@ def _rows(
         ts = sorted(times[c])
         q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
         mem, ref_mem = memory[c], memory[ref] if ref is not None else None
+        res = (resident or {}).get(c)
+        ref_res = (resident or {}).get(ref) if ref is not None else None
+        total = mem + res.total if mem is not None and res is not None else None
+        ref_total = ref_mem + ref_res.total if ref_mem is not None and ref_res is not None else None
         rows.append(
             {
                 "impl": c.impl,
@@ -635,6 +717,10 @@ def _rows(
                 "peak_bytes": mem,
                 "round_ms": [t * 1e3 for t in times[c]],
                 "memory_ratio_to_bp": (mem / ref_mem) if mem is not None and ref_mem else None,
+                "param_bytes": None if res is None else res.parameters,
+                "optimizer_state_bytes": None if res is None else res.optimizer_state,
+                "total_bytes": total,
+                "total_memory_ratio_to_bp": (total / ref_total) if total is not None and ref_total else None,
             }
         )
     return rows
@@ -700,6 +786,14 @@ def _faults(row: dict[str, Any]) -> str:
     return "-" if f is None else f"{f:,}"
 
 
+def _mib(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**20:.2f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results as a markdown table plus the target checks and the method."""
     env = result["environment"]
@@ -714,16 +808,15 @@ def markdown(result: dict[str, Any]) -> str:
         ),
         "",
         "| case (size or model @ batch) | implementation | dtype | step ms (median) | × bp-autograd | samples/s "
-        "| peak step MiB | mem × bp | page faults / step |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| peak step MiB | mem × bp | total MiB | total × bp | page faults / step |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["results"]:
-        mem = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.2f}"
-        mratio = "-" if r["memory_ratio_to_bp"] is None else f"{r['memory_ratio_to_bp']:.2f}"
         dtype = r["dtype"] + (" → bf16" if r.get("autocast") else "")
         lines.append(
             f"| {r['shape']} | {r['label']} | {dtype} | {r['median_ms']:.3f} | {r['ratio_to_bp']:.2f} "
-            f"| {r['samples_per_s']:,.0f} | {mem} | {mratio} | {_faults(r)} |"
+            f"| {r['samples_per_s']:,.0f} | {_mib(r.get('peak_bytes'))} | {_ratio(r.get('memory_ratio_to_bp'))} "
+            f"| {_mib(r.get('total_bytes'))} | {_ratio(r.get('total_memory_ratio_to_bp'))} | {_faults(r)} |"
         )
     cfg = result.get("config", {})
     if cfg.get("models"):
@@ -743,7 +836,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"Timing: {result['timing_method']}. Memory: {result['memory_method']}; bytes above those live at step "
-        "start (parameters and batch excluded). Ratios compare with bp-autograd at the same size and dtype "
+        "start (parameters and batch excluded). "
+        + (
+            "Total: that peak plus the memory resident between steps (parameters and buffers, `B` included, and "
+            "the optimiser's state, e.g. momentum of `W` and `B`). "
+            if any(r.get("total_bytes") is not None for r in result["results"])
+            else "Total memory (parameters + optimiser state + peak) was not measured by this run (it predates the "
+            "column). "
+        )
+        + "Ratios compare with bp-autograd at the same size and dtype "
         "(compiled rows with compiled bp-autograd, autocast rows with autocast bp-autograd). Page faults: the "
         "process's minor page faults per step (median over the timed blocks; memory the allocator returned to the "
         "system and touches again).",
