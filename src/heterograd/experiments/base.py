@@ -10,6 +10,7 @@ computed from the measurements; an experiment never decides ``holds`` by hand.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import time
 import traceback
@@ -227,6 +228,33 @@ def experiment(name: str) -> Callable[[ExperimentFn], ExperimentFn]:
     return deco
 
 
+EXPERIMENT_MODULES: tuple[str, ...] = (
+    "hs",
+    "dc",
+    "metaplasticity",
+    "hebbian",
+    "flexibility",
+    "benchmark",
+    "optimizers",
+    "meta",
+    "evolution",
+    "hardware",
+    "hardware_lenet",
+    "rewire",
+    "dynamics",
+    "plasticity_curve",
+    "convnets",
+)
+"""Modules (relative to ``heterograd.experiments``) that register experiments, in report order."""
+
+
+def load_all() -> dict[str, object]:
+    """Import every experiment module so that :data:`EXPERIMENTS` is complete."""
+    for mod in EXPERIMENT_MODULES:
+        importlib.import_module(f"{__package__}.{mod}")
+    return dict(EXPERIMENTS)
+
+
 def run_experiment(
     name: str, out_root: str | Path, *, quick: bool = False, seed: int = 0, progress: bool = False
 ) -> dict[str, Any]:
@@ -235,8 +263,6 @@ def run_experiment(
     An experiment that crashes is recorded as ``holds: false`` with the error, so ``repro all``
     always finishes and reports every claim.
     """
-    from . import load_all
-
     load_all()
     if name not in EXPERIMENTS:
         raise unknown_choice("experiment", name, [*EXPERIMENTS, "all"])
