@@ -90,6 +90,7 @@ def test_factory_model_writes_the_run_folder(capsys, tmp_path, factory):
     assert rec["model"] == factory and rec["schedule"] == "cosine" and rec["augment"] is True
 
 
+@pytest.mark.needs_data("fashion-mnist")
 def test_lenet5_on_fashion_mnist_from_the_command_line(capsys, tmp_path):
     """The issue's done-check, small: ``train --model lenet5 --data fashion-mnist --rule hsp``."""
     out = tmp_path / "lenet"
