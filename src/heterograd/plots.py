@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 
 def series(rows: Sequence[Mapping[str, Any]], key: str, x: str = "step") -> tuple[list[float], list[float]]:
@@ -59,6 +60,9 @@ def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path, title: str = "") 
     ax.set_ylabel("loss")
     if y and min(y) > 0:
         ax.set_yscale("log")
+        # plain tick labels ("0.6", "2"): the default 10^x labels go through mathtext, slower than the figure
+        ax.yaxis.set_major_formatter(LogFormatter())
+        ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.5)))
     x, acc = series(rows, "test_accuracy")
     if x:
         ax2 = ax.twinx()

@@ -1,0 +1,242 @@
+"""The ``cli-epoch`` case: one epoch of the ``heterograd train`` loop against a hand-written autograd loop.
+
+``heterograd bench --case cli-epoch`` measures what the command-line loop costs on top of the training step
+(whose own ratio ``heterograd bench`` measures): data shuffling and batching, the running loss, divergence
+checks, the test evaluation, ``metrics.csv``, ``config.json``, ``summary.json`` and the loss figure. Each round
+times, in one process and in alternating order:
+
+* ``cli``: ``Trainer(TrainConfig(...), dataset).fit(run_dir, progress=False)``, exactly what
+  ``heterograd train --data fashion-mnist --rule hsp --hidden 1024,1024 --batch-size 128 --epochs 1
+  --no-probes --out DIR`` runs after parsing its options and loading the data;
+* ``hand``: the loop a PyTorch user writes for the same network and data: ``nn.Sequential`` of ``nn.Linear`` +
+  ``nn.Tanh`` with the same initial weights, a ``torch.randperm`` shuffle per epoch, ``F.cross_entropy``,
+  ``loss.backward()``, ``torch.optim.SGD`` at the same learning rate, then the test loss and accuracy.
+
+Both get the same preloaded :class:`~heterograd.data.Dataset` (loading is the same cost for either and is not
+timed). Before the rounds both sides run once, untimed, on two batches (autograd's first backward and the
+first figure of a process carry one-time costs). The ratio of a round is ``cli / hand``; the result is the
+median over rounds, with the spread. The one-time matplotlib import is reported apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..circuits import Circuit
+from ..data import Dataset, load_dataset
+from ..errors import HeterogradError
+from ..runtime import environment
+from .runner import _loadavg, autograd_mlp
+
+CLI_EPOCH_TARGET = 1.03
+"""The ``cli`` epoch may take at most this many times the hand-written loop's (issue 23)."""
+
+
+@dataclass
+class EpochBenchConfig:
+    """What one ``cli-epoch`` run measures.
+
+    Attributes:
+        data: data set name (:func:`heterograd.data.load_dataset`).
+        hidden: hidden widths of the tanh MLP (input and output sizes come from the data).
+        batch: minibatch size.
+        rule: heterograd's rule for the ``cli`` side.
+        lr: SGD learning rate (both sides).
+        rounds: timed rounds, each one epoch of either side (the order alternates every round).
+        threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
+        n_train, n_test: use only the first examples (``None``: all).
+        seed: initial weights (the same for both sides) and shuffling.
+    """
+
+    data: str = "fashion-mnist"
+    hidden: tuple[int, ...] = (1024, 1024)
+    batch: int = 128
+    rule: str = "hsp"
+    lr: float = 0.05
+    rounds: int = 5
+    threads: int | None = 1
+    n_train: int | None = None
+    n_test: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> EpochBenchConfig:
+        """A smoke test of a few seconds (digits, 32-32 hidden, batch 32, 3 rounds)."""
+        return cls(**{**dict(data="digits", hidden=(32, 32), batch=32, rounds=3), **overrides})
+
+    def validate(self) -> EpochBenchConfig:
+        if self.rounds < 1 or self.batch < 1 or not self.hidden or min(self.hidden) < 1:
+            raise HeterogradError(
+                f"cli-epoch needs rounds >= 1, batch >= 1 and positive hidden widths; got rounds={self.rounds}, "
+                f"batch={self.batch}, hidden={self.hidden}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise HeterogradError(f"--threads must be >= 1, got {self.threads}")
+        self.hidden = tuple(int(h) for h in self.hidden)
+        return self
+
+
+def hand_written_epoch(model: nn.Module, data: Dataset, batch: int, lr: float, generator: torch.Generator) -> float:
+    """One epoch of the plain autograd loop on ``data`` ``(N, D)``, then the test accuracy (returned)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x, y = data.x_train, data.y_train
+    perm = torch.randperm(x.shape[0], generator=generator)
+    running = torch.zeros(())
+    for i in range(x.shape[0] // batch):
+        idx = perm[i * batch : (i + 1) * batch]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += loss.detach()
+    correct, total = 0, 0.0
+    with torch.no_grad():
+        for j in range(0, data.x_test.shape[0], 4096):
+            out, yt = model(data.x_test[j : j + 4096]), data.y_test[j : j + 4096]
+            total += float(F.cross_entropy(out, yt, reduction="sum"))
+            correct += int((out.argmax(1) == yt).sum())
+    return correct / max(1, data.x_test.shape[0])
+
+
+def _sides(cfg: EpochBenchConfig, data: Dataset, tmp: Path) -> dict[str, Callable[[int], float]]:
+    """``{"cli": f, "hand": f}``: ``f(round)`` runs one epoch and returns its test accuracy."""
+    from ..train import TrainConfig, Trainer
+
+    def cli(r: int) -> float:
+        tc = TrainConfig(
+            data=cfg.data,
+            rule=cfg.rule,
+            hidden=cfg.hidden,
+            batch_size=cfg.batch,
+            lr=cfg.lr,
+            epochs=1,
+            seed=cfg.seed,
+            probes=False,
+        )
+        res = Trainer(tc, data).fit(tmp / f"cli-{r}", progress=False, handle_signals=False)
+        return float(res.summary["test_accuracy"])
+
+    def hand(r: int) -> float:
+        circuit = Circuit([data.input_dim, *cfg.hidden, data.output_dim], "tanh", seed=cfg.seed)
+        model = autograd_mlp(circuit)
+        return hand_written_epoch(model, data, cfg.batch, cfg.lr, torch.Generator().manual_seed(cfg.seed))
+
+    return {"cli": cli, "hand": hand}
+
+
+def run_cli_epoch(cfg: EpochBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time ``cfg.rounds`` interleaved rounds of both sides; the result dict (``config``, ``rounds``, ``ratio``...)."""
+    cfg.validate()
+    say = progress or (lambda _msg: None)
+    old_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        data = load_dataset(cfg.data, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)
+        if data.n_classes is None:
+            raise HeterogradError(f"cli-epoch needs a classification data set, not {cfg.data!r}; e.g. fashion-mnist")
+        if data.x_train.ndim != 2:
+            data = data.flat()
+        t0 = time.perf_counter()
+        import matplotlib.figure  # noqa: F401  (the one-time import the first figure of a process pays)
+
+        import_seconds = time.perf_counter() - t0
+        load_start, t_start = _loadavg(), time.perf_counter()
+        times: dict[str, list[float]] = {"cli": [], "hand": []}
+        acc: dict[str, list[float]] = {"cli": [], "hand": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            # warm-up, untimed: both sides once on two batches (autograd's first backward, the first figure)
+            small = dataclasses.replace(
+                data,
+                x_train=data.x_train[: 2 * cfg.batch],
+                y_train=data.y_train[: 2 * cfg.batch],
+                x_test=data.x_test[:64],
+                y_test=data.y_test[:64],
+            )
+            for warm in _sides(cfg, small, Path(tmp) / "warm-up").values():
+                warm(-1)
+            sides = _sides(cfg, data, Path(tmp))
+            for r in range(cfg.rounds):
+                order = ("cli", "hand") if r % 2 == 0 else ("hand", "cli")
+                for name in order:
+                    t0 = time.perf_counter()
+                    acc[name].append(sides[name](r))
+                    times[name].append(time.perf_counter() - t0)
+                say(f"round {r + 1}/{cfg.rounds}: cli {times['cli'][-1]:.2f} s, hand {times['hand'][-1]:.2f} s")
+        ratios = [a / b for a, b in zip(times["cli"], times["hand"], strict=True)]
+        ratio = statistics.median(ratios)
+        return {
+            "case": "cli-epoch",
+            "config": {**asdict(cfg), "hidden": list(cfg.hidden)},
+            "environment": {
+                **environment(),
+                "cpu_count": os.cpu_count(),
+                "loadavg_start": load_start,
+                "loadavg_end": _loadavg(),
+            },
+            "network": [data.input_dim, *cfg.hidden, data.output_dim],
+            "steps_per_epoch": data.x_train.shape[0] // cfg.batch,
+            "cli_seconds": times["cli"],
+            "hand_seconds": times["hand"],
+            "ratios": ratios,
+            "ratio": ratio,
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "test_accuracy": {k: statistics.median(v) for k, v in acc.items()},
+            "matplotlib_import_seconds": round(import_seconds, 3),
+            "wall_seconds": round(time.perf_counter() - t_start, 1),
+            "target": {
+                "claim": f"cli epoch / hand-written autograd epoch <= {CLI_EPOCH_TARGET}",
+                "measured": round(ratio, 3),
+                "threshold": CLI_EPOCH_TARGET,
+                "holds": bool(math.isfinite(ratio) and ratio <= CLI_EPOCH_TARGET),
+            },
+            "method": (
+                "one process; each round runs one epoch of either side in alternating order; ratio = median over "
+                "rounds of cli seconds / hand seconds of the same round (paired); the dataset is loaded once, "
+                "before the rounds, for both"
+            ),
+        }
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def epoch_markdown(result: dict[str, Any]) -> str:
+    """The ``cli-epoch`` result as a short markdown report."""
+    c, env, t = result["config"], result["environment"], result["target"]
+    net = "-".join(map(str, result["network"]))
+    lines = [
+        f"CLI epoch against a hand-written autograd loop: {net} tanh, {c['rule']} (cli) vs autograd SGD (hand), "
+        f"{c['data']}, batch {c['batch']}, lr {c['lr']}, {result['steps_per_epoch']} steps per epoch, "
+        f"{c['threads']} torch thread(s); heterograd {env['heterograd']}, torch {env['torch']}; load average "
+        f"{env['loadavg_start']} -> {env['loadavg_end']}.",
+        "",
+        "| round | cli s | hand s | cli / hand |",
+        "|---:|---:|---:|---:|",
+    ]
+    for i, (a, b, r) in enumerate(zip(result["cli_seconds"], result["hand_seconds"], result["ratios"], strict=True)):
+        lines.append(f"| {i + 1} | {a:.2f} | {b:.2f} | {r:.3f} |")
+    lines += [
+        "",
+        f"Median ratio {result['ratio']:.3f} (rounds: {result['ratio_min']:.3f} to {result['ratio_max']:.3f}); "
+        f"target {t['claim']}: {'holds' if t['holds'] else 'does NOT hold'}. Test accuracy after the epoch: "
+        f"cli {result['test_accuracy']['cli']:.4f}, hand {result['test_accuracy']['hand']:.4f}. The one-time "
+        f"matplotlib import ({result['matplotlib_import_seconds']:.2f} s here) is paid once per process, before "
+        "the rounds.",
+        "",
+        f"Method: {result['method']}.",
+    ]
+    return "\n".join(lines) + "\n"
