@@ -449,10 +449,10 @@ def test_a_training_loop_over_augmented_cifar_batches(tmp_path):
 @pytest.mark.slow
 @pytest.mark.needs_data("fashion-mnist")
 def test_the_readme_example_runs():
-    """The README's models-and-image-data example, as printed there (about 15 s on one core)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("<!-- section: models and image data (issue 11) -->")[1]
+    """docs/models.md's LeNet-5 example, as printed there (about 15 s on one core)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text(encoding="utf-8")
+    section = page.split("<!-- section: models and image data (example) -->")[1]
     code = section.split("```python\n")[1].split("```")[0]
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/models.md", "exec"), namespace)
     assert namespace["acc"] > 0.5  # two epochs on 5,000 images: far above the 0.1 of chance
