@@ -46,7 +46,6 @@ def test_every_run_folder_records_the_version(capsys, tmp_path, argv):
 
 def test_a_missing_data_set_skips_with_one_line_or_fails_when_required(monkeypatch, tmp_path):
     from conftest import REQUIRE_DATA_ENV, require_data
-
     from heterograd.data import sources
 
     monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "absent")
@@ -78,6 +77,135 @@ def test_every_test_that_reads_fashion_mnist_is_marked():
             reads = any(
                 isinstance(n, ast.Constant) and n.value in ("fashion-mnist", "fashion_mnist") for n in ast.walk(node)
             )
-            if reads and "needs_data" not in decorators and "FASHION_MNIST_DIR" not in body:
+            if (
+                reads
+                and "needs_data" not in decorators
+                and not any(w in body for w in ("FASHION_MNIST_DIR", "require_data"))
+            ):
                 unmarked.append(f"{path.name}::{node.name}")
     assert not unmarked, f"add @pytest.mark.needs_data('fashion-mnist') to: {unmarked}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every README code block runs (at small sizes); docs/convert.md's code too
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TORCH_CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+
+
+def code_blocks(path, lang: str) -> list[str]:
+    """The fenced ``lang`` code blocks of a markdown file, in order."""
+    import re
+
+    text = (ROOT / path).read_text(encoding="utf-8")
+    return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def shrink(code: str, replacements: dict[str, str]) -> str:
+    """``code`` with each replacement applied; every one must apply (so the test follows the page)."""
+    for old, new in replacements.items():
+        assert old in code, f"expected {old!r} in the code block; update the test with the page"
+        code = code.replace(old, new)
+    return code
+
+
+def small_argv(line: str) -> list[str]:
+    """A README ``heterograd ...`` line as argv at test size: 20x fewer epochs, tiny populations and data."""
+    import shlex
+
+    argv = shlex.split(line.split("  #")[0])[1:]
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a == "--epochs":
+            out += [a, str(max(1, int(next(it)) // 20))]
+        elif a in ("--population", "--generations"):
+            next(it)
+            out += [a, "4" if a == "--population" else "1"]
+        else:
+            out.append(a)
+    if out[:1] in (["train"], ["demo"], ["evolve"], ["repro"]):
+        out.append("--no-progress")
+    if out[:1] == ["train"] and "--resume" not in out:
+        out += ["--n-train", "256", "--n-test", "64"]
+    if out[:1] == ["evolve"]:
+        out += ["--steps", "5", "--n-train", "64"]
+    if out[:1] == ["demo"]:
+        out += ["--epochs", "1"]
+    return out
+
+
+def test_readme_install_lines_are_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    lines = [ln for block in code_blocks("README.md", "bash") for ln in block.splitlines() if ln.strip()]
+    installs = [ln for ln in lines if ln.startswith(("python3.11 -m venv", "pip install", "python -m pytest"))]
+    assert any(TORCH_CPU_INDEX in ln for ln in installs), "the CPU install must name PyTorch's CPU index"
+    missing = [ln for ln in installs if ln not in ci and ln != 'pip install -e ".[dev]"']  # the GPU path: ranges
+    assert not missing, f"README install lines that .ci/run does not run: {missing}"
+
+
+def test_the_lock_pins_one_torch_cpu_wheel():
+    import hashlib
+
+    lock = (ROOT / "requirements-lock.txt").read_text(encoding="utf-8")
+    block = lock.split("\ntorch==2.13.0 \\\n", 1)[1].split("\n    # via", 1)[0]
+    hashes = [h.strip().removeprefix("--hash=sha256:").rstrip(" \\") for h in block.splitlines()]
+    assert len(hashes) == 1, f"torch must have exactly one hash (the CPU wheel's), got {hashes}"
+    assert not any(ln.startswith(("nvidia-", "triton")) for ln in lock.splitlines())
+    wheel = __import__("pathlib").Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+    if wheel.is_file():  # the wheel of the CPU index, where this machine keeps a copy
+        assert hashlib.sha256(wheel.read_bytes()).hexdigest() == hashes[0]
+
+
+def test_readme_python_block_runs(capsys):
+    (code,) = code_blocks("README.md", "python")
+    namespace: dict = {}
+    exec(compile(shrink(code, {"range(5)": "range(1)"}), "README.md", "exec"), namespace)
+    assert namespace["accuracy"] > 0.5  # one epoch of 8x8 digits: far above the 0.1 of chance
+    assert "DC over channels" in capsys.readouterr().out
+
+
+def test_docs_convert_code_runs(capsys):
+    first, sequence = code_blocks("docs/convert.md", "python")
+    assert first == code_blocks("README.md", "python")[0], "docs/convert.md shows the README's example"
+    namespace: dict = {}
+    exec(compile(shrink(sequence, {"range(300)": "range(3)"}), "docs/convert.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "blocks.0.attn.qkv" in out and "DC over channels" in out
+
+
+@pytest.mark.slow
+def test_readme_command_lines_run(capsys, tmp_path, monkeypatch):
+    """Every line of the README's command-line block, in order, at test size (`repro hs --quick` is most of its
+    ~40 s on one core, hence slow)."""
+    from conftest import require_data
+
+    monkeypatch.chdir(tmp_path)
+    blocks = [b for b in code_blocks("README.md", "bash") if "heterograd train" in b]
+    assert len(blocks) == 1
+    for line in [ln for ln in blocks[0].splitlines() if ln.strip()]:
+        assert line.startswith("heterograd "), f"not a heterograd command: {line!r}"
+        if "fashion-mnist" in line:
+            try:
+                require_data("fashion-mnist")
+            except pytest.skip.Exception:
+                continue  # the other lines still run; CI (HETEROGRAD_REQUIRE_DATA=1) runs this one too
+        argv = small_argv(line)
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 0, f"{line}\n-> heterograd {' '.join(argv)}\n{err}"
+    assert (tmp_path / "runs" / "hsp" / "summary.json").is_file() and (tmp_path / "results" / "repro").is_dir()
+
+
+def test_readme_demo_and_gpu_check_lines_run(capsys, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    lines = [ln for b in code_blocks("README.md", "bash") for ln in b.splitlines()]
+    assert "heterograd demo" in lines
+    code, out, err = run_cli(capsys, *small_argv("heterograd demo"))
+    assert code == 0 and "hsp" in out, err
+    (check,) = [ln for ln in lines if ln.startswith('python -c "')]
+    proc = subprocess.run([sys.executable, "-c", check[len('python -c "') : -1]], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith(__version__), proc.stderr
