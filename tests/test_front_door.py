@@ -209,3 +209,17 @@ def test_readme_demo_and_gpu_check_lines_run(capsys, tmp_path, monkeypatch):
     (check,) = [ln for ln in lines if ln.startswith('python -c "')]
     proc = subprocess.run([sys.executable, "-c", check[len('python -c "') : -1]], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith(__version__), proc.stderr
+
+
+def test_docstrings_use_no_sphinx_roles():
+    """The API pages render docstrings with mkdocstrings (markdown): Sphinx roles would show as raw text."""
+    import re
+
+    role = re.compile(r":(?:func|class|meth|mod|data|attr|obj|exc):`")
+    found = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in sorted((ROOT / "src").rglob("*.py"))
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if role.search(line)
+    ]
+    assert not found, f"write `name` instead of :func:`name` (mkdocstrings renders markdown): {found[:10]}"

@@ -90,7 +90,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[s
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    """Read a CSV written by :func:`write_csv` (values as strings)."""
+    """Read a CSV written by `write_csv` (values as strings)."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -117,7 +117,7 @@ def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -> 
 
     A non-empty folder would mix the new run with an earlier one (its ``checkpoint.pt`` would later
     be resumed, its figures kept): it is an error unless ``overwrite``, which clears it first, and
-    only if it looks like a run folder (holds one of :data:`RUN_MARKERS`), so a mistyped ``--out .``
+    only if it looks like a run folder (holds one of `RUN_MARKERS`), so a mistyped ``--out .``
     never deletes anything else.
     """
     p = prepare_out_dir(out)

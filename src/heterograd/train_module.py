@@ -1,9 +1,9 @@
-"""The training loop for converted ``torch.nn`` models: :class:`ModuleTrainer` (``heterograd train --model``).
+"""The training loop for converted ``torch.nn`` models: `ModuleTrainer` (``heterograd train --model``).
 
-It runs the same loop as the circuit :class:`~heterograd.train.Trainer` (epochs, logged rows with probes on
+It runs the same loop as the circuit `Trainer` (epochs, logged rows with probes on
 a fixed probe batch, test evaluation each epoch, divergence handling, checkpoints with exact resume,
-SIGINT/SIGTERM, TensorBoard, the same run folder) on a model of :mod:`heterograd.models` or a user's
-factory, converted by :func:`heterograd.nn.convert` so that every plastic layer learns by the chosen rule.
+SIGINT/SIGTERM, TensorBoard, the same run folder) on a model of `heterograd.models` or a user's
+factory, converted by `heterograd.nn.convert` so that every plastic layer learns by the chosen rule.
 The update is applied by a ``torch.optim`` optimiser (``--optimizer``), optionally under a cosine learning-rate
 schedule, on augmented image batches (random crop with zero padding and horizontal flip, seeded).
 
@@ -201,7 +201,7 @@ def build_model(c: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> 
 def rule_options(c: TrainConfig) -> dict[str, Any]:
     """The rule's hyperparameters from a validated config (``None``: not set, or not a hyperparameter of the rule).
 
-    :meth:`TrainConfig.validate` has already refused an option the rule would ignore and filled in the defaults
+    `TrainConfig.validate` has already refused an option the rule would ignore and filled in the defaults
     of those it takes.
     """
     opts: dict[str, Any] = {}
@@ -215,16 +215,16 @@ def rule_options(c: TrainConfig) -> dict[str, Any]:
 
 
 class ModuleTrainer(Trainer):
-    """Runs a :class:`TrainConfig` with ``model`` set: a converted ``nn.Module`` trained by ``torch.optim``.
+    """Runs a `TrainConfig` with ``model`` set: a converted ``nn.Module`` trained by ``torch.optim``.
 
-    The loop, logging, run folder, checkpoints and resume are :class:`~heterograd.train.Trainer`'s; this class
-    supplies the step, probes (:func:`heterograd.nn.probe` per plastic layer: ``phi/<layer>``, ``align/<layer>``,
+    The loop, logging, run folder, checkpoints and resume are `Trainer`'s; this class
+    supplies the step, probes (`heterograd.nn.probe` per plastic layer: ``phi/<layer>``, ``align/<layer>``,
     ...), evaluation, divergence check and the model's part of a checkpoint. ``self.model`` (also
     ``self.circuit``, the name the shared loop uses) is the converted model.
 
     Args:
         config: the run's configuration (``config.model`` must be set).
-        dataset: optionally a preloaded :class:`Dataset`.
+        dataset: optionally a preloaded `Dataset`.
     """
 
     def __init__(self, config: TrainConfig, dataset: Dataset | None = None) -> None:
@@ -295,7 +295,7 @@ class ModuleTrainer(Trainer):
         return loss.detach()
 
     def probe(self) -> dict[str, float]:
-        """Per-layer probes (:func:`heterograd.nn.probe`) on the fixed probe batch; nothing is changed."""
+        """Per-layer probes (`heterograd.nn.probe`) on the fixed probe batch; nothing is changed."""
         return probe(self.model, self.probe_x, self.probe_y, self.loss_of, seed=self.config.seed).as_dict()
 
     @torch.no_grad()
@@ -342,7 +342,7 @@ class ModuleTrainer(Trainer):
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
-        """Restore what :meth:`state_dict` wrote (config compatibility is checked by :meth:`resume`)."""
+        """Restore what `state_dict` wrote (config compatibility is checked by `resume`)."""
         self._check_data(ck, source)
         try:
             self.model.load_state_dict(ck["circuit"])
@@ -369,7 +369,7 @@ class ModuleTrainer(Trainer):
 
 
 def make_trainer(config: TrainConfig, dataset: Dataset | None = None) -> Trainer:
-    """:class:`ModuleTrainer` when ``config.model`` is set, else the circuit :class:`~heterograd.train.Trainer`."""
+    """`ModuleTrainer` when ``config.model`` is set, else the circuit `Trainer`."""
     return ModuleTrainer(config, dataset) if config.model is not None else Trainer(config, dataset)
 
 

@@ -1,4 +1,4 @@
-"""``heterograd bench``: time the training step next to autograd baselines (see :mod:`heterograd.bench.runner`)."""
+"""``heterograd bench``: time the training step next to autograd baselines (see `heterograd.bench.runner`)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def bench(
 def _cli_epoch(
     ctx: typer.Context, case: str, out: Path, stem: str, quick: bool, repeats: int | None, threads: int | None
 ) -> None:
-    """``bench --case cli-epoch``: see :mod:`heterograd.bench.epoch`."""
+    """``bench --case cli-epoch``: see `heterograd.bench.epoch`."""
     from ..errors import HeterogradError
     from ..results import write_json
     from .epoch import EpochBenchConfig, epoch_markdown, run_cli_epoch

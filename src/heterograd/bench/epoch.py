@@ -12,7 +12,7 @@ times, in one process and in alternating order:
   ``nn.Tanh`` with the same initial weights, a ``torch.randperm`` shuffle per epoch, ``F.cross_entropy``,
   ``loss.backward()``, ``torch.optim.SGD`` at the same learning rate, then the test loss and accuracy.
 
-Both get the same preloaded :class:`~heterograd.data.Dataset` (loading is the same cost for either and is not
+Both get the same preloaded `Dataset` (loading is the same cost for either and is not
 timed). Before the rounds both sides run once, untimed, on two batches (autograd's first backward and the
 first figure of a process carry one-time costs). The ratio of a round is ``cli / hand``; the result is the
 median over rounds, with the spread. The one-time matplotlib import is reported apart.
@@ -50,7 +50,7 @@ class EpochBenchConfig:
     """What one ``cli-epoch`` run measures.
 
     Attributes:
-        data: data set name (:func:`heterograd.data.load_dataset`).
+        data: data set name (`heterograd.data.load_dataset`).
         hidden: hidden widths of the tanh MLP (input and output sizes come from the data).
         batch: minibatch size.
         rule: heterograd's rule for the ``cli`` side.

@@ -4,24 +4,24 @@ One run times, round-robin and repeated (median over rounds), full training step
 signal, feedback, deltas, weight update) of:
 
 * ``hsp``, ``fa``, ``poly`` (and ``hsp-sparse``: sparse feedback at density 0.2): heterograd's own step,
-  exactly what :meth:`heterograd.train.Trainer.train_step` does (``local_step`` -> SGD motif -> ``apply_steps``;
-  for ``hsp`` :func:`heterograd.train.layerwise_sgd_step`, the same update with each layer's deltas applied
+  exactly what `heterograd.train.Trainer.train_step` does (``local_step`` -> SGD motif -> ``apply_steps``;
+  for ``hsp`` `heterograd.train.layerwise_sgd_step`, the same update with each layer's deltas applied
   as soon as they exist);
 * ``bp-autograd``: a plain PyTorch MLP (``nn.Sequential`` of ``nn.Linear`` + ``tanh``,
   ``CrossEntropyLoss``, ``torch.optim.SGD``) of identical shapes, weights and weight decay;
 * ``fa-autograd``: feedback alignment as autograd-based libraries implement it (biotorch style): a
   custom ``torch.autograd.Function`` whose backward sends the error through a fixed ``B``.
 
-With ``models`` (e.g. ``lenet5``, ``resnet20`` of :mod:`heterograd.models`) the run times one training step
+With ``models`` (e.g. ``lenet5``, ``resnet20`` of `heterograd.models`) the run times one training step
 of that model instead, with ``torch.optim.SGD`` (momentum) and ``CrossEntropyLoss``:
 
 * ``bp-autograd``: the plain model trained by autograd (weight decay in the optimiser);
-* ``bp``, ``hsp``, ``kp``, ``fa``, ``usf`` (any rule of :data:`MODEL_IMPLS`): the same model, same initial
-  weights, converted by :func:`heterograd.nn.convert.convert` (weight decay in the rule, as the converted
+* ``bp``, ``hsp``, ``kp``, ``fa``, ``usf`` (any rule of `MODEL_IMPLS`): the same model, same initial
+  weights, converted by `heterograd.nn.convert.convert` (weight decay in the rule, as the converted
   layers compute it; ``λW`` + momentum is the same update as the optimiser's ``weight_decay``);
 * ``hsp-fused`` and ``bp-autograd-fused``: the optimiser step runs inside the backward sweep, one parameter
   at a time as soon as its ``.grad`` is complete (a post-accumulate-grad hook with a per-parameter SGD), so
-  the gradients of all layers are never alive at once (see :func:`fuse_optimizer`).
+  the gradients of all layers are never alive at once (see `fuse_optimizer`).
 
 Every case uses the same random batch (``x ~ N(0, 1)``, random labels) at every step, so the times are
 the step's own cost with no data loading. Optional variants: ``bfloat16`` compute and ``torch.compile``
@@ -87,9 +87,9 @@ class BenchConfig:
 
     Attributes:
         sizes: ``((n_0, ..., n_L), batch)`` pairs.
-        impls: implementations, a subset of :data:`IMPLS` (``bp-autograd`` is always added: ratios need it).
-        dtypes: compute dtypes; the first is the main one (all impls), the others time :data:`VARIANT_IMPLS`.
-        compile: also time :data:`VARIANT_IMPLS` under ``torch.compile`` (main dtype).
+        impls: implementations, a subset of `IMPLS` (``bp-autograd`` is always added: ratios need it).
+        dtypes: compute dtypes; the first is the main one (all impls), the others time `VARIANT_IMPLS`.
+        compile: also time `VARIANT_IMPLS` under ``torch.compile`` (main dtype).
         repeats: round-robin rounds; each case's time is the median over rounds.
         block_seconds: target duration of one timed block (steps per block are calibrated to it).
         max_seconds: time budget of the timed rounds; rounds stop early (at least 3) once it is spent.
@@ -98,8 +98,8 @@ class BenchConfig:
         threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
         lr, weight_decay: SGD learning rate and weight decay λ (same for every implementation).
         memory: measure each case's peak step memory.
-        models: registered model names (:data:`heterograd.models.MODELS`); when given, the run times one
-            training step of each model (``sizes`` must then be empty; ``impls`` from :data:`MODEL_IMPLS`).
+        models: registered model names (`heterograd.models.MODELS`); when given, the run times one
+            training step of each model (``sizes`` must then be empty; ``impls`` from `MODEL_IMPLS`).
         input_shape: one input's shape for ``models`` (default Fashion-MNIST's ``(1, 28, 28)``).
         batch: batch size of ``models``' step.
         num_classes: outputs of ``models``.
@@ -135,7 +135,7 @@ class BenchConfig:
 
     @classmethod
     def for_models(cls, models: Sequence[str] = DEFAULT_MODELS, quick: bool = False, **overrides: Any) -> BenchConfig:
-        """A model benchmark: ``models`` under :data:`MODEL_IMPLS` (quick: batch 8, a few seconds)."""
+        """A model benchmark: ``models`` under `MODEL_IMPLS` (quick: batch 8, a few seconds)."""
         base: dict[str, Any] = dict(models=tuple(models), sizes=(), impls=MODEL_IMPLS, dtypes=("float32",))
         if quick:
             base.update(batch=8, repeats=3, block_seconds=0.005, warmup_steps=1)
@@ -234,7 +234,7 @@ class FALinear(nn.Linear):
 
 
 def autograd_mlp(circuit: Circuit, feedback_alignment: bool = False) -> nn.Sequential:
-    """``nn.Sequential`` of ``nn.Linear`` (or :class:`FALinear`, ``B_w = Bᵀ``) + ``tanh`` with ``circuit``'s weights."""
+    """``nn.Sequential`` of ``nn.Linear`` (or `FALinear`, ``B_w = Bᵀ``) + ``tanh`` with ``circuit``'s weights."""
     layers: list[nn.Module] = []
     L = circuit.depth
     Bs = {e.src: circuit.B[k] for k, e in enumerate(circuit.edges) if e.adjacent}
@@ -322,7 +322,7 @@ class ModelStep:
 
 
 def make_model_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> ModelStep:
-    """One training step of ``case.model`` on ``(x, y)`` (see :class:`ModelStep` and :func:`model_for`)."""
+    """One training step of ``case.model`` on ``(x, y)`` (see `ModelStep` and `model_for`)."""
     model, opt = model_for(case, cfg)
     model.train()
     return ModelStep(model, opt, x, y)

@@ -1,4 +1,4 @@
-"""The :class:`Dataset` container and a seeded minibatch iterator."""
+"""The `Dataset` container and a seeded minibatch iterator."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Dataset:
         n_classes: number of classes, or ``None`` for regression.
         image_shape: ``(C, H, W)`` when every input is an image (channels first), else ``None``. In the flat
             layout a row holds the image's ``C*H*W`` values in channel-major, row-major order, so
-            ``x.reshape(N, C, H, W)`` recovers the images; :meth:`images` and :meth:`flat` switch layouts
+            ``x.reshape(N, C, H, W)`` recovers the images; `images` and `flat` switch layouts
             without copying.
 
     The shapes and dtypes are checked on construction. Instances compare by identity (tensors have no

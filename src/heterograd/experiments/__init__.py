@@ -1,7 +1,7 @@
 """Reproductions of the theory's claims (docs/theory.md): ``heterograd repro NAME`` / ``heterograd repro all``.
 
-Each module in :data:`EXPERIMENT_MODULES` registers one or more experiments with
-:func:`heterograd.experiments.base.experiment`.
+Each module in `EXPERIMENT_MODULES` registers one or more experiments with
+`heterograd.experiments.base.experiment`.
 """
 
 from __future__ import annotations

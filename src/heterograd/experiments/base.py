@@ -1,7 +1,7 @@
 """Reproduction experiments: one readable file per claim, each ``config -> run -> verdict``.
 
 An experiment is a function ``run(ctx: Context) -> Verdict`` registered under a
-fixed name with :func:`experiment`. The runner (:func:`run_experiment`) gives it
+fixed name with `experiment`. The runner (`run_experiment`) gives it
 its own folder, times it, and writes ``summary.json`` with ``claim``,
 ``measured``, ``threshold``, ``holds`` and the figures it made. Verdicts are
 computed from the measurements; an experiment never decides ``holds`` by hand.
@@ -100,7 +100,7 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
 
     A missing or non-finite value (a diverged seed) makes both ``nan``: a run that diverged is never
     averaged away, and a ``nan`` fails every threshold comparison, so it counts against the claim.
-    Count such runs with :func:`diverged_count` and report them next to the mean.
+    Count such runs with `diverged_count` and report them next to the mean.
     """
     if not values or diverged_count(values):
         return math.nan, math.nan
@@ -148,9 +148,9 @@ def plot_band(
 
 
 def trainer_with(config: TrainConfig, dataset: Dataset | None = None, built: BuiltMotif | None = None) -> Trainer:
-    """A :class:`~heterograd.train.Trainer` for ``config``, optionally training a prebuilt circuit and rule.
+    """A `Trainer` for ``config``, optionally training a prebuilt circuit and rule.
 
-    ``built`` (from :mod:`heterograd.motifs`) replaces the circuit and rule the config
+    ``built`` (from `heterograd.motifs`) replaces the circuit and rule the config
     would build; data, loss, motif, logging and probes still come from ``config``.
     """
     from ..train import Trainer
@@ -180,8 +180,8 @@ def local_training(
 ) -> bool:
     """Train ``circuit`` in place with ``rule`` and plain SGD for ``steps`` random minibatches.
 
-    Uses the library's step (:func:`~heterograd.train.local_step`, the ``sgd`` motif and
-    :func:`~heterograd.train.apply_steps`). ``on_log(t)`` is called before step ``t`` for
+    Uses the library's step (`local_step`, the ``sgd`` motif and
+    `apply_steps`). ``on_log(t)`` is called before step ``t`` for
     ``t = 0, every, 2*every, ...`` and once after the last step (``t = steps``).
 
     Args:
@@ -249,7 +249,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
 
 
 def load_all() -> dict[str, object]:
-    """Import every experiment module so that :data:`EXPERIMENTS` is complete."""
+    """Import every experiment module so that `EXPERIMENTS` is complete."""
     for mod in EXPERIMENT_MODULES:
         importlib.import_module(f"{__package__}.{mod}")
     return dict(EXPERIMENTS)

@@ -62,7 +62,7 @@ def run(ctx: Context) -> Verdict:
 
 
 def _run(ctx: Context) -> Verdict:
-    """The experiment body (called by :func:`run` with one torch thread)."""
+    """The experiment body (called by `run` with one torch thread)."""
     s = _settings(ctx.quick)
     ds = load_dataset(s["data"], seed=ctx.seed)
     n_classes = ds.n_classes or 1

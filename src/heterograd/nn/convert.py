@@ -142,7 +142,7 @@ def convert(
             groups) and ``nn.Embedding`` become plastic synapses; BatchNorm/LayerNorm/GroupNorm affine
             parameters learn by the local rule; modules without parameters are left as they are.
         rule: a registered rule name (``bp``, ``fa``, ``dfa``, ``hsp``, ``kp``, ``poly``, ``usf``, ``brsf``,
-            ``frsf``) or a :class:`~heterograd.rules.Rule`.
+            ``frsf``) or a `Rule`.
         feedback_init: ``random`` (default), ``transpose`` (``B = W`` as transport) or ``anti``; only for rules
             that carry a ``B`` (plastic or frozen).
         seed: seeds every random feedback matrix (and the per-layer generators of ``brsf``).

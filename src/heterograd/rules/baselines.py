@@ -10,7 +10,7 @@
 
 All of them update ``W`` by the bilinear rule ``ΔW = -(C(u, h) + λW)`` and never change ``B``. The
 sign-symmetry rules need ``W`` at the feedback synapse, which the Circuit engine's local signals do not
-offer: they apply to converted models (:func:`heterograd.nn.convert`) only.
+offer: they apply to converted models (`heterograd.nn.convert`) only.
 """
 
 from __future__ import annotations
