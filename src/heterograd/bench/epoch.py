@@ -8,6 +8,8 @@ times, in one process and in alternating order:
 * ``cli``: ``Trainer(TrainConfig(...), dataset).fit(run_dir, progress=False)``, exactly what
   ``heterograd train --data fashion-mnist --rule hsp --hidden 1024,1024 --batch-size 128 --epochs 1
   --no-probes --out DIR`` runs after parsing its options and loading the data;
+* ``steps``: the same local steps in a bare loop (``layerwise_sgd_step`` over a ``torch.randperm`` shuffle, then
+  the test evaluation, no ``Trainer``), which splits the ratio into the step's own part and the loop's part;
 * ``hand``: the loop a PyTorch user writes for the same network and data: ``nn.Sequential`` of ``nn.Linear`` +
   ``nn.Tanh`` with the same initial weights, a ``torch.randperm`` shuffle per epoch, ``F.cross_entropy``,
   ``loss.backward()``, ``torch.optim.SGD`` at the same learning rate, then the test loss and accuracy.
@@ -134,7 +136,25 @@ def _sides(cfg: EpochBenchConfig, data: Dataset, tmp: Path) -> dict[str, Callabl
         model = autograd_mlp(circuit)
         return hand_written_epoch(model, data, cfg.batch, cfg.lr, torch.Generator().manual_seed(cfg.seed))
 
-    return {"cli": cli, "hand": hand}
+    def steps(r: int) -> float:  # the same local steps as `cli`, in a bare loop: isolates the loop's own cost
+        from ..losses import get_loss
+        from ..optim import make_motif
+        from ..rules import make_rule
+        from ..train import evaluate, layerwise_sgd_step
+
+        circuit = Circuit([data.input_dim, *cfg.hidden, data.output_dim], "tanh", seed=cfg.seed)
+        rule, motif, loss = make_rule(cfg.rule), make_motif("sgd", lr=cfg.lr), get_loss("ce")
+        rule_state, motif_state = rule.init(circuit), motif.init(circuit.plastic_tensors())
+        x, y = data.x_train, data.y_train
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+        for i in range(x.shape[0] // cfg.batch):
+            idx = perm[i * cfg.batch : (i + 1) * cfg.batch]
+            done = layerwise_sgd_step(circuit, rule, rule_state, motif, motif_state, loss, x[idx], y[idx])
+            assert done is not None, f"{cfg.rule} has no layer-wise step"
+            motif_state = done[1]
+        return float(evaluate(circuit, loss, data.x_test, data.y_test)[1] or 0.0)
+
+    return {"cli": cli, "hand": hand, "steps": steps}
 
 
 def run_cli_epoch(cfg: EpochBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -155,9 +175,9 @@ def run_cli_epoch(cfg: EpochBenchConfig, progress: Callable[[str], None] | None 
 
         import_seconds = time.perf_counter() - t0
         load_start, t_start = _loadavg(), time.perf_counter()
-        times: dict[str, list[float]] = {"cli": [], "hand": []}
-        cpu: dict[str, list[float]] = {"cli": [], "hand": []}
-        acc: dict[str, list[float]] = {"cli": [], "hand": []}
+        times: dict[str, list[float]] = {"cli": [], "hand": [], "steps": []}
+        cpu: dict[str, list[float]] = {"cli": [], "hand": [], "steps": []}
+        acc: dict[str, list[float]] = {"cli": [], "hand": [], "steps": []}
         with tempfile.TemporaryDirectory() as tmp:
             # warm-up, untimed: both sides once on two batches (autograd's first backward, the first figure)
             small = dataclasses.replace(
@@ -171,16 +191,13 @@ def run_cli_epoch(cfg: EpochBenchConfig, progress: Callable[[str], None] | None 
                 warm(-1)
             sides = _sides(cfg, data, Path(tmp))
             for r in range(cfg.rounds):
-                order = ("cli", "hand") if r % 2 == 0 else ("hand", "cli")
+                order = ("cli", "hand", "steps")[r % 3 :] + ("cli", "hand", "steps")[: r % 3]  # rotated
                 for name in order:
                     c0, t0 = time.process_time(), time.perf_counter()
                     acc[name].append(sides[name](r))
                     times[name].append(time.perf_counter() - t0)
                     cpu[name].append(time.process_time() - c0)
-                say(
-                    f"round {r + 1}/{cfg.rounds}: cli {cpu['cli'][-1]:.2f} s CPU ({times['cli'][-1]:.2f} s wall), "
-                    f"hand {cpu['hand'][-1]:.2f} s CPU ({times['hand'][-1]:.2f} s wall)"
-                )
+                say(f"round {r + 1}/{cfg.rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s CPU" for k, v in cpu.items()))
         ratios = [a / b for a, b in zip(cpu["cli"], cpu["hand"], strict=True)]
         wall_ratios = [a / b for a, b in zip(times["cli"], times["hand"], strict=True)]
         ratio = statistics.median(ratios)
@@ -203,6 +220,11 @@ def run_cli_epoch(cfg: EpochBenchConfig, progress: Callable[[str], None] | None 
             "ratio": ratio,
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
+            "steps_cpu_seconds": cpu["steps"],
+            "steps_seconds": times["steps"],
+            "loop_ratios": [a / b for a, b in zip(cpu["cli"], cpu["steps"], strict=True)],
+            "loop_ratio": statistics.median(a / b for a, b in zip(cpu["cli"], cpu["steps"], strict=True)),
+            "step_ratio": statistics.median(a / b for a, b in zip(cpu["steps"], cpu["hand"], strict=True)),
             "wall_ratios": wall_ratios,
             "wall_ratio": statistics.median(wall_ratios),
             "test_accuracy": {k: statistics.median(v) for k, v in acc.items()},
@@ -245,7 +267,10 @@ def epoch_markdown(result: dict[str, Any]) -> str:
         "",
         f"Median CPU-time ratio {result['ratio']:.3f} (rounds: {result['ratio_min']:.3f} to "
         f"{result['ratio_max']:.3f}; wall-clock {result['wall_ratio']:.3f}); "
-        f"target {t['claim']}: {'holds' if t['holds'] else 'does NOT hold'}. Test accuracy after the epoch: "
+        f"target {t['claim']}: {'holds' if t['holds'] else 'does NOT hold'}. Decomposed (CPU, medians over "
+        f"rounds): the `{c['rule']}` steps in a bare loop (`steps`: the same local steps and test evaluation, no "
+        f"Trainer) take {result['step_ratio']:.3f}x the hand-written autograd epoch, and the CLI loop around them "
+        f"{result['loop_ratio']:.3f}x the bare loop. Test accuracy after the epoch: "
         f"cli {result['test_accuracy']['cli']:.4f}, hand {result['test_accuracy']['hand']:.4f}. The one-time "
         f"matplotlib import ({result['matplotlib_import_seconds']:.2f} s here) is paid once per process, before "
         "the rounds.",
