@@ -223,3 +223,21 @@ def test_docstrings_use_no_sphinx_roles():
         if role.search(line)
     ]
     assert not found, f"write `name` instead of :func:`name` (mkdocstrings renders markdown): {found[:10]}"
+
+
+def test_browser_check_flags_broken_figures_and_raw_markers():
+    """scripts/check_docs.py's verdict on a page (the browser part runs in CI: python scripts/check_docs.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_docs", ROOT / "scripts" / "check_docs.py")
+    assert spec is not None and spec.loader is not None
+    check_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_docs)
+    good = {"images": [["a.png", 640]], "text": "convert(model)\nBP | 13.01 (one seed)", "ids": ["x.convert"]}
+    assert check_docs.check_page("p", good, 1, ("x.convert",)) == []
+    for text in ("see :func:`convert`", "::: heterograd.nn", "--8<-- README.md", "| BP | 13.01 ± 0.00 |"):
+        assert any("raw marker" in p for p in check_docs.check_page("p", {**good, "text": text}, 1, ()))
+    broken = {**good, "images": [["a.png", 640], ["b.png", 0]]}
+    assert any("did not load" in p for p in check_docs.check_page("p", broken, 1, ()))
+    assert any("expected at least 3" in p for p in check_docs.check_page("p", good, 3, ()))
+    assert any("does not show" in p for p in check_docs.check_page("p", good, 0, ("heterograd.nn.probe.probe",)))
