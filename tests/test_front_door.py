@@ -241,3 +241,12 @@ def test_browser_check_flags_broken_figures_and_raw_markers():
     assert any("did not load" in p for p in check_docs.check_page("p", broken, 1, ()))
     assert any("expected at least 3" in p for p in check_docs.check_page("p", good, 3, ()))
     assert any("does not show" in p for p in check_docs.check_page("p", good, 0, ("heterograd.nn.probe.probe",)))
+
+
+def test_bench_blocks_hold_several_steps_however_slow_the_step():
+    """On a loaded machine the calibrated block shrank to one step, and the step ratio scattered (issue 23)."""
+    from heterograd.bench import BenchConfig, run_benchmark
+
+    cfg = BenchConfig.quick(impls=("bp-autograd", "hsp"), block_seconds=1e-9, min_block_steps=4, memory=False)
+    result = run_benchmark(cfg)
+    assert all(r["steps_per_block"] >= 4 for r in result["results"])

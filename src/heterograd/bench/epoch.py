@@ -278,3 +278,57 @@ def epoch_markdown(result: dict[str, Any]) -> str:
         f"Method: {result['method']}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def rerun_spread_markdown(step_runs: list[dict[str, Any]], epoch_runs: list[dict[str, Any]]) -> str:
+    """The performance page's summary of reruns: per size, ``hsp``'s step ratio in each run and its range;
+    per ``cli-epoch`` run, its ratios. ``step_runs`` are ``bench.json`` results, ``epoch_runs`` ``cli-epoch.json``.
+    """
+    lines = [
+        "| measurement | run | load average | hsp / bp-autograd |",
+        "|---|---|---|---:|",
+    ]
+    spread: dict[str, list[float]] = {}
+    for i, run in enumerate(step_runs, 1):
+        load = run["environment"].get("loadavg_start")
+        for row in run["results"]:
+            if row["impl"] == "hsp" and not row["compiled"] and row["dtype"] == "float32":
+                spread.setdefault(row["shape"], []).append(row["ratio_to_bp"])
+                lines.append(
+                    f"| step {row['shape']} | {i} ({row['steps_per_block']} steps/block) | "
+                    f"{load[0] if load else '-'} | {row['ratio_to_bp']:.3f} |"
+                )
+    for i, run in enumerate(epoch_runs, 1):
+        load = run["environment"].get("loadavg_start")
+        lines.append(
+            f"| CLI epoch / hand-written (CPU) | {i} ({len(run['ratios'])} rounds) | {load[0] if load else '-'} "
+            f"| {run['ratio']:.3f} ({run['ratio_min']:.3f} to {run['ratio_max']:.3f}) |"
+        )
+        if "loop_ratio" in run:
+            lines.append(f"| ... of which the CLI loop / bare hsp loop | {i} | | {run['loop_ratio']:.3f} |")
+            lines.append(f"| ... of which the bare hsp loop / hand-written | {i} | | {run['step_ratio']:.3f} |")
+    lines.append("")
+    for shape, ratios in spread.items():
+        lines.append(
+            f"- step {shape}: {min(ratios):.3f} to {max(ratios):.3f} over {len(ratios)} runs "
+            f"(median {statistics.median(ratios):.3f})."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m heterograd.bench.epoch STEP_JSON... --epoch EPOCH_JSON...``: print :func:`rerun_spread_markdown`."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="the rerun-spread table of docs/performance.md")
+    parser.add_argument("step", nargs="+", type=Path, help="bench.json files of `heterograd bench` runs")
+    parser.add_argument("--epoch", nargs="*", type=Path, default=[], help="cli-epoch.json files")
+    args = parser.parse_args(argv)
+    load = [json.loads(p.read_text(encoding="utf-8")) for p in args.step]
+    epochs = [json.loads(p.read_text(encoding="utf-8")) for p in args.epoch]
+    print(rerun_spread_markdown(load, epochs), end="")
+
+
+if __name__ == "__main__":
+    main()

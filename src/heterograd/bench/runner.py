@@ -94,6 +94,8 @@ class BenchConfig:
         block_seconds: target duration of one timed block (steps per block are calibrated to it).
         max_seconds: time budget of the timed rounds; rounds stop early (at least 3) once it is spent.
         warmup_steps: untimed steps per case before calibration.
+        min_block_steps: at least this many steps per timed block: on a loaded machine ``block_seconds`` alone
+            shrinks blocks to one step, whose times scatter far more than the ratio being measured.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
         lr, weight_decay: SGD learning rate and weight decay λ (same for every implementation).
@@ -114,6 +116,7 @@ class BenchConfig:
     block_seconds: float = 0.04
     max_seconds: float = 120.0
     warmup_steps: int = 3
+    min_block_steps: int = 5
     device: str = "cpu"
     threads: int | None = None
     lr: float = 0.01
@@ -130,7 +133,9 @@ class BenchConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
         """A smoke-test configuration that runs in a few seconds."""
-        base = dict(sizes=QUICK_SIZES, dtypes=("float32",), repeats=3, block_seconds=0.005, warmup_steps=1)
+        base = dict(
+            sizes=QUICK_SIZES, dtypes=("float32",), repeats=3, block_seconds=0.005, warmup_steps=1, min_block_steps=1
+        )
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -138,7 +143,7 @@ class BenchConfig:
         """A model benchmark: ``models`` under `MODEL_IMPLS` (quick: batch 8, a few seconds)."""
         base: dict[str, Any] = dict(models=tuple(models), sizes=(), impls=MODEL_IMPLS, dtypes=("float32",))
         if quick:
-            base.update(batch=8, repeats=3, block_seconds=0.005, warmup_steps=1)
+            base.update(batch=8, repeats=3, block_seconds=0.005, warmup_steps=1, min_block_steps=1)
         return cls(**{**base, **overrides})
 
     def validate(self) -> BenchConfig:
@@ -173,8 +178,8 @@ class BenchConfig:
         bad = [d for d in self.dtypes if d not in DTYPES]
         if bad or not self.dtypes:
             raise HeterogradError(f"unknown dtype(s) {bad or self.dtypes}; valid choices: {', '.join(DTYPES)}")
-        if self.repeats < 1 or self.warmup_steps < 1 or not self.block_seconds > 0:
-            raise HeterogradError("--repeats and warmup steps must be >= 1 and the block time > 0")
+        if self.repeats < 1 or self.warmup_steps < 1 or self.min_block_steps < 1 or not self.block_seconds > 0:
+            raise HeterogradError("--repeats, warmup and block steps must be >= 1 and the block time > 0")
         for sizes, batch in self.sizes:
             if len(sizes) < 2 or min(sizes) < 1 or batch < 1:
                 raise HeterogradError(f"bad benchmark size {sizes} at batch {batch}; e.g. 784,1024,1024,10@128")
@@ -508,7 +513,7 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
     per_block: dict[Case, int] = {}
     for case, step in steps.items():
         n, t0 = 0, time.perf_counter()
-        while n < 10_000 and (n == 0 or time.perf_counter() - t0 < cfg.block_seconds):
+        while n < 10_000 and (n < cfg.min_block_steps or time.perf_counter() - t0 < cfg.block_seconds):
             step()
             _sync(device)
             n += 1
