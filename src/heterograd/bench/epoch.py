@@ -317,7 +317,7 @@ def rerun_spread_markdown(step_runs: list[dict[str, Any]], epoch_runs: list[dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m heterograd.bench.epoch STEP_JSON... --epoch EPOCH_JSON...``: print :func:`rerun_spread_markdown`."""
+    """``python -m heterograd.bench.epoch STEP_JSON... --epoch EPOCH_JSON...``: print `rerun_spread_markdown`."""
     import argparse
     import json
 

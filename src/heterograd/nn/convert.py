@@ -35,7 +35,7 @@ from .layers import (
 )
 
 FEEDBACK_INITS: tuple[str, ...] = ("random", "transpose", "anti")
-"""``random``: Xavier (Glorot) uniform on ``±√(6/(fan_in + fan_out))`` of ``W``'s shape (:func:`xavier_bound`),
+"""``random``: Xavier (Glorot) uniform on ``±√(6/(fan_in + fan_out))`` of ``W``'s shape (`xavier_bound`),
 the published implementation's draw (biotorch, Sanfiz & Akrout 2021); ``transpose``: ``B = W`` as transport
 (backprop's start); ``anti``: ``B = -W`` as transport."""
 
@@ -122,7 +122,7 @@ def xavier_bound(shape: tuple[int, ...] | torch.Size) -> float:
 def _initial_feedback(W: Tensor, syn: Synapse, init: str, gen: torch.Generator) -> Tensor:
     """``B`` laid out like the synapse wants (dense: ``(in, out)`` stored in ``W``'s memory order).
 
-    ``random``: Xavier uniform on ``±`` :func:`xavier_bound` of ``W``'s shape ``(out, in[, *k])``.
+    ``random``: Xavier uniform on ``±`` `xavier_bound` of ``W``'s shape ``(out, in[, *k])``.
     """
     if init == "random":
         bound = xavier_bound(W.shape)
@@ -285,7 +285,7 @@ def _direct_feedback(W: Tensor, syn: Synapse, in_shape: tuple[int, ...], K: int,
       (same stride, padding, dilation; no groups: every class reaches every input channel).
     * dense (input ``(n, *F)``): a matrix ``(K, *F)``, ``v = e D``.
 
-    Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (:func:`xavier_bound`), i.e.
+    Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (`xavier_bound`), i.e.
     normalised by the mean of ``D``'s forward fan-in (``C_in·∏k``, dense ``∏F``) and its feedback fan-in
     ``K·∏k`` (dense ``K``): the number of (class, kernel tap) terms summed into one input unit at stride 1.
     """

@@ -39,7 +39,7 @@ class DFA(ForwardOnly):
 
     In a converted model ``D_l`` is Xavier uniform; a conv layer's is a kernel ``(K, C_in, *k)`` shaped like
     its own, from the ``K`` outputs to its input channels, applied by the convolution transpose to the output
-    error spread over the layer's ``P`` output positions (see :func:`heterograd.nn.convert`).
+    error spread over the layer's ``P`` output positions (see `heterograd.nn.convert`).
 
     Args:
         weight_decay: ``λ``.
