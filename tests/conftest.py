@@ -50,6 +50,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("needs_data"):
         require_data(*mark.args)
 
+
 # The test networks are tiny: one intra-op thread avoids thread thrashing on small, shared CPUs.
 torch.set_num_threads(1)
 
