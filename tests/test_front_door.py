@@ -250,3 +250,21 @@ def test_bench_blocks_hold_several_steps_however_slow_the_step():
     cfg = BenchConfig.quick(impls=("bp-autograd", "hsp"), block_seconds=1e-9, min_block_steps=4, memory=False)
     result = run_benchmark(cfg)
     assert all(r["steps_per_block"] >= 4 for r in result["results"])
+
+
+def test_performance_page_rerun_table_is_generated_from_the_committed_json():
+    """docs/performance.md's rerun table is `python -m heterograd.bench.epoch ...`'s output, not typed numbers."""
+    import json
+
+    from heterograd.bench.epoch import rerun_spread_markdown
+
+    bench = ROOT / "docs" / "benchmarks"
+    steps = [bench / "bench.json", *sorted((bench / "reruns").glob("bench-rerun-*.json"))]
+    epochs = [bench / "cli-epoch.json"]
+    expected = rerun_spread_markdown(
+        [json.loads(p.read_text(encoding="utf-8")) for p in steps],
+        [json.loads(p.read_text(encoding="utf-8")) for p in epochs],
+    )
+    page = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    block = page.split("<!-- generated: perf-reruns -->\n")[1].split("<!-- /generated: perf-reruns -->")[0]
+    assert block == expected, "regenerate: python -m heterograd.bench.epoch (command in docs/performance.md)"
