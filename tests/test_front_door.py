@@ -268,3 +268,15 @@ def test_performance_page_rerun_table_is_generated_from_the_committed_json():
     page = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
     block = page.split("<!-- generated: perf-reruns -->\n")[1].split("<!-- /generated: perf-reruns -->")[0]
     assert block == expected, "regenerate: python -m heterograd.bench.epoch (command in docs/performance.md)"
+
+
+def test_readme_is_short_and_its_links_resolve():
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    targets = {t for t in re.findall(r"\]\(([^)#\s]+)", text) if not t.startswith("http")}
+    assert "docs/reproduction/hs/hs_phi.png" in targets  # the picture comes from a committed run
+    assert not [t for t in sorted(targets) if not (ROOT / t).exists()]
+    claims = text.split("<!-- generated: claims -->")[1].split("<!-- /generated: claims -->")[0]
+    assert claims.count("\n| [`") >= 15  # every claim row links to its report
