@@ -280,3 +280,20 @@ def test_readme_is_short_and_its_links_resolve():
     assert not [t for t in sorted(targets) if not (ROOT / t).exists()]
     claims = text.split("<!-- generated: claims -->")[1].split("<!-- /generated: claims -->")[0]
     assert claims.count("\n| [`") >= 15  # every claim row links to its report
+
+
+def test_dataset_to_where_it_already_is_is_free(monkeypatch):
+    """`Trainer` calls `Dataset.to(device, dtype)`: a no-op must not copy or re-validate the data (issue 23 item 6)."""
+    import torch
+
+    from heterograd.data import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset("toy", torch.randn(8, 3, generator=g), torch.arange(8) % 2, torch.randn(4, 3, generator=g),
+                 torch.arange(4) % 2, 2)  # fmt: skip
+    calls = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: calls.append(t.shape) or real(t))
+    assert ds.to(device="cpu", dtype=torch.float32) is ds and not calls
+    moved = ds.to(dtype=torch.float64)
+    assert moved is not ds and moved.x_train.dtype == torch.float64 and moved.y_train.dtype == torch.int64

@@ -194,8 +194,9 @@ class Dataset:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Dataset:
         """Return a copy on ``device`` with inputs (and regression targets) cast to ``dtype``.
 
-        Class labels move to ``device`` but stay int64. With both arguments ``None`` the dataset is
-        returned unchanged.
+        Class labels move to ``device`` but stay int64. With both arguments ``None``, or when every tensor is
+        already on ``device`` in ``dtype``, the dataset itself is returned (it was validated when it was made;
+        validating 60,000 images again cost a CLI epoch 0.3-0.5 s).
         """
         if device is None and dtype is None:
             return self
@@ -210,13 +211,11 @@ class Dataset:
         def move_y(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
 
-        return dataclasses.replace(
-            self,
-            x_train=move_x(self.x_train),
-            y_train=move_y(self.y_train),
-            x_test=move_x(self.x_test),
-            y_test=move_y(self.y_test),
-        )
+        old = (self.x_train, self.y_train, self.x_test, self.y_test)
+        new = (move_x(self.x_train), move_y(self.y_train), move_x(self.x_test), move_y(self.y_test))
+        if all(a is b for a, b in zip(old, new, strict=True)):  # already there: no copy, no second validation
+            return self
+        return dataclasses.replace(self, x_train=new[0], y_train=new[1], x_test=new[2], y_test=new[3])
 
     def __repr__(self) -> str:
         return (
