@@ -260,7 +260,7 @@ def test_performance_page_rerun_table_is_generated_from_the_committed_json():
 
     bench = ROOT / "docs" / "benchmarks"
     steps = [bench / "bench.json", *sorted((bench / "reruns").glob("bench-rerun-*.json"))]
-    epochs = [bench / "cli-epoch.json"]
+    epochs = sorted(bench.glob("cli-epoch*.json"))
     expected = rerun_spread_markdown(
         [json.loads(p.read_text(encoding="utf-8")) for p in steps],
         [json.loads(p.read_text(encoding="utf-8")) for p in epochs],
