@@ -94,13 +94,17 @@ def train(
         ),
     ] = None,
     data: Annotated[
-        str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir> | cifar10:<dir> | sorting")
+        str,
+        typer.Option(
+            help="digits | mnist1d | teacher | fashion-mnist | idx:<dir> | cifar10:<dir> | sorting | text:<file or "
+            "folder> | pystdlib[:MB] (text: for --model gpt)"
+        ),
     ] = "digits",
     model: Annotated[
         str | None,
         typer.Option(
             help="train a converted nn.Module instead of a circuit: lenet5 | resnet20 | resnet56 | mlp | transformer "
-            "| FILE.py:FACTORY (imports and runs FILE.py; FACTORY(in_shape, num_classes, **model_options))"
+            "| gpt | FILE.py:FACTORY (imports and runs FILE.py; FACTORY(in_shape, num_classes, **model_options))"
         ),
     ] = None,
     model_options: Annotated[
@@ -296,6 +300,13 @@ def train(
     s = result.summary
     what = f"{trainer.config.model}, " if trainer.config.model is not None else ""
     typer.echo(results_table([s], title=f"{what}{rule} on {data}, seed {seed}"))
+    if s.get("val_bpc") is not None:  # a language model: its own metric
+        typer.echo(
+            f"bits per character: validation {_fmt(s['val_bpc'])} (perplexity {_fmt(s.get('val_perplexity'), 2)}), "
+            f"test {_fmt(s.get('test_bpc'))} (perplexity {_fmt(s.get('test_perplexity'), 2)}); samples.txt written"
+            if not s["diverged"]
+            else "bits per character: - (diverged)"
+        )
     if s["diverged"]:
         typer.echo(
             f"diverged at step {s['diverged_step']} ({s.get('diverged_reason')}); the run stopped there and "
@@ -379,6 +390,20 @@ def demo(
     write_json(out / "demo.json", {"runs": summaries})
     (out / "demo.md").write_text("```\n" + table + "\n```\n", encoding="utf-8")
     typer.echo(f"per-rule results and figures in {out}/<rule>/")
+
+
+@app.command()
+def sample(
+    run: Annotated[Path, typer.Argument(help="the folder of a language-model run (train --model gpt --data text:...)")],
+    prompt: Annotated[str, typer.Option(help="text to continue (characters of the run's vocabulary)")] = "\n",
+    chars: Annotated[int, typer.Option(help="characters to draw after the prompt")] = 300,
+    temperature: Annotated[float, typer.Option(help="softmax temperature (below 1: likelier characters)")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seed of the draws")] = 0,
+) -> None:
+    """Print text sampled from a trained character-level language model (its checkpoint.pt and vocab.json)."""
+    from .train_module import sample_text
+
+    typer.echo(sample_text(run, prompt, chars, temperature=temperature, seed=seed))
 
 
 # Further command groups register themselves here (one import each).

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .circuits import ACTIVATIONS, FEEDBACK_INITS, TOPOLOGIES, parse_hidden
+from .data.text import is_text_data
 from .errors import HeterogradError, unknown_choice
 from .hardware import make_device_model
 from .losses import LOSSES
@@ -213,6 +214,8 @@ class TrainConfig:
                 )
             if self.data in SEQUENCE_DATA:
                 raise HeterogradError(f"--data {self.data} is a sequence task for --model transformer; pass it")
+            if is_text_data(self.data):
+                raise HeterogradError(f"--data {self.data} is text for a language model; pass --model gpt")
             return
         if not isinstance(self.model, str) or not self.model.strip():
             raise HeterogradError(f"model must be a name or FILE.py:FACTORY, got {self.model!r}; e.g. model='lenet5'")
@@ -227,10 +230,21 @@ class TrainConfig:
             raise unknown_choice("model", self.model, MODULE_MODELS)
         if self.model == "transformer" and self.data not in SEQUENCE_DATA:
             raise HeterogradError(
-                f"--model transformer needs a sequence task, got --data {self.data}; pass --data sorting"
+                f"--model transformer needs a sequence task, got --data {self.data}; pass --data sorting (for text: "
+                "--model gpt)"
             )
         if self.data in SEQUENCE_DATA and self.model in MODULE_MODELS and self.model != "transformer":
             raise HeterogradError(f"--data {self.data} is a sequence task; pass --model transformer")
+        text = is_text_data(self.data)
+        if self.model == "gpt" and not text:
+            raise HeterogradError(
+                f"--model gpt is a character-level language model and needs text, got --data {self.data}; pass "
+                "--data text:PATH or --data pystdlib"
+            )
+        if text and self.model in MODULE_MODELS and self.model != "gpt":
+            raise HeterogradError(f"--data {self.data} is text; pass --model gpt (or FILE.py:FACTORY)")
+        if text and self.augment:
+            raise HeterogradError("--augment crops and flips images; text has none, drop --augment")
         defaults = TrainConfig()
         circuit_only = [
             ("--topology", self.topology != defaults.topology),
@@ -291,8 +305,9 @@ def without_ignored_options(saved: dict[str, Any]) -> dict[str, Any]:
 RULE_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}  # where the rule has them
 MASKED_TOPOLOGIES = ("sparse", "amorphous")  # the topologies --density applies to
 
-#: ``--model`` names: the zoo of `heterograd.models` and the small transformer (``--data sorting``).
-MODULE_MODELS: tuple[str, ...] = (*MODELS, "transformer")
+#: ``--model`` names: the zoo of `heterograd.models`, the small transformer (``--data sorting``) and the same
+#: transformer as a character-level language model (``gpt``, ``--data text:PATH`` or ``pystdlib``).
+MODULE_MODELS: tuple[str, ...] = (*MODELS, "transformer", "gpt")
 #: sequence tasks (inputs are token indices): only for a ``--model`` that reads tokens.
 SEQUENCE_DATA: tuple[str, ...] = ("sorting",)
 #: learning-rate schedules of the module engine: ``constant`` or ``cosine`` (to 0 at the last step).
@@ -329,7 +344,7 @@ def _check_real(name: str, value: Any) -> None:
 # --------------------------------------------------------------------------- config files
 #: keys that ``config.json`` records about a run but that do not configure one; a config file may hold
 #: them (so any run's ``config.json`` can be fed back) and they are ignored.
-RECORDED_ONLY = frozenset({"environment", "rule_equation"})
+RECORDED_ONLY = frozenset({"environment", "rule_equation", "data_source"})
 
 _FORMATS = {".json": "JSON", ".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
 

@@ -244,6 +244,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "dynamics",
     "plasticity_curve",
     "convnets",
+    "language",
 )
 """Modules (relative to ``heterograd.experiments``) that register experiments, in report order."""
 

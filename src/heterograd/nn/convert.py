@@ -218,6 +218,7 @@ def convert(
     in_shapes: dict[str, tuple[int, ...]] = {}
     needs_feedback: dict[str, bool] = {}  # dfa: does the layer's input receive feedback (anything plastic upstream)?
     out_size = 0
+    out_shape: tuple[int, ...] = ()  # dfa: the model's output shape (n, ..., K)
     if r.feedback == "direct":
         assert example_input is not None
 
@@ -242,6 +243,7 @@ def convert(
                     b.copy_(v)
         if not isinstance(out, Tensor):
             raise HeterogradError("dfa needs a model whose output is one tensor (the output error is taken there)")
+        out_shape = tuple(out.shape)
         out_size = out[0].numel()
     direct = DirectContext() if r.feedback == "direct" else None
 
@@ -264,6 +266,11 @@ def convert(
             if not needs_feedback[name]:  # e.g. the first layer: its input (the data) takes no feedback
                 m.register_buffer("feedback", None)
                 continue
+            if base is nn.Linear and len(shape) > 2 and shape[:-1] == out_shape[:-1]:
+                # a sequence (n, T, d_in) with one output per position: D (K, d_in) shared by the positions,
+                # each position's feedback from its own output error (per-token DFA, as in published transformers)
+                m.register_buffer("feedback", _direct_feedback(W, syn, (shape[0], shape[-1]), out_shape[-1], gen))
+                continue
             m.register_buffer("feedback", _direct_feedback(W, syn, shape, out_size, gen))
         else:
             B = _initial_feedback(W.detach(), syn, init, gen)
@@ -283,7 +290,9 @@ def _direct_feedback(W: Tensor, syn: Synapse, in_shape: tuple[int, ...], K: int,
       the published implementations do it; at t' the output error ``e`` ``(n, K)``, spread over the layer's
       output positions (the rule's ``spread``), is sent to the input by the convolution transpose with ``D``
       (same stride, padding, dilation; no groups: every class reaches every input channel).
-    * dense (input ``(n, *F)``): a matrix ``(K, *F)``, ``v = e D``.
+    * dense (input ``(n, *F)``): a matrix ``(K, *F)``, ``v = e D``. A sequence layer (input ``(n, T, d)``, one
+      output ``(n, T, K)`` per position) is passed ``in_shape = (n, d)`` and ``K`` per position: ``D`` ``(K, d)``,
+      shared by the positions.
 
     Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (`xavier_bound`), i.e.
     normalised by the mean of ``D``'s forward fan-in (``C_in·∏k``, dense ``∏F``) and its feedback fan-in

@@ -79,7 +79,8 @@ def _direct_transport(pl: Plasticity, D: Tensor | None, x: Tensor, g: Tensor) ->
     output positions (those of ``g`` ``(n, C_out, *S')``): ``e/P`` at each (the rule's ``spread="mean"``,
     the adjoint of global average pooling) or ``e`` at each (``spread="repeat"``, as biotorch), then sent back
     by the convolution transpose with ``D`` (the layer's stride, padding and dilation) to ``(n, C_in, *S)``.
-    Dense layer (``D`` ``(K, ...)``): ``e D``.
+    Dense layer (``D`` ``(K, ...)``): ``e D``; a sequence layer (``x`` ``(n, T, d)``, ``e`` ``(n, T, K)``,
+    ``D`` ``(K, d)``) gets ``e_t D`` at each position ``t`` (per-token DFA).
     """
     assert pl.direct is not None
     e = pl.direct.e
@@ -93,6 +94,8 @@ def _direct_transport(pl: Plasticity, D: Tensor | None, x: Tensor, g: Tensor) ->
             f"dfa layer {pl.name!r}: its input needs feedback but the layer has no direct feedback D (its input "
             "took none when the model was converted); convert the model again after changing what is trainable"
         )
+    if D.dim() == 2 and e.dim() > 2 and e.shape[:-1] == x.shape[:-1] and D.shape[1] == x.shape[-1]:
+        return e.to(D.dtype) @ D  # per position: (n, T, K) @ (K, d_in) -> (n, T, d_in)
     n = x.shape[0]
     e = e.reshape(n, -1).to(D.dtype)
     syn = pl.synapse
