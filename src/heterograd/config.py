@@ -26,6 +26,7 @@ from .errors import HeterogradError, unknown_choice
 from .hardware import make_device_model
 from .losses import LOSSES
 from .models import MODELS
+from .nn import NORM_FEEDBACK
 from .optim import MOTIFS
 from .rules import RULES, check_rule_hyperparameters, rule_hyperparameters
 from .runtime import DTYPES, resolve_device
@@ -78,6 +79,9 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     schedule: str = "constant"
     augment: bool = False
+    norm_feedback: str = "exact"
+    amp: str = "none"
+    sync_batchnorm: bool = False
 
     def validate(self) -> TrainConfig:
         """Check every field; raise `HeterogradError` naming the first problem and the fix."""
@@ -194,6 +198,11 @@ class TrainConfig:
             raise unknown_choice("schedule", self.schedule, SCHEDULES)
         if not isinstance(self.augment, bool):
             raise HeterogradError(f"augment must be True or False, got {self.augment!r}")
+        if not isinstance(self.norm_feedback, str) or self.norm_feedback not in NORM_FEEDBACK:
+            raise unknown_choice("norm feedback", self.norm_feedback, NORM_FEEDBACK)
+        if not isinstance(self.sync_batchnorm, bool):
+            raise HeterogradError(f"sync_batchnorm must be True or False, got {self.sync_batchnorm!r}")
+        _check_amp(self.amp, self.dtype, self.device)
         if not isinstance(self.model_options, dict) or not all(isinstance(k, str) for k in self.model_options):
             raise HeterogradError(f"model_options must be a dict of name -> value, got {self.model_options!r}")
         if self.model is None:
@@ -203,6 +212,9 @@ class TrainConfig:
                     ("--schedule", self.schedule != "constant"),
                     ("--augment", self.augment),
                     ("--model-options", bool(self.model_options)),
+                    ("--norm-feedback", self.norm_feedback != "exact"),
+                    ("--amp", self.amp != "none"),
+                    ("--sync-batchnorm", self.sync_batchnorm),
                 )
                 if on
             ]
@@ -300,6 +312,26 @@ def without_ignored_options(saved: dict[str, Any]) -> dict[str, Any]:
     if isinstance(topology, str) and topology not in MASKED_TOPOLOGIES:
         out["density"] = None
     return out
+
+
+#: ``--amp`` modes of the module engine: ``none`` or ``bf16`` (``torch.autocast`` to bfloat16, float32 weights).
+AMP_MODES: tuple[str, ...] = ("none", "bf16")
+
+
+def _check_amp(amp: object, dtype: str, device: str) -> None:
+    """``--amp``: a known mode, on a float32 model; fp16 is refused with the reason (on any device)."""
+    if amp == "fp16":
+        where = "on CPU autocast has no float16 path, and " if str(device).startswith("cpu") else ""
+        raise HeterogradError(
+            f"--amp fp16 is not supported: {where}float16 needs loss scaling, which would scale the rule's "
+            "signals but not its weight-decay term; use --amp bf16"
+        )
+    if not isinstance(amp, str) or amp not in AMP_MODES:
+        raise unknown_choice("amp", amp, AMP_MODES)
+    if amp != "none" and dtype != "float32":
+        raise HeterogradError(
+            f"--amp {amp} autocasts a float32 model (weights and B stay float32); drop --dtype {dtype} or --amp"
+        )
 
 
 RULE_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}  # where the rule has them

@@ -5,7 +5,8 @@ a fixed probe batch, test evaluation each epoch, divergence handling, checkpoint
 SIGINT/SIGTERM, TensorBoard, the same run folder) on a model of `heterograd.models` or a user's
 factory, converted by `heterograd.nn.convert` so that every plastic layer learns by the chosen rule.
 The update is applied by a ``torch.optim`` optimiser (``--optimizer``), optionally under a cosine learning-rate
-schedule, on augmented image batches (random crop with zero padding and horizontal flip, seeded).
+schedule, on augmented image batches (random crop with zero padding and horizontal flip, seeded; on an
+``imagefolder:`` dataset random resized crop and flip).
 
 ``--model FILE.py:FACTORY`` imports ``FILE.py`` (this executes its code, as ``python FILE.py`` would) and calls
 ``FACTORY(in_shape, num_classes, **model_options)``, which must return an ``nn.Module`` mapping
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from .config import SEQUENCE_DATA, TrainConfig, without_ignored_options
 from .data import Augment, Dataset, load_dataset
+from .data.imagefolder import IMAGEFOLDER_PREFIX, ResizedCropFlip
 from .data.sequences import IGNORE, sorting_task
 from .data.text import TextCorpus, is_text_data, load_text, random_windows, vocab_record, windows
 from .errors import HeterogradError
@@ -277,6 +279,7 @@ def convert_for(c: TrainConfig, model: nn.Module, example: Tensor) -> nn.Module:
         else c.feedback_init,
         seed=c.seed,
         example_input=example if RULES[c.rule].feedback == "direct" else None,
+        norm_feedback=c.norm_feedback,
         **rule_options(c),
     )
 
@@ -399,16 +402,27 @@ class ModuleTrainer(Trainer):
     ...), evaluation, divergence check and the model's part of a checkpoint. ``self.model`` (also
     ``self.circuit``, the name the shared loop uses) is the converted model.
 
+    With ``config.amp = "bf16"`` the forward (and the test evaluation) runs under ``torch.autocast`` to
+    bfloat16: the plastic layers compute in bfloat16, their weights, ``B`` and the optimiser state stay float32.
+
     Args:
         config: the run's configuration (``config.model`` must be set).
         dataset: optionally a preloaded `Dataset`.
     """
+
+    #: whether this trainer runs one rank of a data-parallel run (``--sync-batchnorm`` applies only then).
+    data_parallel: bool = False
 
     def __init__(self, config: TrainConfig, dataset: Dataset | None = None) -> None:
         self.config = config.validate()
         c = self.config
         if c.model is None:
             raise HeterogradError("ModuleTrainer needs config.model (e.g. 'lenet5'); use Trainer for circuits")
+        if c.sync_batchnorm and not self.data_parallel:
+            raise HeterogradError(
+                "--sync-batchnorm synchronises BatchNorm statistics across the ranks of a data-parallel run; add "
+                "--distributed (under torchrun) or drop --sync-batchnorm"
+            )
         self.dtype = DTYPES[c.dtype]
         self.device = torch.device(c.device)
         self.data: Any = load_module_data(c, dataset).to(device=self.device, dtype=self.dtype)
@@ -434,7 +448,9 @@ class ModuleTrainer(Trainer):
         self.optimizer = make_optimizer(c.optimizer, params, c.lr, dict(c.optimizer_options))
         # crop padding 4 for 32x32 images (the usual CIFAR recipe), 2 for smaller ones (28x28 Fashion-MNIST)
         pad = 4 if self.data.x_train.shape[-1] >= 32 else 2
-        self.augment = Augment(padding=pad) if c.augment else None
+        self.augment: Any = None
+        if c.augment:  # an image folder: ImageNet's random resized crop + flip; else crop with padding + flip
+            self.augment = ResizedCropFlip() if c.data.lower().startswith(IMAGEFOLDER_PREFIX) else Augment(padding=pad)
         self.augment_generator = torch.Generator().manual_seed(c.seed + 7919)
         self.text_outputs = True
         self._init_position()
@@ -447,7 +463,12 @@ class ModuleTrainer(Trainer):
 
     # ..................................................................... steps
     def loss_of(self, out: Tensor, y: Tensor) -> Tensor:
-        """Mean cross-entropy: ``out`` ``(n, K)``, labels ``(n,)``; or ``(n, T, V)``, ``(n, T)`` (-100 ignored)."""
+        """Mean cross-entropy: ``out`` ``(n, K)``, labels ``(n,)``; or ``(n, T, V)``, ``(n, T)`` (-100 ignored).
+
+        Half-precision logits (``--amp``) are taken in float32, as autocast does for losses.
+        """
+        if out.dtype in (torch.bfloat16, torch.float16):
+            out = out.float()
         if out.dim() == 3:
             return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
         return F.cross_entropy(out, y)
@@ -466,11 +487,21 @@ class ModuleTrainer(Trainer):
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_of(self.model(x), y)
+        loss, value = self.batch_loss(x, y)
         loss.backward()
         self.optimizer.step()
         self.step_count += 1
-        return loss.detach()
+        return value
+
+    def autocast(self) -> Any:
+        """``torch.autocast`` to bfloat16 on the model's device with ``--amp bf16``, else a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16")
+
+    def batch_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss to call backward on, the batch's mean loss to report)`` of the model on a batch ``(x, y)``."""
+        with self.autocast():
+            loss = self.loss_of(self.model(x), y)
+        return loss, loss.detach()
 
     def probe(self) -> dict[str, float]:
         """Per-layer probes (`heterograd.nn.probe`) on the fixed probe batch; nothing is changed."""
@@ -508,7 +539,10 @@ class ModuleTrainer(Trainer):
         try:
             total, correct, count = 0.0, 0, 0
             for i in range(0, x.shape[0], chunk):
-                out, yy = self.model(x[i : i + chunk]), y[i : i + chunk]
+                with self.autocast():
+                    out = self.model(x[i : i + chunk])
+                out = out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+                yy = y[i : i + chunk]
                 logits, labels = out.reshape(-1, out.shape[-1]), yy.reshape(-1)
                 keep = labels != IGNORE
                 total += float(F.cross_entropy(logits[keep], labels[keep], reduction="sum").double())
