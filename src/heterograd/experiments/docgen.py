@@ -422,3 +422,17 @@ def generate_docs(root: Path, *, check: bool = False) -> list[BlockResult]:
 
 
 __all__ = ["GENERATORS", "BlockResult", "DocContext", "dig", "doc_files", "generate_docs", "generator", "render"]
+
+
+@generator("perf-reruns")
+def perf_reruns_block(ctx: DocContext, args: list[str]) -> str:
+    """The performance page's reruns: ``hsp``'s step ratio in ``bench.json`` and ``reruns/bench-rerun-*.json``, and
+    every ``cli-epoch*.json`` (see `heterograd.bench.epoch.rerun_spread_markdown`)."""
+    _no_args("perf-reruns", args)
+    from ..bench.epoch import rerun_spread_markdown
+
+    bench = ctx.root / "docs" / "benchmarks"
+    reruns = sorted((bench / "reruns").glob("bench-rerun-*.json"))
+    steps = [ctx.load("benchmarks/bench.json"), *(ctx.load(f"benchmarks/reruns/{p.name}") for p in reruns)]
+    epochs = [ctx.load(f"benchmarks/{p.name}") for p in sorted(bench.glob("cli-epoch*.json"))]
+    return "\n" + rerun_spread_markdown(steps, epochs)
