@@ -51,6 +51,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require_data(*mark.args)
 
 
+@pytest.fixture(autouse=True)
+def _reading_fashion_mnist_needs_the_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test without ``needs_data("fashion-mnist")`` that reads the real files fails, with or without them."""
+    if request.node.get_closest_marker("needs_data") is None:
+        real = sources._load_idx
+
+        def guarded(name: str, *args, **kwargs):
+            if name == "fashion-mnist":
+                raise AssertionError("this test reads Fashion-MNIST: mark it @pytest.mark.needs_data('fashion-mnist')")
+            return real(name, *args, **kwargs)
+
+        monkeypatch.setattr(sources, "_load_idx", guarded)
+    yield
+
+
 # The test networks are tiny: one intra-op thread avoids thread thrashing on small, shared CPUs.
 torch.set_num_threads(1)
 
