@@ -1,15 +1,15 @@
 """``convnets``: LeNet-5 on Fashion-MNIST, every rule of the zoo tuned with the same budget, beside the published table.
 
-Each rule gets its own study (:func:`heterograd.tune.run_study`, the engine of ``heterograd tune``) with the same
-budget: :data:`FULL` ``.trials`` trials of ``.tune_epochs`` epochs on a 50,000 / 10,000 train / validation split of
+Each rule gets its own study (`heterograd.tune.run_study`, the engine of ``heterograd tune``) with the same
+budget: `FULL` ``.trials`` trials of ``.tune_epochs`` epochs on a 50,000 / 10,000 train / validation split of
 the training set (seeded, recorded; the test set is never seen while tuning), TPE, median pruning. The search
-space is the learning rate (log-uniform, :data:`LR_SPACE`) for every rule and also the gain ``c`` for ``hsp``
-(:data:`GAIN_SPACE`); the rest of the recipe is fixed: SGD with momentum 0.9, a cosine schedule, batch 128, weight
+space is the learning rate (log-uniform, `LR_SPACE`) for every rule and also the gain ``c`` for ``hsp``
+(`GAIN_SPACE`); the rest of the recipe is fixed: SGD with momentum 0.9, a cosine schedule, batch 128, weight
 decay ``λ = 1e-4`` on ``W``, ``b``, ``B`` and norm parameters (inside the rule), 28×28 images (LeNet-5's first
 conv pads by 2), no augmentation. The best configuration of each rule is then trained on the full training set
 for ``.final_epochs`` epochs with ``.seeds`` seeds and tested on the 10,000 test images.
 
-**Published numbers** (:data:`PUBLISHED`, top-1 test error %) come from :data:`SOURCE`; :data:`SELECTION` says
+**Published numbers** (`PUBLISHED`, top-1 test error %) come from `SOURCE`; `SELECTION` says
 how they were selected. It has no Kolen–Pollack and no heterosynaptic row.
 
 **Verdict (fixed before running).** The claim is that the plastic-feedback rules ``hsp`` and ``kp`` learn
@@ -69,7 +69,7 @@ PUBLISHED: dict[str, dict[str, float]] = {
              "CIFAR-10 ResNet-56": 9.49},
 }  # fmt: skip
 BENCH = "Fashion-MNIST LeNet"
-#: where :data:`PUBLISHED` comes from, and how its numbers were selected.
+#: where `PUBLISHED` comes from, and how its numbers were selected.
 SOURCE = (
     'Sanfiz & Akrout 2021, "Benchmarking the Accuracy and Robustness of Feedback Alignment Algorithms" (the table '
     "and the benchmark configurations of its PyTorch library)"
@@ -429,7 +429,8 @@ def run(ctx: Context) -> Verdict:
             return "-"
         if v.get("test_error_pct") is None or not math.isfinite(v["test_error_pct"]):
             return f"diverged ({v['diverged']}/{v['runs']})"
-        return f"{v['test_error_pct']:.2f} ± {v['std']:.2f}"
+        finite = v["runs"] - v["diverged"]  # one run has no spread: no "± 0.00"
+        return f"{v['test_error_pct']:.2f}" + (f" ± {v['std']:.2f}" if finite > 1 else " (one seed)")
 
     n_tune = "60,000" if scale.tune_train is None else f"{scale.tune_train:,}"
     n_final = "60,000" if scale.final_train is None else f"{scale.final_train:,}"
@@ -524,7 +525,14 @@ def run(ctx: Context) -> Verdict:
     ]
     for rule, prow in PUBLISHED.items():
         lines.append(f"| {LABELS[rule]} | " + " | ".join(str(v) for v in prow.values()) + " |")
-    atomic_write_text(ctx.out / "convnets.md", "\n".join(lines) + "\n")
+    lines += ["", "## Figures", ""]
+    captions = {
+        "convnets_curves.png": "LeNet-5, tuned: test error and training loss per epoch (band = min..max over seeds)",
+        "convnets_probes.png": "LeNet-5 at the end of the final runs: φ and align of every layer, per rule",
+        "convnets_tuning.png": "each rule's tuned lr and its best validation error",
+    }
+    lines += [f"![{text}]({name})\n" for name, text in captions.items()]
+    atomic_write_text(ctx.out / "convnets.md", "\n".join(lines).rstrip() + "\n")
 
     # ---------------------------------------------------------------- figures
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))

@@ -1,8 +1,8 @@
 """Hyperparameter studies on Optuna (``heterograd tune``): an equal tuning budget for every rule.
 
-:func:`run_study` tunes a :class:`~heterograd.config.TrainConfig` (circuit or converted model) over a
-:class:`SearchSpace` (:func:`default_space` per optimiser, or :func:`load_space` from a TOML/YAML/JSON file),
-on a validation split carved from the training set (:func:`validation_split`); see docs/tune.md.
+`run_study` tunes a `heterograd.config.TrainConfig` (circuit or converted model) over a
+`SearchSpace` (`default_space` per optimiser, or `load_space` from a TOML/YAML/JSON file),
+on a validation split carved from the training set (`validation_split`); see docs/tune.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """The search space of a study: which hyperparameters ``heterograd tune`` samples, and from which ranges.
 
 A space is data: a mapping ``name -> spec`` read from a TOML, YAML or JSON file (``--space``) or built by
-:func:`default_space`. A spec is one of
+`default_space`. A spec is one of
 
 - ``{low = 1e-4, high = 0.3, log = true}``: a float, uniform or log-uniform (``int = true`` for integers,
   ``step`` for a grid);
 - ``{choices = ["momentum", "adam"]}``: a categorical choice;
 - a bare value (``weight_decay = 1e-4``) or ``{value = 1e-4}``: fixed.
 
-A name is a field of :class:`~heterograd.config.TrainConfig` (``lr``, ``weight_decay``, ``feedback_gain``,
+A name is a field of `heterograd.config.TrainConfig` (``lr``, ``weight_decay``, ``feedback_gain``,
 ``batch_size``, ``optimizer``, ``schedule``, ...) or an option of the optimiser (``momentum``, ``dampening``,
 ``nesterov``, ``eps``, ``alpha``, ``centered``, ``amsgrad``, ``optimizer_weight_decay``); an optimiser option is
 sampled only in the trials whose optimiser takes it. The gain ``c`` (``feedback_gain``) is sampled only under
@@ -69,7 +69,7 @@ class Param:
     """One searched (or fixed) hyperparameter.
 
     Attributes:
-        name: a :class:`TrainConfig` field or a key of :data:`OPTIMIZER_OPTIONS`.
+        name: a `TrainConfig` field or a key of `OPTIMIZER_OPTIONS`.
         kind: ``"float"``, ``"int"``, ``"categorical"`` or ``"fixed"``.
         low, high: the range (float / int); log: log-uniform; step: a grid step (or ``None``).
         choices: the values of a categorical; value: the value of a fixed one.
@@ -181,7 +181,7 @@ def apply(base: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
 
 
 def _param(name: str, spec: Any, where: str) -> Param:
-    """One spec of a space file (see the module docstring) as a :class:`Param`."""
+    """One spec of a space file (see the module docstring) as a `Param`."""
     if not isinstance(spec, Mapping):
         return Param(name, "fixed", value=spec)
     keys = set(spec)
@@ -215,9 +215,9 @@ def _param(name: str, spec: Any, where: str) -> Param:
 
 
 def space_from_mapping(data: Mapping[str, Any], base: TrainConfig, where: str = "--space") -> SearchSpace:
-    """A :class:`SearchSpace` from ``{name: spec}``, checked against the run it tunes (``base``).
+    """A `SearchSpace` from ``{name: spec}``, checked against the run it tunes (``base``).
 
-    Errors (one :class:`HeterogradError` each): an unknown name, a name a study never searches (``epochs``,
+    Errors (one `HeterogradError` each): an unknown name, a name a study never searches (``epochs``,
     ``seed``, ...), an optimiser option no optimiser of the space takes, ``feedback_gain`` for a rule without
     it or with only adaptive optimisers, a bad range.
     """
@@ -278,7 +278,7 @@ def load_space(path: str | Path, base: TrainConfig) -> SearchSpace:
 def default_space(base: TrainConfig, fixed: frozenset[str] = frozenset()) -> SearchSpace:
     """The space searched without ``--space``: per optimiser, leaving out the names in ``fixed``.
 
-    - ``lr`` log-uniform over :data:`LR_RANGES` of the optimiser;
+    - ``lr`` log-uniform over `LR_RANGES` of the optimiser;
     - ``momentum`` in [0.5, 0.99] under ``momentum``;
     - ``weight_decay`` log-uniform in [1e-6, 1e-2] for rules with a weight decay;
     - ``feedback_gain`` (``c``) uniform in [0.1, 2] for ``hsp`` under SGD-type optimisers only.

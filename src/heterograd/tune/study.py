@@ -1,9 +1,9 @@
-"""A hyperparameter study on Optuna: :func:`run_study` (``heterograd tune``).
+"""A hyperparameter study on Optuna: `run_study` (``heterograd tune``).
 
-Each trial trains one configuration (the base :class:`~heterograd.config.TrainConfig` with the trial's values
-from the :class:`~heterograd.tune.space.SearchSpace`) through :func:`~heterograd.train_module.make_trainer`, so
+Each trial trains one configuration (the base `heterograd.config.TrainConfig` with the trial's values
+from the `heterograd.tune.space.SearchSpace`) through `heterograd.train_module.make_trainer`, so
 circuits (``rule``) and converted models (``model``) run exactly as ``heterograd train`` runs them. The objective
-is the error (%) on a **validation split carved from the training set** (:func:`validation_split`, seeded and
+is the error (%) on a **validation split carved from the training set** (`validation_split`, seeded and
 recorded); trials never see the test set. The sampler is Optuna's TPE, seeded; a median pruner stops a trial
 whose validation error after an epoch is worse than the median of earlier trials at that epoch. A trial that
 diverges scores 100 % error.
@@ -78,7 +78,7 @@ class StudyResult:
 def validation_split(ds: Dataset, val_size: int | None, seed: int) -> tuple[Dataset, dict[str, Any]]:
     """Carve a validation set out of ``ds``'s training set; the test set is dropped.
 
-    Returns a :class:`Dataset` whose ``x_train, y_train`` are the kept training examples ``(N - V, ...)`` and
+    Returns a `Dataset` whose ``x_train, y_train`` are the kept training examples ``(N - V, ...)`` and
     whose ``x_test, y_test`` are the ``V`` validation examples (the trainer's per-epoch "test" evaluation is then
     the validation error), and the record of the split: seed, sizes and a digest of the validation indices.
     The indices come from ``torch.randperm(N)`` with a generator seeded by ``seed``.
@@ -228,7 +228,7 @@ def run_study(
 
     Writes ``trials.csv`` (every trial of the study, from every worker), ``best.json`` (the best complete
     trial's config, a file ``heterograd train --config`` takes as it is: the full training set of ``base``,
-    ``base``'s epochs), ``space.json``, ``summary.json`` and the figures of :func:`plot_study`. They are
+    ``base``'s epochs), ``space.json``, ``summary.json`` and the figures of `plot_study`. They are
     written also when the study is interrupted (``KeyboardInterrupt`` is re-raised afterwards).
 
     Args:
