@@ -20,7 +20,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "heterograd"
 # Top floor first. Patterns are fnmatch patterns over dotted module names; the first floor with a match wins.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("heterograd.cli", "heterograd.__main__", "heterograd.*.cli", "heterograd.*.__main__")),
-    ("experiments, evolution, benchmarks", ("heterograd.experiments*", "heterograd.evolve*", "heterograd.bench*")),
+    (
+        "experiments, evolution, benchmarks, studies",
+        ("heterograd.experiments*", "heterograd.evolve*", "heterograd.bench*", "heterograd.tune*"),
+    ),
     (
         "training loop",
         (

@@ -140,7 +140,11 @@ def train(
         float | None, typer.Option(help="weight decay λ on W, b and B  [default: 1e-4 where the rule has it]")
     ] = None,
     feedback_gain: Annotated[
-        float | None, typer.Option(help="feedback plasticity gain c (hsp, poly, freeze)  [default: 1.0]")
+        float | None,
+        typer.Option(
+            help="feedback plasticity gain c (hsp, poly, freeze)  [default: 1.0]; sets the size of B's update under "
+            "sgd/momentum only: rmsprop, adam and adamw divide each element by its own scale, which cancels c"
+        ),
     ] = None,
     topology: Annotated[str, typer.Option(help="layered | sparse | direct | amorphous")] = "layered",
     density: Annotated[
@@ -218,61 +222,14 @@ def train(
     `heterograd train --config runs/a/config.json --out runs/b` reruns runs/a.
     --out must be empty or new (or the folder being resumed); --overwrite clears an earlier run there.
     """
-    from .hardware import parse_device_options
-    from .optim import cli_options
-    from .train import TrainConfig, TrainingInterrupted
-    from .train_module import make_trainer, parse_model_options, resume_trainer
+    from .train import TrainingInterrupted
+    from .train_module import make_trainer, resume_trainer
 
-    cfg = TrainConfig(
-        data=data,
-        model=model,
-        model_options=parse_model_options(model_options),
-        schedule=schedule,
-        augment=augment,
-        norm_feedback=norm_feedback,
-        rule=rule,
-        checkpoint_every=checkpoint_every,
-        epochs=epochs,
-        seed=seed,
-        hidden=hidden,
-        activation=activation,
-        lr=lr,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        weight_decay=weight_decay,
-        feedback_gain=feedback_gain,
-        topology=topology,
-        density=density,
-        feedback_init=feedback_init,
-        loss=loss,
-        optimizer=optimizer,
-        optimizer_options=cli_options(
-            momentum=momentum,
-            nesterov=nesterov,
-            betas=betas,
-            eps=eps,
-            optimizer_weight_decay=optimizer_weight_decay,
-            extra=optimizer_options,
-        ),
-        device=device,
-        dtype=dtype,
-        log_every=log_every,
-        probes=probes,
-        n_train=n_train,
-        n_test=n_test,
-        theta_w=_floats(theta_w, "--theta-w"),
-        theta_b=_floats(theta_b, "--theta-b"),
-        compile=compile_step,
-        amp=amp,
-        sync_batchnorm=sync_batchnorm,
-        device_model=device_model,
-        device_model_options=parse_device_options(device_model_options),
-    )
-    if config is not None:
-        if resume is not None:
-            raise HeterogradError(
-                "--config and --resume both set the run's options; a resumed run uses its own, drop --config"
-            )
-        cfg = _from_config_file(config, _explicit_overrides(ctx, cfg))
+    if config is not None and resume is not None:
+        raise HeterogradError(
+            "--config and --resume both set the run's options; a resumed run uses its own, drop --config"
+        )
+    cfg = train_config(ctx)
     data, rule, seed = cfg.data, cfg.rule, cfg.seed
     if overwrite and resume is not None:
         raise HeterogradError("--overwrite would delete the run --resume continues; drop --overwrite")
@@ -343,6 +300,74 @@ def train(
         )
     else:
         typer.echo(f"results written to {out_dir}")
+
+
+def train_config(ctx: typer.Context) -> Any:
+    """The `heterograd.config.TrainConfig` of a ``train`` command line (``ctx.params``), ``--config`` merged.
+
+    ``heterograd tune`` parses its training options with ``train``'s own options and builds the config here too.
+    """
+    from .config import TrainConfig
+    from .hardware import parse_device_options
+    from .optim import cli_options
+    from .train_module import parse_model_options
+    from .tune.space import ADAPTIVE_OPTIMIZERS
+
+    p = ctx.params
+    cfg = TrainConfig(
+        data=p["data"],
+        model=p["model"],
+        model_options=parse_model_options(p["model_options"]),
+        schedule=p["schedule"],
+        augment=p["augment"],
+        norm_feedback=p["norm_feedback"],
+        rule=p["rule"],
+        checkpoint_every=p["checkpoint_every"],
+        epochs=p["epochs"],
+        seed=p["seed"],
+        hidden=p["hidden"],
+        activation=p["activation"],
+        lr=p["lr"],
+        batch_size=p["batch_size"],
+        weight_decay=p["weight_decay"],
+        feedback_gain=p["feedback_gain"],
+        topology=p["topology"],
+        density=p["density"],
+        feedback_init=p["feedback_init"],
+        loss=p["loss"],
+        optimizer=p["optimizer"],
+        optimizer_options=cli_options(
+            momentum=p["momentum"],
+            nesterov=p["nesterov"],
+            betas=p["betas"],
+            eps=p["eps"],
+            optimizer_weight_decay=p["optimizer_weight_decay"],
+            extra=p["optimizer_options"],
+        ),
+        device=p["device"],
+        dtype=p["dtype"],
+        log_every=p["log_every"],
+        probes=p["probes"],
+        n_train=p["n_train"],
+        n_test=p["n_test"],
+        theta_w=_floats(p["theta_w"], "--theta-w"),
+        theta_b=_floats(p["theta_b"], "--theta-b"),
+        compile=p["compile_step"],
+        amp=p["amp"],
+        sync_batchnorm=p["sync_batchnorm"],
+        device_model=p["device_model"],
+        device_model_options=parse_device_options(p["device_model_options"]),
+    )
+    if p.get("config") is not None:
+        cfg = _from_config_file(Path(p["config"]), _explicit_overrides(ctx, cfg))
+    if cfg.feedback_gain is not None and cfg.optimizer in ADAPTIVE_OPTIMIZERS:
+        typer.echo(
+            f"warning: --optimizer {cfg.optimizer} divides each element of B's update by its own running scale, "
+            f"which cancels the feedback gain c = {cfg.feedback_gain:g}; use --optimizer sgd or momentum for c to "
+            "matter",
+            err=True,
+        )
+    return cfg
 
 
 _NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx", "config", "tensorboard", "overwrite"})
@@ -439,7 +464,7 @@ def sample(
 def _register_subcommands() -> None:
     import importlib
 
-    for mod in ("heterograd.experiments.cli", "heterograd.evolve.cli", "heterograd.bench.cli"):
+    for mod in ("heterograd.experiments.cli", "heterograd.evolve.cli", "heterograd.bench.cli", "heterograd.tune.cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
