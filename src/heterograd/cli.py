@@ -43,6 +43,23 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        typer.echo(f"heterograd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    pass
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -157,7 +174,8 @@ def train(
         float | None,
         typer.Option(
             help="feedback plasticity gain c of ΔB; rules hsp, poly (without --theta-b) and freeze only; default "
-            "0.5 for hsp, 1.0 for poly and freeze"
+            "0.5 for hsp, 1.0 for poly and freeze; sets the size of B's update under sgd/momentum only: rmsprop, "
+            "adam and adamw divide each element by its own scale, which cancels c"
         ),
     ] = None,
     topology: Annotated[str, typer.Option(help="layered | sparse | direct | amorphous")] = "layered",
@@ -236,61 +254,14 @@ def train(
     `heterograd train --config runs/a/config.json --out runs/b` reruns runs/a.
     --out must be empty or new (or the folder being resumed); --overwrite clears an earlier run there.
     """
-    from .hardware import parse_device_options
-    from .optim import cli_options
-    from .train import TrainConfig, TrainingInterrupted
-    from .train_module import make_trainer, parse_model_options, resume_trainer
+    from .train import TrainingInterrupted
+    from .train_module import make_trainer, resume_trainer
 
-    cfg = TrainConfig(
-        data=data,
-        model=model,
-        model_options=parse_model_options(model_options),
-        schedule=schedule,
-        augment=augment,
-        norm_feedback=norm_feedback,
-        rule=rule,
-        checkpoint_every=checkpoint_every,
-        epochs=epochs,
-        seed=seed,
-        hidden=hidden,
-        activation=activation,
-        lr=lr,
-        batch_size=batch_size,
-        weight_decay=weight_decay,
-        feedback_gain=feedback_gain,
-        topology=topology,
-        density=density,
-        feedback_init=feedback_init,
-        loss=loss,
-        optimizer=optimizer,
-        optimizer_options=cli_options(
-            momentum=momentum,
-            nesterov=nesterov,
-            betas=betas,
-            eps=eps,
-            optimizer_weight_decay=optimizer_weight_decay,
-            extra=optimizer_options,
-        ),
-        device=device,
-        dtype=dtype,
-        log_every=log_every,
-        probes=probes,
-        n_train=n_train,
-        n_test=n_test,
-        theta_w=_floats(theta_w, "--theta-w"),
-        theta_b=_floats(theta_b, "--theta-b"),
-        compile=compile_step,
-        amp=amp,
-        sync_batchnorm=sync_batchnorm,
-        device_model=device_model,
-        device_model_options=parse_device_options(device_model_options),
-    )
-    if config is not None:
-        if resume is not None:
-            raise HeterogradError(
-                "--config and --resume both set the run's options; a resumed run uses its own, drop --config"
-            )
-        cfg = _from_config_file(config, _explicit_overrides(ctx, cfg))
+    if config is not None and resume is not None:
+        raise HeterogradError(
+            "--config and --resume both set the run's options; a resumed run uses its own, drop --config"
+        )
+    cfg = train_config(ctx)
     data, rule, seed = cfg.data, cfg.rule, cfg.seed
     if overwrite and resume is not None:
         raise HeterogradError("--overwrite would delete the run --resume continues; drop --overwrite")
@@ -390,6 +361,74 @@ def _refuse_undeclared_torchrun(distributed: bool) -> None:
         )
 
 
+def train_config(ctx: typer.Context) -> Any:
+    """The `heterograd.config.TrainConfig` of a ``train`` command line (``ctx.params``), ``--config`` merged.
+
+    ``heterograd tune`` parses its training options with ``train``'s own options and builds the config here too.
+    """
+    from .config import TrainConfig
+    from .hardware import parse_device_options
+    from .optim import cli_options
+    from .train_module import parse_model_options
+    from .tune.space import ADAPTIVE_OPTIMIZERS
+
+    p = ctx.params
+    cfg = TrainConfig(
+        data=p["data"],
+        model=p["model"],
+        model_options=parse_model_options(p["model_options"]),
+        schedule=p["schedule"],
+        augment=p["augment"],
+        norm_feedback=p["norm_feedback"],
+        rule=p["rule"],
+        checkpoint_every=p["checkpoint_every"],
+        epochs=p["epochs"],
+        seed=p["seed"],
+        hidden=p["hidden"],
+        activation=p["activation"],
+        lr=p["lr"],
+        batch_size=p["batch_size"],
+        weight_decay=p["weight_decay"],
+        feedback_gain=p["feedback_gain"],
+        topology=p["topology"],
+        density=p["density"],
+        feedback_init=p["feedback_init"],
+        loss=p["loss"],
+        optimizer=p["optimizer"],
+        optimizer_options=cli_options(
+            momentum=p["momentum"],
+            nesterov=p["nesterov"],
+            betas=p["betas"],
+            eps=p["eps"],
+            optimizer_weight_decay=p["optimizer_weight_decay"],
+            extra=p["optimizer_options"],
+        ),
+        device=p["device"],
+        dtype=p["dtype"],
+        log_every=p["log_every"],
+        probes=p["probes"],
+        n_train=p["n_train"],
+        n_test=p["n_test"],
+        theta_w=_floats(p["theta_w"], "--theta-w"),
+        theta_b=_floats(p["theta_b"], "--theta-b"),
+        compile=p["compile_step"],
+        amp=p["amp"],
+        sync_batchnorm=p["sync_batchnorm"],
+        device_model=p["device_model"],
+        device_model_options=parse_device_options(p["device_model_options"]),
+    )
+    if p.get("config") is not None:
+        cfg = _from_config_file(Path(p["config"]), _explicit_overrides(ctx, cfg))
+    if cfg.feedback_gain is not None and cfg.optimizer in ADAPTIVE_OPTIMIZERS:
+        typer.echo(
+            f"warning: --optimizer {cfg.optimizer} divides each element of B's update by its own running scale, "
+            f"which cancels the feedback gain c = {cfg.feedback_gain:g}; use --optimizer sgd or momentum for c to "
+            "matter",
+            err=True,
+        )
+    return cfg
+
+
 _NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx", "config", "tensorboard", "overwrite"})
 _MOTIF_OPTIONS = frozenset({"momentum", "nesterov", "betas", "eps", "optimizer_weight_decay", "optimizer_options"})
 _OPTION_FIELD = {"compile_step": "compile"}  # CLI parameter -> TrainConfig field, where they differ
@@ -437,18 +476,26 @@ def demo(
     epochs: Annotated[int, typer.Option(help="epochs per rule")] = 20,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     progress: Annotated[bool, typer.Option(help="progress bars on a terminal, a few lines per rule in a log")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="clear earlier demo runs in --out first")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="also replace a demo output written before 0.2.0 (no marker file)")
+    ] = False,
 ) -> None:
-    """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes."""
+    """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes.
+
+    Runs again in the same --out: it replaces its own earlier output (marked by a .heterograd-demo.json file)
+    and refuses a non-empty folder it did not write.
+    """
     from .data import load_dataset
-    from .results import write_json
+    from .results import prepare_owned_dir, write_json
     from .train import TrainConfig, Trainer
 
+    rules = ("bp", "fa", "hsp")
     ds = load_dataset("digits")
+    prepare_owned_dir(out, "demo", [*rules, "demo.json", "demo.md"], overwrite=overwrite)
     summaries = []
-    for rule in ("bp", "fa", "hsp"):
+    for rule in rules:
         res = Trainer(TrainConfig(data="digits", rule=rule, epochs=epochs, seed=seed), ds).fit(
-            out / rule, progress=progress, overwrite=overwrite
+            out / rule, progress=progress
         )
         summaries.append(res.summary)
     table = results_table(summaries, title=f"digits, 64-128-128-10 tanh, {epochs} epochs, seed {seed}")
@@ -476,7 +523,7 @@ def sample(
 def _register_subcommands() -> None:
     import importlib
 
-    for mod in ("heterograd.experiments.cli", "heterograd.evolve.cli", "heterograd.bench.cli"):
+    for mod in ("heterograd.experiments.cli", "heterograd.evolve.cli", "heterograd.bench.cli", "heterograd.tune.cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
