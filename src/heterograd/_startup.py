@@ -3,7 +3,7 @@
 Importing torch and the package takes seconds; a Ctrl-C then would raise ``KeyboardInterrupt`` deep inside an
 import (a traceback, or worse a half-imported library). When this process *is* the ``heterograd`` command
 (``heterograd ...`` or ``python -m heterograd ...``), SIGINT during start-up prints one line and exits with 130
-at once; :func:`startup_done` (called by :func:`heterograd.cli.main`) puts Python's handler back. Imported as a
+at once; `startup_done` (called by `heterograd.cli.main`) puts Python's handler back. Imported as a
 library, nothing changes.
 """
 
@@ -30,7 +30,7 @@ def _exit_quietly(signum: int, frame: FrameType | None) -> None:
 
 
 def quiet_startup_interrupts() -> None:
-    """Install :func:`_exit_quietly` for SIGINT when this process is the ``heterograd`` command."""
+    """Install `_exit_quietly` for SIGINT when this process is the ``heterograd`` command."""
     if running_as_cli() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _exit_quietly)
 

@@ -315,7 +315,7 @@ def not_applicable(model: Any) -> tuple[str, ...]:
 
 def from_recorded(saved: dict[str, Any]) -> dict[str, Any]:
     """A recorded config (``config.json``, a checkpoint's) as ``TrainConfig`` arguments: the options it records
-    as ``None`` because they do not apply to its model (:func:`not_applicable`) are left to their defaults."""
+    as ``None`` because they do not apply to its model (`not_applicable`) are left to their defaults."""
     return {k: v for k, v in saved.items() if not (v is None and k in not_applicable(saved.get("model")))}
 
 

@@ -241,7 +241,7 @@ def _first_n(ds: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
     )
 
 
-#: ``config.data`` of a run on a :class:`Dataset` passed in Python: ``python:<its name>`` (not loadable by name).
+#: ``config.data`` of a run on a `Dataset` passed in Python: ``python:<its name>`` (not loadable by name).
 PYTHON_DATA_PREFIX = "python:"
 
 
@@ -250,7 +250,7 @@ def record_dataset_name(c: TrainConfig, dataset: Dataset) -> None:
 
     A preloaded built-in set (``load_dataset(config.data)``, same name) keeps its name; any other (your own data)
     gets the prefix, so ``config.json`` says what the run trained on and ``--config`` refuses to rerun it on
-    another set (:func:`heterograd.data.load_dataset` rejects ``python:`` names with the way to rerun it).
+    another set (`heterograd.data.load_dataset` rejects ``python:`` names with the way to rerun it).
     """
     if dataset.name != c.data and c.data != PYTHON_DATA_PREFIX + dataset.name:
         c.data = PYTHON_DATA_PREFIX + dataset.name
@@ -613,7 +613,7 @@ class Trainer:
         logged step where it is detected, keeps everything written so far and reports
         ``diverged: true``, ``diverged_step`` and ``diverged_reason`` in the summary; it is a result,
         not an exception. A finished run that learned nothing (final test loss above the untrained
-        model's, or test accuracy at chance: :meth:`no_learning_reason`) says so in ``no_learning``.
+        model's, or test accuracy at chance: `no_learning_reason`) says so in ``no_learning``.
 
         With ``config.checkpoint_every = K`` a checkpoint is written every K steps and at the end (only
         when there is an ``out_dir``: checkpoints live in the run folder). With
@@ -623,7 +623,7 @@ class Trainer:
         and ends with the same weights and metrics as an uninterrupted run.
 
         A new run that fails or is interrupted before its first step leaves no files behind (the folder is
-        as before: nothing of it blocks a rerun); an interruption there raises :class:`TrainingInterrupted`
+        as before: nothing of it blocks a rerun); an interruption there raises `TrainingInterrupted`
         with ``checkpoint=None``.
 
         ``summary.json`` depends only on the configuration, data and machine (same seed, same file);
@@ -679,7 +679,7 @@ class Trainer:
         tensorboard: bool = False,
         overwrite: bool = False,
     ) -> RunResult:
-        """:meth:`fit` without the clean-up of a new run that fails before its first step."""
+        """`fit` without the clean-up of a new run that fails before its first step."""
         c = self.config
         if tensorboard and out_dir is None:
             raise HeterogradError("--tensorboard writes next to metrics.csv and needs an output folder (--out)")

@@ -510,7 +510,7 @@ class ModuleTrainer(Trainer):
 
     def _preflight(self, x: Tensor) -> None:
         """Before anything is written: the model runs on a few training inputs, its output width fits the data, and
-        one forward + backward raises the :class:`~heterograd.nn.layers.GradientGuard` error of a plastic weight
+        one forward + backward raises the `heterograd.nn.layers.GradientGuard` error of a plastic weight
         used outside its module. Nothing is changed: buffers (BatchNorm statistics), the global RNG, the layers'
         generators and ``.grad`` are restored."""
         c, model = self.config, self.model

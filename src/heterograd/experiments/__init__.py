@@ -26,7 +26,7 @@ EXPERIMENT_NAMES: tuple[str, ...] = (
     "convnets",
     "language",
 )
-"""The names :data:`EXPERIMENT_MODULES` register, in report order, known without importing them (``repro --help``;
+"""The names `EXPERIMENT_MODULES` register, in report order, known without importing them (``repro --help``;
 a test keeps the two in step)."""
 
 __all__ = [

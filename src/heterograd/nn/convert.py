@@ -176,7 +176,7 @@ def convert(
             without a normalisation layer to convert is an error.
         **rule_options: the rule's hyperparameters, e.g. ``weight_decay=0.0``, ``feedback_gain=1.0``. A rule given
             by name gets the same defaults as ``heterograd train`` where it takes them: ``weight_decay=1e-4``,
-            ``feedback_gain=0.5`` for ``hsp`` (``1.0`` for ``poly``); a :class:`~heterograd.rules.Rule` object
+            ``feedback_gain=0.5`` for ``hsp`` (``1.0`` for ``poly``); a `heterograd.rules.Rule` object
             keeps its own values.
 
     The loop is the standard one: ``loss.backward()`` is the t' sweep, after which each plastic parameter's

@@ -41,13 +41,13 @@ class GradientGuard:
 
     ``F.linear(x, model.fc1.weight)`` instead of ``model.fc1(x)`` would let autograd's ``∇W`` into ``.grad`` and
     bypass the rule in silence. An eager forward of a plastic layer arms the guard; each plastic layer's backward
-    records the parameters it delivered a gradient to; a hook on every plastic parameter (:class:`GuardHook`)
-    raises :class:`HeterogradError` naming a parameter whose gradient arrived without that record. The state is
+    records the parameters it delivered a gradient to; a hook on every plastic parameter (`GuardHook`)
+    raises `HeterogradError` naming a parameter whose gradient arrived without that record. The state is
     reset at the end of every backward pass. Under ``torch.compile`` the layers run compiled and nothing is
     armed (no check). The hooks are (re)installed when the guard arms, so copies of the model are guarded too.
 
     Attributes:
-        layers: ``(path, module)`` of the model's plastic modules (set by :func:`heterograd.nn.convert`).
+        layers: ``(path, module)`` of the model's plastic modules (set by `heterograd.nn.convert`).
     """
 
     def __init__(self) -> None:
@@ -63,7 +63,7 @@ class GradientGuard:
             self.armed = True
 
     def install_hooks(self) -> None:
-        """A :class:`GuardHook` on every trainable parameter of :attr:`layers` that has none of this guard."""
+        """A `GuardHook` on every trainable parameter of `layers` that has none of this guard."""
         for name, m in self.layers:
             for pname, p in m.named_parameters(recurse=False):
                 hooks = (getattr(p, "_backward_hooks", None) or {}).values()  # copies and loads lose them
@@ -143,7 +143,7 @@ class Plasticity:
         device: hardware hook (set by `heterograd.hardware.attach`), ``None`` by default (no cost): the
             forward multiplies with ``device.read_forward(W, b)`` and the feedback transports with
             ``device.read_feedback(M)``, reads of the layer's device arrays.
-        guard: the model's :class:`GradientGuard` (set by :func:`heterograd.nn.convert`), or ``None``.
+        guard: the model's `GradientGuard` (set by `heterograd.nn.convert`), or ``None``.
     """
 
     rule: Rule

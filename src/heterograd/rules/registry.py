@@ -78,12 +78,12 @@ _CONFIG_HYPER = ("weight_decay", "feedback_gain", "theta_w", "theta_b")
 #: default gain is ``0.5`` (at ``c = 1`` it would be ``kp``). A rule built directly (``make_rule``, the rule
 #: classes) is the bare equation: ``λ = 0`` unless given.
 RUN_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}
-#: per-rule exceptions to :data:`RUN_DEFAULTS`.
+#: per-rule exceptions to `RUN_DEFAULTS`.
 RULE_RUN_DEFAULTS: dict[str, dict[str, float]] = {"hsp": {"feedback_gain": 0.5}}
 
 
 def run_defaults(name: str, given: dict[str, Any]) -> dict[str, float]:
-    """The run defaults (:data:`RUN_DEFAULTS`) of rule ``name`` for the options not in ``given`` (``None``: unset).
+    """The run defaults (`RUN_DEFAULTS`) of rule ``name`` for the options not in ``given`` (``None``: unset).
 
     Only options the rule takes and that the given ones leave meaningful (``poly`` given ``theta_b`` has no
     ``feedback_gain``).
