@@ -270,7 +270,7 @@ def run(ctx: Context) -> Verdict:
         ],
     )
     figures = [_figure(ctx, {**runs, **{k: v for k, v in controls.items() if k != "c_minus_1"}}, seeds, steps)]
-    return Verdict(
+    verdict = Verdict(
         claim=(
             "On a structured (Kolen-Pollack) and an amorphous feedback circuit, the feedback-weight change |ΔB| "
             "settles (HS), gradient alignment rises, φ keeps one sign (DC) and the Hebbian overlap moves from chance "
@@ -297,6 +297,62 @@ def run(ctx: Context) -> Verdict:
             "the frozen-B controls' |ΔB| is 0 and is not drawn on the log axis."
         ),
     )
+    table = table_markdown({"measured": measured, "holds": holds, "quick": ctx.quick})
+    (ctx.out / "dynamics.md").write_text(table, encoding="utf-8")
+    return verdict
+
+
+def table_markdown(summary: dict[str, Any]) -> str:
+    """``dynamics.md``: every panel of every circuit and control, from a run's ``summary.json`` (numbers not typed)."""
+    m = summary["measured"]
+    names = [k for k in TOPOLOGIES if k in m]
+    controls = m.get("controls", {})
+    cols = [*names, *controls]
+    rows = [
+        ("dB_settles", "\\|ΔB\\| settles", lambda r: f"{r['dB_peak_median']:.3g} → {r['dB_end_median']:.3g}"),
+        ("align_rises", "alignment rises", lambda r: f"{r['align_start_median']:.2f} → {r['align_end_median']:.2f}"),
+        ("phi_one_sign", "φ keeps one sign", lambda r: f"{r['phi_runs_one_sign']} runs, φ → {r['phi_end_median']:.2f}"),
+        ("hebb_rises", "Hebbian overlap rises", lambda r: f"{r['hebb_start_median']:.2f} → {r['hebb_end_median']:.2f}"),
+    ]
+
+    def cell(name: str, key: str, fmt: Any) -> str:
+        r = {**m.get(name, {}), **controls.get(name, {})}
+        if name in controls:
+            word = r["verdict_per_panel"][key]
+            word = f"**{word}** (must fail)" if key in r["must_fail"] else f"{word} (may pass)"
+        else:
+            word = "holds" if r[key] else "**fails**"
+        return f"{word}: {fmt(r)}"
+
+    lines = [
+        f"Made by `heterograd repro dynamics{' --quick' if summary.get('quick') else ''}`; verdict: "
+        f"**{'holds' if summary['holds'] else 'does not hold'}**. Medians over seeds (start → end); "
+        "n = runs, of which diverged.",
+        "",
+        "| panel | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for key, label, fmt in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(c, key, fmt) for c in cols) + " |")
+    runs = " | ".join(
+        f"n={({**m.get(c, {}), **controls.get(c, {})})['runs']}, "
+        f"{({**m.get(c, {}), **controls.get(c, {})})['diverged']} diverged"
+        for c in cols
+    )
+    lines.append(f"| runs | {runs} |")
+    acc = " | ".join(
+        "{:.3f}–{:.3f}".format(*_acc_range(({**m.get(c, {}), **controls.get(c, {})})["test_accuracy"])) for c in cols
+    )
+    lines.append(f"| final test accuracy (range) | {acc} |")
+    if controls:
+        ok = ", ".join(f"{c}: {'yes' if v['control_fails_as_required'] else '**no**'}" for c, v in controls.items())
+        lines += ["", f"Each control fails every panel it must fail: {ok}."]
+    return "\n".join(lines) + "\n"
+
+
+def _acc_range(accs: list[float | None]) -> tuple[float, float]:
+    v = [float(a) for a in accs if a is not None and math.isfinite(float(a))]
+    return (min(v), max(v)) if v else (math.nan, math.nan)
 
 
 def _figure(ctx: Context, runs: dict[str, list[dict[str, Any]]], seeds: list[int], steps: int) -> str:

@@ -293,6 +293,8 @@ def run(ctx: Context) -> Verdict:
         and diverged["hsp"] == 0
     )
     figures = [_figure(ctx, raws["hsp"], cat, seeds)]
+    table = table_markdown({"measured": measured, "holds": holds, "quick": ctx.quick})
+    (ctx.out / "plasticity.md").write_text(table, encoding="utf-8")
     return Verdict(
         claim=(
             "After learning with plastic feedback, the update of a hidden neuron's synapse against the neuron's "
@@ -318,6 +320,35 @@ def run(ctx: Context) -> Verdict:
             "Frozen-B control: the same seeds and samples under fa (B fixed at B(0))."
         ),
     )
+
+
+def table_markdown(summary: dict[str, Any]) -> str:
+    """``plasticity.md``: both conditions for hsp, its initialisation and its frozen-B control (from summary.json)."""
+    m = summary["measured"]
+    f = m["frozen_B_control"]
+    lr, li, fl = m["learned_matches_gradient"], m["init_matches_gradient"], f["learned_matches_gradient"]
+    per = f["verdict_per_condition"]
+    lines = [
+        f"Made by `heterograd repro plasticity{' --quick' if summary.get('quick') else ''}`; verdict: "
+        f"**{'holds' if summary['holds'] else 'does not hold'}**. hsp: {m['runs']} seed(s), {m['diverged']} "
+        f"diverged; frozen-B control (fa, same seeds): {f['runs']} seed(s), {f['diverged']} diverged.",
+        "",
+        "| | hsp at initialisation | hsp after learning | frozen B (fa) after learning |",
+        "|---|---|---|---|",
+        f"| 2. sign agreement with the gradient curve (verdict: >= {SIGN_MIN} after learning, both controls must "
+        f"fail) | {li['sign_agreement']:.3f} ({'passes' if li['holds'] else 'fails'}) | "
+        f"{lr['sign_agreement']:.3f} ({'passes' if lr['holds'] else 'fails'}) | {fl['sign_agreement']:.3f} "
+        f"({per['learned_matches_gradient']}) |",
+        f"| median \\|θ − θ_grad\\| (curves with both) | {li['median_abs_theta_minus_theta_grad']:.2f} "
+        f"({li['neurons_with_both_thresholds']}) | {lr['median_abs_theta_minus_theta_grad']:.2f} "
+        f"({lr['neurons_with_both_thresholds']}) | {fl['median_abs_theta_minus_theta_grad']:.2f} "
+        f"({fl['neurons_with_both_thresholds']}) |",
+        f"| 1. median \\|θ_learned − θ_init\\| (curves with both; reported, not counted) | | "
+        f"{m['median_abs_threshold_shift']:.2f} ({m['neurons_with_threshold_before_and_after']}) | "
+        f"{f['median_abs_threshold_shift']:.2f} ({f['neurons_with_threshold_before_and_after']}; "
+        f"{per['thresholds_move']}) |",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _figure(
