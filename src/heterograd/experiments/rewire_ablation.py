@@ -55,7 +55,7 @@ from .rewire import (
     seed_runs,
 )
 
-EPOCHS, REWIRE_TIMES, N_SEEDS = 24, (0, 1, 2, 4, 12, 20), 4
+EPOCHS, REWIRE_TIMES, N_SEEDS = 24, (0, 1, 2, 4, 12, 20), 3
 QUICK_EPOCHS, QUICK_REWIRE_TIMES, QUICK_SEEDS = 3, (0, 1, 2), 2
 ETA_MIN_FRACTION = 0.01
 DROP_MIN = 0.05
