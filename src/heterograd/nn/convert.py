@@ -35,8 +35,9 @@ from .layers import (
 )
 
 FEEDBACK_INITS: tuple[str, ...] = ("random", "transpose", "anti")
-"""``random``: uniform on ``±1/√fan_in`` (the scale of torch's default ``W`` init); ``transpose``: ``B = W``
-as transport (backprop's start); ``anti``: ``B = -W`` as transport."""
+"""``random``: Xavier (Glorot) uniform on ``±√(6/(fan_in + fan_out))`` of ``W``'s shape (:func:`xavier_bound`),
+the published implementation's draw (biotorch, Sanfiz & Akrout 2021); ``transpose``: ``B = W`` as transport
+(backprop's start); ``anti``: ``B = -W`` as transport."""
 
 _SYNAPSE_TYPES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: PlasticLinear,
@@ -105,11 +106,26 @@ def _synapse_of(name: str, m: nn.Module, base: type[nn.Module]) -> Synapse:
     return Conv(tuple(c.weight.shape), c.stride, c.padding, c.dilation, c.groups)
 
 
+def xavier_bound(shape: tuple[int, ...] | torch.Size) -> float:
+    """``√(6 / (fan_in + fan_out))``: the bound of Xavier (Glorot) uniform for a weight of ``shape``.
+
+    ``shape`` is ``(out, in)`` (dense) or ``(out, in, *k)`` (conv): ``fan_in = in·∏k``, ``fan_out = out·∏k``.
+    The draw has standard deviation ``√(2 / (fan_in + fan_out))``. The random feedback of every rule
+    (``fa``, ``frsf``, ``brsf``, ``dfa``, and the start of ``hsp``/``kp``) and ``usf``'s scale use it, as the
+    published implementation does (biotorch, Sanfiz & Akrout 2021; docs/convnets.md).
+    """
+    receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+    fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+    return math.sqrt(6.0 / max(1, fan_in + fan_out))
+
+
 def _initial_feedback(W: Tensor, syn: Synapse, init: str, gen: torch.Generator) -> Tensor:
-    """``B`` laid out like the synapse wants (dense: ``(in, out)`` stored in ``W``'s memory order)."""
+    """``B`` laid out like the synapse wants (dense: ``(in, out)`` stored in ``W``'s memory order).
+
+    ``random``: Xavier uniform on ``±`` :func:`xavier_bound` of ``W``'s shape ``(out, in[, *k])``.
+    """
     if init == "random":
-        fan_in = max(1, W[0].numel()) if syn.kind == "conv" else W.shape[1]
-        bound = 1.0 / math.sqrt(fan_in)
+        bound = xavier_bound(W.shape)
         R = (torch.rand(W.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
         M = R.to(dtype=W.dtype, device=W.device)
     else:
@@ -200,17 +216,23 @@ def convert(
 
     gen = torch.Generator().manual_seed(int(seed))
     in_shapes: dict[str, tuple[int, ...]] = {}
+    needs_feedback: dict[str, bool] = {}  # dfa: does the layer's input receive feedback (anything plastic upstream)?
     out_size = 0
     if r.feedback == "direct":
         assert example_input is not None
+
+        def _record(mod: nn.Module, inp: Any, out: Any, nm: str) -> None:
+            in_shapes[nm] = tuple(inp[0].shape)
+            needs_feedback[nm] = bool(inp[0].requires_grad)
+
         hooks = [
-            m.register_forward_hook(lambda mod, inp, out, nm=name: in_shapes.__setitem__(nm, tuple(inp[0].shape)))
+            m.register_forward_hook(lambda mod, inp, out, nm=name: _record(mod, inp, out, nm))
             for name, m, _, is_syn in plan
             if is_syn
         ]
         saved = [(b, b.detach().clone()) for b in model.buffers()]  # e.g. BatchNorm statistics: leave them be
         try:
-            with torch.no_grad():
+            with torch.enable_grad():  # requires_grad of each layer's input: is anything trainable upstream?
                 out = model(example_input)
         finally:
             for h in hooks:
@@ -239,9 +261,10 @@ def convert(
             shape = in_shapes.get(name)
             if shape is None:
                 raise HeterogradError(f"dfa: layer {name!r} was not used by the example input's forward pass")
-            fan = math.prod(shape[1:])
-            D = (torch.rand((out_size, *shape[1:]), generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(fan)
-            m.register_buffer("feedback", D.to(dtype=W.dtype, device=W.device))
+            if not needs_feedback[name]:  # e.g. the first layer: its input (the data) takes no feedback
+                m.register_buffer("feedback", None)
+                continue
+            m.register_buffer("feedback", _direct_feedback(W, syn, shape, out_size, gen))
         else:
             B = _initial_feedback(W.detach(), syn, init, gen)
             if r.feedback == "plastic":
@@ -251,6 +274,28 @@ def convert(
     if direct is not None:
         model.register_forward_hook(CaptureOutputError(direct))
     return model
+
+
+def _direct_feedback(W: Tensor, syn: Synapse, in_shape: tuple[int, ...], K: int, gen: torch.Generator) -> Tensor:
+    """The fixed random direct feedback ``D`` of one layer, from the model's ``K`` outputs to the layer's input.
+
+    * conv (``W`` ``(C_out, C_in/groups, *k)``): a kernel ``(K, C_in, *k)`` shaped like the layer's own, as
+      the published implementations do it; at t' the output error ``e`` ``(n, K)``, spread over the layer's
+      output positions (the rule's ``spread``), is sent to the input by the convolution transpose with ``D``
+      (same stride, padding, dilation; no groups: every class reaches every input channel).
+    * dense (input ``(n, *F)``): a matrix ``(K, *F)``, ``v = e D``.
+
+    Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (:func:`xavier_bound`), i.e.
+    normalised by the mean of ``D``'s forward fan-in (``C_in·∏k``, dense ``∏F``) and its feedback fan-in
+    ``K·∏k`` (dense ``K``): the number of (class, kernel tap) terms summed into one input unit at stride 1.
+    """
+    if isinstance(syn, Conv):
+        shape: tuple[int, ...] = (K, W.shape[1] * syn.groups, *W.shape[2:])
+    else:
+        shape = (K, *in_shape[1:])
+    bound = xavier_bound((K, math.prod(shape[1:])) if not isinstance(syn, Conv) else shape)
+    D = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+    return D.to(dtype=W.dtype, device=W.device)
 
 
 class CaptureOutputError:

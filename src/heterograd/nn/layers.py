@@ -72,8 +72,15 @@ def _weight_decay(rule: Rule) -> float:
     return float(getattr(rule, "weight_decay", 0.0) or 0.0)
 
 
-def _direct_transport(pl: Plasticity, D: Tensor, x: Tensor) -> Tensor:
-    """``D e`` shaped like ``x`` ``(n, ...)`` from the captured output error ``e`` ``(n, K...)``; ``D`` ``(K, ...)``."""
+def _direct_transport(pl: Plasticity, D: Tensor | None, x: Tensor, g: Tensor) -> Tensor:
+    """The direct feedback to the layer's input ``x`` ``(n, ...)`` from the captured output error ``e`` ``(n, K...)``.
+
+    Conv layer (``D`` ``(K, C_in, *k)``): ``e`` flattened to ``(n, K)`` and spread over the layer's ``P``
+    output positions (those of ``g`` ``(n, C_out, *S')``): ``e/P`` at each (the rule's ``spread="mean"``,
+    the adjoint of global average pooling) or ``e`` at each (``spread="repeat"``, as biotorch), then sent back
+    by the convolution transpose with ``D`` (the layer's stride, padding and dilation) to ``(n, C_in, *S)``.
+    Dense layer (``D`` ``(K, ...)``): ``e D``.
+    """
     assert pl.direct is not None
     e = pl.direct.e
     if e is None:
@@ -81,8 +88,21 @@ def _direct_transport(pl: Plasticity, D: Tensor, x: Tensor) -> Tensor:
             f"dfa layer {pl.name!r}: no output error was captured; the loss must be computed from the converted "
             "model's output tensor"
         )
+    if D is None:
+        raise HeterogradError(
+            f"dfa layer {pl.name!r}: its input needs feedback but the layer has no direct feedback D (its input "
+            "took none when the model was converted); convert the model again after changing what is trainable"
+        )
     n = x.shape[0]
-    return (e.reshape(n, -1) @ D.reshape(D.shape[0], -1)).reshape(x.shape)
+    e = e.reshape(n, -1).to(D.dtype)
+    syn = pl.synapse
+    if isinstance(syn, Conv):
+        fb = Conv(tuple(D.shape), syn.stride, syn.padding, syn.dilation, 1)
+        positions = g[0, 0].numel()
+        spread = e.reshape(*e.shape, *([1] * syn.dims)).expand(*e.shape, *g.shape[2:])
+        spread = spread.div(positions) if getattr(pl.rule, "spread", "mean") == "mean" else spread.contiguous()
+        return fb.transport(spread, D, x)
+    return (e @ D.reshape(D.shape[0], -1)).reshape(x.shape)
 
 
 class PlasticFunction(torch.autograd.Function):
@@ -126,7 +146,7 @@ class PlasticFunction(torch.autograd.Function):
         M = rule.transport_weights(W, B, syn, pl.generator) if (need_x and not direct) else None
         if M is not None and pl.device is not None:  # hardware hook: a read of the feedback pathway's array
             M = pl.device.read_feedback(M)
-        v: Tensor | None = _direct_transport(pl, B, x) if (need_x and direct) else None
+        v: Tensor | None = _direct_transport(pl, B, x, g) if (need_x and direct) else None
         C: Tensor | None = None
         Cb: Tensor | None = None
         if rule.uses_correlation and need_W and isinstance(syn, Conv):  # transport, C(u, h), C(u, 1): one call
