@@ -410,10 +410,13 @@ def _box_figure(
         ax.boxplot(groups, tick_labels=ticks)
         ax.tick_params(axis="x", labelsize=7)
         ax.axhline(float(np.nanmedian(groups[0])), color="gray", ls="--", lw=0.8)
-        ax.set_xlabel("rewire time RT (epochs); n = runs, div. = diverged (left out of the box)")
+        ax.set_xlabel("rewire time RT (epochs)")
         ax.set_title(rule_name)
     np.atleast_1d(axes)[0].set_ylabel("final test accuracy (%)")
-    fig.suptitle(f"Final accuracy against rewire time ({len(seeds)} seeds; dashed: median without rewiring)")
+    fig.suptitle(
+        f"Final accuracy against rewire time ({len(seeds)} seeds; n = runs per box, div. = diverged runs, left out of "
+        "the box; dashed: median without rewiring)"
+    )
     fig.tight_layout()
     return save_figure(fig, ctx.out, name)
 
