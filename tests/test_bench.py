@@ -226,3 +226,52 @@ def test_model_bench_bad_options_give_one_line_errors():
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--batch", "64"])
     assert exc.value.code == 2
+
+
+def test_total_memory_counts_parameters_feedback_and_optimiser_state():
+    """Total = resident (parameters + buffers + optimiser state) + step peak: hsp's resident memory is bp's plus
+    B and B's momentum (twice the weights' bytes), fa's plus its frozen B (a buffer, no momentum)."""
+    from heterograd.bench import make_step, resident_bytes
+    from heterograd.bench.runner import Case
+
+    cfg = BenchConfig.for_models(("lenet5",), batch=4, dtypes=("float32",))
+    cfg.validate()
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    res = {}
+    for impl in ("bp-autograd", "bp", "hsp", "fa", "hsp-fused"):
+        step = make_step(Case(impl, (1, 28, 28), 4, "float32", False, "lenet5"), cfg, x, y)
+        step()  # momentum buffers exist from the first step on
+        res[impl] = resident_bytes(step)
+    params = dict(make_step(Case("bp", (1, 28, 28), 4, "float32", False, "lenet5"), cfg, x, y).model.named_parameters())
+    n_bytes = 4 * sum(p.numel() for p in params.values())
+    w_bytes = 4 * sum(p.numel() for n, p in params.items() if n.endswith("weight"))  # = B's bytes
+    bp = res["bp-autograd"]
+    assert bp.parameters == n_bytes and bp.optimizer_state == n_bytes  # SGD momentum: one buffer per parameter
+    assert res["bp"].total == bp.total
+    assert res["hsp"].parameters == n_bytes + w_bytes == res["hsp"].optimizer_state  # B and B's momentum
+    assert res["hsp"].total == bp.total + 2 * w_bytes
+    assert res["fa"].total == bp.total + w_bytes  # frozen B: stored, no optimiser state
+    assert res["hsp-fused"].total == res["hsp"].total  # per-parameter optimisers hold the same state
+
+
+def test_markdown_shows_total_memory_and_says_when_a_run_predates_it():
+    row = {
+        "shape": "lenet5 1x28x28 @ 8",
+        "label": "hsp",
+        "dtype": "float32",
+        "median_ms": 1.0,
+        "ratio_to_bp": 1.0,
+        "samples_per_s": 8.0,
+        "peak_bytes": 2**20,
+        "memory_ratio_to_bp": 1.03,
+        "total_bytes": 3 * 2**20,
+        "total_memory_ratio_to_bp": 1.08,
+    }
+    env = {"heterograd": "x", "torch": "x", "device": "cpu", "cpu": "x", "torch_threads": 1}
+    env |= {"loadavg_start": None, "loadavg_end": None}
+    result = {"environment": env, "results": [row], "targets": [], "timing_method": "t", "memory_method": "m"}
+    text = markdown(result)
+    assert "| total MiB | total × bp |" in text and "| 1.00 | 1.03 | 3.00 | 1.08 |" in text
+    old = {k: v for k, v in row.items() if not k.startswith("total")}
+    text = markdown({**result, "results": [old]})
+    assert "| 1.00 | 1.03 | - | - |" in text and "predates the column" in text

@@ -76,7 +76,7 @@ def test_toml_yaml_and_json_give_the_same_config(tmp_path):
 
 
 def test_recorded_only_keys_are_ignored_and_nothing_else(tmp_path):
-    assert {"environment", "rule_equation"} == RECORDED_ONLY
+    assert {"environment", "rule_equation", "data_source"} == RECORDED_ONLY  # data_source: what a text run read
     p = tmp_path / "c.json"
     p.write_text(json.dumps({"rule": "fa", "environment": {"torch": "x"}, "rule_equation": "ΔW = ..."}))
     assert load_config_file(p) == {"rule": "fa"}

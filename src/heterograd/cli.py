@@ -77,13 +77,17 @@ def train(
         ),
     ] = None,
     data: Annotated[
-        str, typer.Option(help="digits | mnist1d | teacher | fashion-mnist | idx:<dir> | cifar10:<dir> | sorting")
+        str,
+        typer.Option(
+            help="digits | mnist1d | teacher | fashion-mnist | idx:<dir> | cifar10:<dir> | imagefolder:<dir>[@SIZE] "
+            "| sorting | text:<file or folder> | pystdlib[:MB] (text: for --model gpt)"
+        ),
     ] = "digits",
     model: Annotated[
         str | None,
         typer.Option(
             help="train a converted nn.Module instead of a circuit: lenet5 | resnet20 | resnet56 | mlp | transformer "
-            "| FILE.py:FACTORY (imports and runs FILE.py; FACTORY(in_shape, num_classes, **model_options))"
+            "| gpt | FILE.py:FACTORY (imports and runs FILE.py; FACTORY(in_shape, num_classes, **model_options))"
         ),
     ] = None,
     model_options: Annotated[
@@ -94,9 +98,17 @@ def train(
         bool,
         typer.Option(
             "--augment",
-            help="--model on images: random crop (zero padding 4 at 32x32, else 2) + horizontal flip, seeded",
+            help="--model on images: random crop (zero padding 4 at 32x32, else 2) + horizontal flip, seeded "
+            "(imagefolder: random resized crop + flip)",
         ),
     ] = False,
+    norm_feedback: Annotated[
+        str,
+        typer.Option(
+            help="--model: feedback through norm layers: exact (through the batch statistics, as backprop) "
+            "| local (γ/σ per channel, statistics held fixed)"
+        ),
+    ] = "exact",
     rule: Annotated[
         str, typer.Option(help="bp | fa | dfa | hsp | kp | poly; with --model also usf | brsf | frsf")
     ] = "hsp",
@@ -164,6 +176,16 @@ def train(
     distributed: Annotated[
         bool, typer.Option("--distributed", help="data-parallel rank under torchrun (gloo on CPU, nccl on GPU)")
     ] = False,
+    sync_batchnorm: Annotated[
+        bool,
+        typer.Option(
+            "--sync-batchnorm",
+            help="--model --distributed: BatchNorm statistics over the global batch (default: per rank)",
+        ),
+    ] = False,
+    amp: Annotated[
+        str, typer.Option(help="--model: none | bf16 (torch.autocast to bfloat16; weights and B stay float32)")
+    ] = "none",
     device_model: Annotated[
         str, typer.Option(help="synapses on imperfect devices: ideal | moderate | harsh (see heterograd.hardware)")
     ] = "ideal",
@@ -190,6 +212,7 @@ def train(
         model_options=parse_model_options(model_options),
         schedule=schedule,
         augment=augment,
+        norm_feedback=norm_feedback,
         rule=rule,
         checkpoint_every=checkpoint_every,
         epochs=epochs,
@@ -222,6 +245,8 @@ def train(
         theta_w=_floats(theta_w, "--theta-w"),
         theta_b=_floats(theta_b, "--theta-b"),
         compile=compile_step,
+        amp=amp,
+        sync_batchnorm=sync_batchnorm,
         device_model=device_model,
         device_model_options=parse_device_options(device_model_options),
     )
@@ -234,34 +259,42 @@ def train(
     data, rule, seed = cfg.data, cfg.rule, cfg.seed
     if overwrite and resume is not None:
         raise HeterogradError("--overwrite would delete the run --resume continues; drop --overwrite")
-    if distributed and resume is not None:
-        raise HeterogradError("--distributed cannot --resume yet; start a fresh run or resume without --distributed")
+    if cfg.sync_batchnorm and not distributed:
+        raise HeterogradError(
+            "--sync-batchnorm synchronises BatchNorm statistics across the ranks of a data-parallel run; add "
+            "--distributed (under torchrun) or drop --sync-batchnorm"
+        )
     if resume is not None:
         if out is not None and out.resolve() != resume.resolve():
             raise HeterogradError(
                 f"--out {out} and --resume {resume} name different folders; a resumed run continues in its own "
                 "folder, drop --out"
             )
-        trainer = resume_trainer(resume, **_explicit_overrides(ctx, cfg))
+        if distributed:
+            from .distributed.module import resume_distributed
+
+            trainer = resume_distributed(resume, **_explicit_overrides(ctx, cfg))
+        else:
+            trainer = resume_trainer(resume, **_explicit_overrides(ctx, cfg))
         out_dir = resume
         data, rule, seed = trainer.config.data, trainer.config.rule, trainer.config.seed
     else:
         name = data if cfg.model is None else f"{Path(cfg.model.split(':')[0]).stem}-{data}"
         out_dir = out or Path("runs") / f"{name.replace(':', '_').replace('/', '_')}-{rule}-s{seed}"
-        if distributed and cfg.model is not None:
-            raise HeterogradError("--distributed trains circuits only; for --model drop --distributed")
         if distributed:
-            from .distributed import DistributedTrainer
+            from .distributed.module import make_distributed_trainer
 
-            trainer = DistributedTrainer(cfg)
-            if trainer.rank != 0:  # only rank 0 writes and reports
-                try:
-                    trainer.fit(None, progress=False)  # no --tensorboard either: rank 0 writes
-                finally:
-                    trainer.close()
-                return
+            trainer = make_distributed_trainer(cfg)
         else:
             trainer = make_trainer(cfg)
+    if distributed and trainer.rank != 0:  # type: ignore[attr-defined]  # only rank 0 writes and reports
+        try:
+            trainer.fit(None, progress=False)  # no --tensorboard either: rank 0 writes
+        except TrainingInterrupted as exc:
+            sys.exit(128 + exc.signum)
+        finally:
+            trainer.close()  # type: ignore[attr-defined]
+        return
     try:
         result = trainer.fit(out_dir, progress=progress, tensorboard=tensorboard, overwrite=overwrite)
     except TrainingInterrupted as exc:
@@ -274,11 +307,18 @@ def train(
         )
         sys.exit(128 + exc.signum)
     finally:
-        if distributed and resume is None:  # every rank leaves the process group together
+        if distributed:  # every rank leaves the process group together
             trainer.close()  # type: ignore[attr-defined]
     s = result.summary
     what = f"{trainer.config.model}, " if trainer.config.model is not None else ""
     typer.echo(results_table([s], title=f"{what}{rule} on {data}, seed {seed}"))
+    if s.get("val_bpc") is not None:  # a language model: its own metric
+        typer.echo(
+            f"bits per character: validation {_fmt(s['val_bpc'])} (perplexity {_fmt(s.get('val_perplexity'), 2)}), "
+            f"test {_fmt(s.get('test_bpc'))} (perplexity {_fmt(s.get('test_perplexity'), 2)}); samples.txt written"
+            if not s["diverged"]
+            else "bits per character: - (diverged)"
+        )
     if s["diverged"]:
         typer.echo(
             f"diverged at step {s['diverged_step']} ({s.get('diverged_reason')}); the run stopped there and "
@@ -354,6 +394,20 @@ def demo(
     write_json(out / "demo.json", {"runs": summaries})
     (out / "demo.md").write_text("```\n" + table + "\n```\n", encoding="utf-8")
     typer.echo(f"per-rule results and figures in {out}/<rule>/")
+
+
+@app.command()
+def sample(
+    run: Annotated[Path, typer.Argument(help="the folder of a language-model run (train --model gpt --data text:...)")],
+    prompt: Annotated[str, typer.Option(help="text to continue (characters of the run's vocabulary)")] = "\n",
+    chars: Annotated[int, typer.Option(help="characters to draw after the prompt")] = 300,
+    temperature: Annotated[float, typer.Option(help="softmax temperature (below 1: likelier characters)")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seed of the draws")] = 0,
+) -> None:
+    """Print text sampled from a trained character-level language model (its checkpoint.pt and vocab.json)."""
+    from .train_module import sample_text
+
+    typer.echo(sample_text(run, prompt, chars, temperature=temperature, seed=seed))
 
 
 # Further command groups register themselves here (one import each).

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from .circuits import ACTIVATIONS, FEEDBACK_INITS, TOPOLOGIES, parse_hidden
+from .data.text import is_text_data
 from .errors import HeterogradError, unknown_choice
 from .hardware import make_device_model
 from .losses import LOSSES
 from .models import MODELS
+from .nn import NORM_FEEDBACK
 from .optim import MOTIFS
 from .rules import RULES, check_rule_hyperparameters, rule_hyperparameters
 from .runtime import DTYPES, resolve_device
@@ -77,6 +79,9 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     schedule: str = "constant"
     augment: bool = False
+    norm_feedback: str = "exact"
+    amp: str = "none"
+    sync_batchnorm: bool = False
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
@@ -193,6 +198,11 @@ class TrainConfig:
             raise unknown_choice("schedule", self.schedule, SCHEDULES)
         if not isinstance(self.augment, bool):
             raise HeterogradError(f"augment must be True or False, got {self.augment!r}")
+        if not isinstance(self.norm_feedback, str) or self.norm_feedback not in NORM_FEEDBACK:
+            raise unknown_choice("norm feedback", self.norm_feedback, NORM_FEEDBACK)
+        if not isinstance(self.sync_batchnorm, bool):
+            raise HeterogradError(f"sync_batchnorm must be True or False, got {self.sync_batchnorm!r}")
+        _check_amp(self.amp, self.dtype, self.device)
         if not isinstance(self.model_options, dict) or not all(isinstance(k, str) for k in self.model_options):
             raise HeterogradError(f"model_options must be a dict of name -> value, got {self.model_options!r}")
         if self.model is None:
@@ -202,6 +212,9 @@ class TrainConfig:
                     ("--schedule", self.schedule != "constant"),
                     ("--augment", self.augment),
                     ("--model-options", bool(self.model_options)),
+                    ("--norm-feedback", self.norm_feedback != "exact"),
+                    ("--amp", self.amp != "none"),
+                    ("--sync-batchnorm", self.sync_batchnorm),
                 )
                 if on
             ]
@@ -213,6 +226,8 @@ class TrainConfig:
                 )
             if self.data in SEQUENCE_DATA:
                 raise HeterogradError(f"--data {self.data} is a sequence task for --model transformer; pass it")
+            if is_text_data(self.data):
+                raise HeterogradError(f"--data {self.data} is text for a language model; pass --model gpt")
             return
         if not isinstance(self.model, str) or not self.model.strip():
             raise HeterogradError(f"model must be a name or FILE.py:FACTORY, got {self.model!r}; e.g. model='lenet5'")
@@ -227,10 +242,21 @@ class TrainConfig:
             raise unknown_choice("model", self.model, MODULE_MODELS)
         if self.model == "transformer" and self.data not in SEQUENCE_DATA:
             raise HeterogradError(
-                f"--model transformer needs a sequence task, got --data {self.data}; pass --data sorting"
+                f"--model transformer needs a sequence task, got --data {self.data}; pass --data sorting (for text: "
+                "--model gpt)"
             )
         if self.data in SEQUENCE_DATA and self.model in MODULE_MODELS and self.model != "transformer":
             raise HeterogradError(f"--data {self.data} is a sequence task; pass --model transformer")
+        text = is_text_data(self.data)
+        if self.model == "gpt" and not text:
+            raise HeterogradError(
+                f"--model gpt is a character-level language model and needs text, got --data {self.data}; pass "
+                "--data text:PATH or --data pystdlib"
+            )
+        if text and self.model in MODULE_MODELS and self.model != "gpt":
+            raise HeterogradError(f"--data {self.data} is text; pass --model gpt (or FILE.py:FACTORY)")
+        if text and self.augment:
+            raise HeterogradError("--augment crops and flips images; text has none, drop --augment")
         defaults = TrainConfig()
         circuit_only = [
             ("--topology", self.topology != defaults.topology),
@@ -288,11 +314,32 @@ def without_ignored_options(saved: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: ``--amp`` modes of the module engine: ``none`` or ``bf16`` (``torch.autocast`` to bfloat16, float32 weights).
+AMP_MODES: tuple[str, ...] = ("none", "bf16")
+
+
+def _check_amp(amp: object, dtype: str, device: str) -> None:
+    """``--amp``: a known mode, on a float32 model; fp16 is refused with the reason (on any device)."""
+    if amp == "fp16":
+        where = "on CPU autocast has no float16 path, and " if str(device).startswith("cpu") else ""
+        raise HeterogradError(
+            f"--amp fp16 is not supported: {where}float16 needs loss scaling, which would scale the rule's "
+            "signals but not its weight-decay term; use --amp bf16"
+        )
+    if not isinstance(amp, str) or amp not in AMP_MODES:
+        raise unknown_choice("amp", amp, AMP_MODES)
+    if amp != "none" and dtype != "float32":
+        raise HeterogradError(
+            f"--amp {amp} autocasts a float32 model (weights and B stay float32); drop --dtype {dtype} or --amp"
+        )
+
+
 RULE_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}  # where the rule has them
 MASKED_TOPOLOGIES = ("sparse", "amorphous")  # the topologies --density applies to
 
-#: ``--model`` names: the zoo of :mod:`heterograd.models` and the small transformer (``--data sorting``).
-MODULE_MODELS: tuple[str, ...] = (*MODELS, "transformer")
+#: ``--model`` names: the zoo of :mod:`heterograd.models`, the small transformer (``--data sorting``) and the same
+#: transformer as a character-level language model (``gpt``, ``--data text:PATH`` or ``pystdlib``).
+MODULE_MODELS: tuple[str, ...] = (*MODELS, "transformer", "gpt")
 #: sequence tasks (inputs are token indices): only for a ``--model`` that reads tokens.
 SEQUENCE_DATA: tuple[str, ...] = ("sorting",)
 #: learning-rate schedules of the module engine: ``constant`` or ``cosine`` (to 0 at the last step).
@@ -329,7 +376,7 @@ def _check_real(name: str, value: Any) -> None:
 # --------------------------------------------------------------------------- config files
 #: keys that ``config.json`` records about a run but that do not configure one; a config file may hold
 #: them (so any run's ``config.json`` can be fed back) and they are ignored.
-RECORDED_ONLY = frozenset({"environment", "rule_equation"})
+RECORDED_ONLY = frozenset({"environment", "rule_equation", "data_source"})
 
 _FORMATS = {".json": "JSON", ".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
 

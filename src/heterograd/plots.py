@@ -45,6 +45,10 @@ def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path, title: str = "") 
     x, y = series(rows, "test_loss")
     if x:
         ax.plot(x, y, "o-", label="test loss", color="C1", ms=3)
+    xv, yv = series(rows, "val_loss")  # language models: validation at the end of each epoch
+    if xv:
+        ax.plot(xv, yv, "o-", label="validation loss", color="C3", ms=3)
+        y = [*y, *yv]
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if y and min(y) > 0:

@@ -360,6 +360,32 @@ class Trainer:
         self.step_count += 1
         return out.loss
 
+    def epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch's batches ``(x, y)``, drawn from ``self.generator`` (a shuffled pass over the training set).
+
+        A resumed run redraws the epoch from the generator state at its start and skips the batches done, so a
+        subclass that draws its batches differently must draw them from ``self.generator`` alone.
+        """
+        return iterate_minibatches(
+            self.data.x_train,
+            self.data.y_train,
+            self.config.batch_size,
+            generator=self.generator,
+            drop_last=self.data.x_train.shape[0] >= self.config.batch_size,
+        )
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """The columns added to the logged row at the end of each epoch: ``test_loss`` and ``test_accuracy``."""
+        tl, ta = self.evaluate_test()
+        return {"test_loss": tl, "test_accuracy": ta}
+
+    def recorded_extra(self) -> dict[str, Any]:
+        """Keys added to ``config.json`` besides the config (what the data were, for instance); none here."""
+        return {}
+
+    def write_run_files(self, out: Path) -> None:
+        """Write a subclass's own files into the run folder when a run starts (nothing here)."""
+
     def probe(self) -> dict[str, float]:
         """Probes on the fixed probe batch (first ``probe_size`` training samples), nothing applied."""
         with torch.no_grad():
@@ -599,7 +625,8 @@ class Trainer:
         tb = TensorBoardLog(out / "tensorboard", self.step_count or None) if tensorboard and out is not None else None
         if out is not None:
             recorded = {**c.to_dict(), "environment": environment(), "rule_equation": self.rule.describe()}
-            write_json(out / "config.json", recorded)
+            write_json(out / "config.json", {**recorded, **self.recorded_extra()})
+            self.write_run_files(out)
             if tb is not None:
                 tb.config(recorded)
         start = time.perf_counter()
@@ -622,13 +649,7 @@ class Trainer:
                     else:  # resumed mid-epoch: redraw the same permutation, skip the batches done
                         self.generator.set_state(self.epoch_generator_state)
                     skip = self.batch_index
-                    batches = iterate_minibatches(
-                        self.data.x_train,
-                        self.data.y_train,
-                        c.batch_size,
-                        generator=self.generator,
-                        drop_last=self.data.x_train.shape[0] >= c.batch_size,
-                    )
+                    batches = self.epoch_batches()
                     for i, (xb, yb) in enumerate(batches):
                         if i < skip:
                             continue
@@ -653,9 +674,7 @@ class Trainer:
                             if reason is None and c.probes:
                                 row.update(self.probe())
                             if end_of_epoch and reason is None:
-                                tl, ta = self.evaluate_test()
-                                row["test_loss"] = tl
-                                row["test_accuracy"] = ta
+                                row.update(self.epoch_metrics())
                             if reason is not None:
                                 row["diverged"] = reason
                             self.rows.append(row)

@@ -16,6 +16,7 @@ from .runner import (
     Case,
     FALinear,
     ModelStep,
+    Resident,
     autograd_mlp,
     fuse_optimizer,
     make_step,
@@ -23,8 +24,10 @@ from .runner import (
     model_for,
     parse_sizes_arg,
     peak_step_memory,
+    resident_bytes,
     run_benchmark,
     targets,
+    tensor_bytes,
     write_results,
 )
 
@@ -36,6 +39,7 @@ __all__ = [
     "Case",
     "FALinear",
     "ModelStep",
+    "Resident",
     "autograd_mlp",
     "fuse_optimizer",
     "make_step",
@@ -43,7 +47,9 @@ __all__ = [
     "model_for",
     "parse_sizes_arg",
     "peak_step_memory",
+    "resident_bytes",
     "run_benchmark",
     "targets",
+    "tensor_bytes",
     "write_results",
 ]

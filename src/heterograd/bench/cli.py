@@ -47,7 +47,16 @@ def bench(
         str | None, typer.Option(help="compute dtypes, first = main (default float32,bfloat16; quick: float32)")
     ] = None,
     compile_step: Annotated[
-        bool, typer.Option("--compile", help="also time hsp and bp-autograd under torch.compile (slow to start)")
+        bool,
+        typer.Option(
+            "--compile",
+            help="also time hsp and bp-autograd (with --models: bp-autograd, kp, hsp) under torch.compile "
+            "(slow to start)",
+        ),
+    ] = False,
+    autocast: Annotated[
+        bool,
+        typer.Option("--autocast", help="with --models: also time bp-autograd, kp, hsp under bfloat16 torch.autocast"),
     ] = False,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     repeats: Annotated[int | None, typer.Option(help="round-robin rounds (median over them); default 21")] = None,
@@ -64,6 +73,8 @@ def bench(
     from .runner import IMPLS, MODEL_IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
 
     kw: dict[str, Any] = {"device": device, "compile": compile_step, "threads": threads, "memory": memory}
+    if autocast:
+        kw["autocast"] = True
     kw["max_seconds"] = max_seconds
     if sizes is not None:
         kw["sizes"] = parse_sizes_arg(sizes)
@@ -128,6 +139,58 @@ def _read_config(path: Path) -> dict[str, Any]:
     return values
 
 
+def doctor(
+    device: Annotated[str, typer.Option(help="auto (CUDA when present) | cpu | cuda | cuda:N")] = "auto",
+    quick: Annotated[
+        bool, typer.Option("--quick", help="CI mode: seconds per check; torch.compile and the 2-process run skipped")
+    ] = False,
+    compile_step: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="time the converted models under torch.compile too")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="seed of every model, batch and run")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder for doctor-<device>.json/.md and the bench files (e.g. docs/benchmarks); <device> is "
+            "'cpu' or the GPU's name"
+        ),
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON here")] = None,
+    markdown_path: Annotated[
+        Path | None, typer.Option("--markdown", help="also write the report as a markdown table here")
+    ] = None,
+) -> None:
+    """Check every accelerator path (placement, bp = autograd, learning, benches, DDP) and print pass/fail.
+
+    On a machine without a GPU the checks run on the CPU and the CUDA-only parts are listed as skipped with the
+    reason. Exit status 1 when a check failed.
+    """
+    from .doctor import DoctorConfig, check_out_paths, device_slug, failed, run_doctor, table, write_report
+
+    check_out_paths(json_path, markdown_path)
+    if out is not None and out.exists() and not out.is_dir():
+        from ..errors import HeterogradError
+
+        raise HeterogradError(f"--out {out} is a file; pass a folder, e.g. docs/benchmarks")
+    report = run_doctor(
+        DoctorConfig(device=device, quick=quick, compile=compile_step, seed=seed),
+        out,
+        progress=lambda msg: typer.echo(msg, err=True),
+    )
+    if out is not None:
+        import torch
+
+        stem = f"doctor-{device_slug(torch.device(report['environment']['device']))}"
+        write_report(report, out / f"{stem}.json", out / f"{stem}.md")
+    write_report(report, json_path, markdown_path)
+    typer.echo(table(report))
+    bad = failed(report)
+    if bad:
+        typer.echo(f"{len(bad)} check(s) failed: {', '.join(bad)}", err=True)
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``bench`` command to the ``heterograd`` app."""
+    """Add the ``bench`` and ``doctor`` commands to the ``heterograd`` app."""
     app.command(name="bench")(bench)
+    app.command(name="doctor")(doctor)

@@ -25,7 +25,9 @@ of that model instead, with ``torch.optim.SGD`` (momentum) and ``CrossEntropyLos
 
 Every case uses the same random batch (``x ~ N(0, 1)``, random labels) at every step, so the times are
 the step's own cost with no data loading. Optional variants: ``bfloat16`` compute and ``torch.compile``
-(heterograd compiles its pure local step; the baseline compiles its model).
+(heterograd compiles its pure local step; the baseline compiles its model); for ``models``, bfloat16
+``torch.autocast`` (float32 weights, ``autocast``) and ``torch.compile`` of the model (converted or not) for
+:data:`MODEL_VARIANT_IMPLS`.
 
 Peak memory of a step, reported as bytes allocated above what was live when the step started
 (parameters and the batch are excluded; activations, gradients/deltas and temporaries are included):
@@ -33,6 +35,12 @@ on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation at step start; 
 of the allocator's alloc/free events recorded by ``torch.profiler`` (``profile_memory=True``) over one
 step, whose maximum is the peak. The autograd baselines free their gradients at the end of each step
 (``zero_grad(set_to_none=True)``), so their peak includes the gradients, as ours includes the deltas.
+
+Total memory of a training step adds what stays resident between steps to that peak (:func:`resident_bytes`,
+measured after the warm-up steps): the parameters and buffers (``W``, ``b``, ``B`` whether a parameter or a
+frozen buffer, BatchNorm statistics) and the optimiser's state (momentum buffers, ``B``'s included; a circuit's
+rule and motif state). ``total_bytes = resident_bytes + peak_bytes``; ``total_memory_ratio_to_bp`` beside the
+step-peak ratio ``memory_ratio_to_bp`` shows what a plastic ``B`` and its optimiser state cost.
 """
 
 from __future__ import annotations
@@ -76,6 +84,8 @@ SPARSE_DENSITY = 0.2
 MODEL_IMPLS: tuple[str, ...] = ("bp-autograd", "bp", "hsp", "kp", "fa", "usf")
 """Implementations a model benchmark (``models``) can time; ``hsp-fused`` also (see the module docstring)."""
 EXTRA_MODEL_IMPLS: tuple[str, ...] = ("hsp-fused", "bp-autograd-fused", "dfa", "brsf", "frsf")
+MODEL_VARIANT_IMPLS: tuple[str, ...] = ("bp-autograd", "kp", "hsp")
+"""Model implementations also timed under bfloat16 autocast (``autocast``) and ``torch.compile`` (``compile``)."""
 DEFAULT_MODELS: tuple[str, ...] = ("lenet5", "resnet20")
 MODEL_TIME_TARGET = 1.05
 MODEL_MEMORY_TARGET = 1.1
@@ -89,7 +99,10 @@ class BenchConfig:
         sizes: ``((n_0, ..., n_L), batch)`` pairs.
         impls: implementations, a subset of :data:`IMPLS` (``bp-autograd`` is always added: ratios need it).
         dtypes: compute dtypes; the first is the main one (all impls), the others time :data:`VARIANT_IMPLS`.
-        compile: also time :data:`VARIANT_IMPLS` under ``torch.compile`` (main dtype).
+        compile: also time :data:`VARIANT_IMPLS` (models: :data:`MODEL_VARIANT_IMPLS`) under ``torch.compile``
+            (main dtype).
+        autocast: models only: also time :data:`MODEL_VARIANT_IMPLS` under ``torch.autocast`` to bfloat16 (the
+            main dtype must be float32: weights stay float32).
         repeats: round-robin rounds; each case's time is the median over rounds.
         block_seconds: target duration of one timed block (steps per block are calibrated to it).
         max_seconds: time budget of the timed rounds; rounds stop early (at least 3) once it is spent.
@@ -110,6 +123,7 @@ class BenchConfig:
     impls: tuple[str, ...] = IMPLS
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     compile: bool = False
+    autocast: bool = False
     repeats: int = 21
     block_seconds: float = 0.04
     max_seconds: float = 120.0
@@ -154,10 +168,12 @@ class BenchConfig:
                 raise HeterogradError(f"unknown model(s) {unknown}; valid choices: {', '.join(MODELS)}")
             if self.sizes:
                 raise HeterogradError("give either --models or --sizes to one benchmark run, not both")
-            if len(self.dtypes) != 1 or self.compile:
+            if len(self.dtypes) != 1:
                 raise HeterogradError(
-                    "a model benchmark (--models) times one dtype and no --compile; drop the extra dtypes / --compile"
+                    "a model benchmark (--models) times one dtype (use autocast for bfloat16); drop the extra dtypes"
                 )
+            if self.autocast and self.dtypes[0] != "float32":
+                raise HeterogradError(f"bfloat16 autocast runs a float32 model; drop dtype {self.dtypes[0]}")
             self.input_shape = tuple(int(v) for v in self.input_shape)
             if not self.input_shape or min(self.input_shape) < 1 or self.batch < 1 or self.num_classes < 2:
                 raise HeterogradError(
@@ -168,6 +184,8 @@ class BenchConfig:
                 raise HeterogradError(f"--momentum must be in [0, 1), got {self.momentum}")
         elif not self.sizes:
             raise HeterogradError("nothing to benchmark: give --sizes (MLP) or --models")
+        elif self.autocast:
+            raise HeterogradError("autocast applies to a model benchmark (--models); the MLP cases take --dtypes")
         if BASELINE not in self.impls:
             self.impls = (BASELINE, *self.impls)
         bad = [d for d in self.dtypes if d not in DTYPES]
@@ -194,10 +212,11 @@ class Case:
     dtype: str
     compiled: bool
     model: str | None = None
+    amp: bool = False
 
     @property
     def label(self) -> str:
-        return self.impl + ("+compile" if self.compiled else "")
+        return self.impl + ("+autocast" if self.amp else "") + ("+compile" if self.compiled else "")
 
     @property
     def shape(self) -> str:
@@ -277,55 +296,128 @@ def model_for(case: Case, cfg: BenchConfig) -> tuple[nn.Module, torch.optim.Opti
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
 
     if case.impl.endswith("-fused"):
-        fuse_optimizer(model, sgd)
+        model.fused_optimizers = fuse_optimizer(model, sgd)  # type: ignore[assignment]  # for resident_bytes
         return model, None
     return model, sgd(model.parameters())
 
 
-def fuse_optimizer(model: nn.Module, make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]) -> None:
+def _tensors(obj: Any) -> list[Tensor]:
+    """Every tensor inside ``obj`` (nested lists, tuples, dicts, dataclasses, NamedTuples, optimisers)."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, torch.optim.Optimizer):
+        return _tensors(list(obj.state.values()))
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in _tensors(getattr(obj, f.name))]
+    return []
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the distinct tensor storages inside ``obj`` (a tensor shared twice counts once)."""
+    seen: dict[tuple[str, int], int] = {}
+    for t in _tensors(obj):
+        if t.numel() == 0:
+            continue
+        st = t.untyped_storage()
+        seen[(str(t.device), st.data_ptr())] = st.nbytes()
+    return sum(seen.values())
+
+
+@dataclass
+class Resident:
+    """What stays allocated between two steps: ``parameters`` (parameters and buffers: ``W``, ``b``, ``B``,
+    statistics) and ``optimizer_state`` (optimiser / motif / rule state), in bytes."""
+
+    parameters: int
+    optimizer_state: int
+
+    @property
+    def total(self) -> int:
+        """``parameters + optimizer_state``."""
+        return self.parameters + self.optimizer_state
+
+
+def resident_bytes(step: Callable[[], None]) -> Resident | None:
+    """The resident memory of a step made by :func:`make_step` (``None`` for a callable it did not make)."""
+    fn = getattr(step, "resident", None)
+    return fn() if callable(fn) else None
+
+
+def fuse_optimizer(
+    model: nn.Module, make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]
+) -> list[torch.optim.Optimizer]:
     """Step each parameter inside ``loss.backward()`` as soon as its ``.grad`` is complete, then free the grad.
 
     One optimiser per parameter (``make_optimizer([p])``), run by ``p``'s post-accumulate-grad hook: the
     update of a layer is applied while the sweep goes on below it, so the gradients of all layers are never
     alive at once and no separate ``optimizer.step()`` runs. The same update as ``make_optimizer`` on all
     parameters for per-parameter optimisers such as SGD (not for ones that couple parameters, e.g. LBFGS).
+    Returns the per-parameter optimisers (their state is part of the step's resident memory).
     """
+    opts: list[torch.optim.Optimizer] = []
     for p in model.parameters():
         if not p.requires_grad:
             continue
         opt = make_optimizer([p])
+        opts.append(opt)
 
         def hook(param: Tensor, opt: torch.optim.Optimizer = opt) -> None:
             opt.step()
             param.grad = None
 
         p.register_post_accumulate_grad_hook(hook)
+    return opts
 
 
 @dataclass
 class ModelStep:
     """One training step of a model case (a zero-argument callable): forward, ``loss.backward()`` (the t'
     sweep), optimiser step, ``zero_grad(set_to_none=True)``; with ``optimizer=None`` (``*-fused``) the
-    optimiser steps run inside the backward sweep. ``x`` ``(n, *input_shape)``, ``y`` ``(n,)`` labels."""
+    optimiser steps run inside the backward sweep. ``x`` ``(n, *input_shape)``, ``y`` ``(n,)`` labels. With ``amp``
+    the forward runs under ``torch.autocast`` to bfloat16; ``forward`` (default: the model) may be compiled."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer | None
     x: Tensor
     y: Tensor
     loss: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    amp: bool = False
+    forward: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self) -> None:
-        self.loss(self.model(self.x), self.y).backward()
+        with torch.autocast(self.x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = (self.forward or self.model)(self.x)
+        self.loss(out.float(), self.y).backward()
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+
+    def resident(self) -> Resident:
+        """Parameters + buffers of the model and its optimiser state(s) (see :class:`Resident`)."""
+        opts = [self.optimizer] if self.optimizer is not None else getattr(self.model, "fused_optimizers", [])
+        return Resident(tensor_bytes([*self.model.parameters(), *self.model.buffers()]), tensor_bytes(opts))
+
+
+class _Step:
+    """A step callable with its :class:`Resident` accounting (for the MLP cases)."""
+
+    def __init__(self, fn: Callable[[], None], resident: Callable[[], Resident]) -> None:
+        self.fn, self.resident = fn, resident
+
+    def __call__(self) -> None:
+        self.fn()
 
 
 def make_model_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> ModelStep:
     """One training step of ``case.model`` on ``(x, y)`` (see :class:`ModelStep` and :func:`model_for`)."""
     model, opt = model_for(case, cfg)
     model.train()
-    return ModelStep(model, opt, x, y)
+    forward = torch.compile(model) if case.compiled else None
+    return ModelStep(model, opt, x, y, amp=case.amp, forward=forward)
 
 
 def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[], None]:
@@ -354,7 +446,9 @@ def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[]
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        return autograd_step
+        return _Step(
+            autograd_step, lambda: Resident(tensor_bytes([*model.parameters(), *model.buffers()]), tensor_bytes(opt))
+        )
     rule = make_rule("hsp" if case.impl == "hsp-sparse" else case.impl, weight_decay=cfg.weight_decay)
     motif = make_motif("sgd", lr=cfg.lr)
     loss = get_loss("ce")
@@ -372,7 +466,7 @@ def make_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> Callable[[]
         steps, state[1] = motif.update(out.deltas.flat(), state[1], circuit.plastic_tensors())
         apply_steps(circuit, steps)
 
-    return local_learning_step
+    return _Step(local_learning_step, lambda: Resident(tensor_bytes(circuit.plastic_tensors()), tensor_bytes(state)))
 
 
 def _sync(device: torch.device) -> None:
@@ -409,7 +503,13 @@ def _cases(cfg: BenchConfig) -> list[Case]:
     cases = []
     main = cfg.dtypes[0]
     for name in cfg.models:
-        cases += [Case(i, tuple(cfg.input_shape), cfg.batch, main, False, name.lower()) for i in cfg.impls]
+        shape, m = tuple(cfg.input_shape), name.lower()
+        cases += [Case(i, shape, cfg.batch, main, False, m) for i in cfg.impls]
+        variants = [i for i in MODEL_VARIANT_IMPLS if i in cfg.impls]
+        if cfg.autocast:
+            cases += [Case(i, shape, cfg.batch, main, False, m, amp=True) for i in variants]
+        if cfg.compile:
+            cases += [Case(i, shape, cfg.batch, main, True, m) for i in variants]
     for sizes, batch in cfg.sizes:
         sz = tuple(int(s) for s in sizes)
         cases += [Case(i, sz, batch, main, False) for i in cfg.impls]
@@ -535,9 +635,11 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
             if f0 is not None and f1 is not None:
                 faults[case].append((f1 - f0) / n)
     memory: dict[Case, int | None] = {}
+    resident: dict[Case, Resident | None] = {}
     for case in cases:
         memory[case] = peak_step_memory(steps[case], device) if cfg.memory else None
-    rows = _rows(cfg, cases, times, per_block, setup, memory)
+        resident[case] = resident_bytes(steps[case]) if cfg.memory else None
+    rows = _rows(cfg, cases, times, per_block, setup, memory, resident)
     for row, case in zip(rows, cases, strict=True):
         row["minor_faults_per_step"] = round(statistics.median(faults[case])) if faults[case] else None
     method = (
@@ -571,17 +673,22 @@ def _rows(
     per_block: dict[Case, int],
     setup: dict[Case, float],
     memory: dict[Case, int | None],
+    resident: dict[Case, Resident | None] | None = None,
 ) -> list[dict[str, Any]]:
     med = {c: statistics.median(times[c]) for c in cases}
-    base = {(c.model, c.sizes, c.batch, c.dtype, c.compiled): c for c in cases if c.impl == BASELINE}
+    base = {(c.model, c.sizes, c.batch, c.dtype, c.compiled, c.amp): c for c in cases if c.impl == BASELINE}
     rows = []
     for c in cases:
-        ref = base.get((c.model, c.sizes, c.batch, c.dtype, c.compiled)) or base.get(
-            (c.model, c.sizes, c.batch, cfg.dtypes[0], False)
+        ref = base.get((c.model, c.sizes, c.batch, c.dtype, c.compiled, c.amp)) or base.get(
+            (c.model, c.sizes, c.batch, cfg.dtypes[0], False, False)
         )
         ts = sorted(times[c])
         q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
         mem, ref_mem = memory[c], memory[ref] if ref is not None else None
+        res = (resident or {}).get(c)
+        ref_res = (resident or {}).get(ref) if ref is not None else None
+        total = mem + res.total if mem is not None and res is not None else None
+        ref_total = ref_mem + ref_res.total if ref_mem is not None and ref_res is not None else None
         rows.append(
             {
                 "impl": c.impl,
@@ -592,6 +699,7 @@ def _rows(
                 "shape": c.shape,
                 "dtype": c.dtype,
                 "compiled": c.compiled,
+                "autocast": "bfloat16" if c.amp else None,
                 "median_ms": med[c] * 1e3,
                 "q1_ms": q1 * 1e3,
                 "q3_ms": q3 * 1e3,
@@ -609,6 +717,10 @@ def _rows(
                 "peak_bytes": mem,
                 "round_ms": [t * 1e3 for t in times[c]],
                 "memory_ratio_to_bp": (mem / ref_mem) if mem is not None and ref_mem else None,
+                "param_bytes": None if res is None else res.parameters,
+                "optimizer_state_bytes": None if res is None else res.optimizer_state,
+                "total_bytes": total,
+                "total_memory_ratio_to_bp": (total / ref_total) if total is not None and ref_total else None,
             }
         )
     return rows
@@ -629,7 +741,7 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     (the ``*-fused`` rows are reported, not checked: they change the baseline's loop as well).
     """
     main = rows[0]["dtype"] if rows else "float32"
-    by = {(r["shape"], r["impl"], r["compiled"]): r for r in rows if r["dtype"] == main}
+    by = {(r["shape"], r["impl"], r["compiled"]): r for r in rows if r["dtype"] == main and not r.get("autocast")}
     out = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         bp, fa = by.get((shape, "bp-autograd", False)), by.get((shape, "fa-autograd", False))
@@ -674,6 +786,14 @@ def _faults(row: dict[str, Any]) -> str:
     return "-" if f is None else f"{f:,}"
 
 
+def _mib(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**20:.2f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results as a markdown table plus the target checks and the method."""
     env = result["environment"]
@@ -688,15 +808,15 @@ def markdown(result: dict[str, Any]) -> str:
         ),
         "",
         "| case (size or model @ batch) | implementation | dtype | step ms (median) | × bp-autograd | samples/s "
-        "| peak step MiB | mem × bp | page faults / step |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| peak step MiB | mem × bp | total MiB | total × bp | page faults / step |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["results"]:
-        mem = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.2f}"
-        mratio = "-" if r["memory_ratio_to_bp"] is None else f"{r['memory_ratio_to_bp']:.2f}"
+        dtype = r["dtype"] + (" → bf16" if r.get("autocast") else "")
         lines.append(
-            f"| {r['shape']} | {r['label']} | {r['dtype']} | {r['median_ms']:.3f} | {r['ratio_to_bp']:.2f} "
-            f"| {r['samples_per_s']:,.0f} | {mem} | {mratio} | {_faults(r)} |"
+            f"| {r['shape']} | {r['label']} | {dtype} | {r['median_ms']:.3f} | {r['ratio_to_bp']:.2f} "
+            f"| {r['samples_per_s']:,.0f} | {_mib(r.get('peak_bytes'))} | {_ratio(r.get('memory_ratio_to_bp'))} "
+            f"| {_mib(r.get('total_bytes'))} | {_ratio(r.get('total_memory_ratio_to_bp'))} | {_faults(r)} |"
         )
     cfg = result.get("config", {})
     if cfg.get("models"):
@@ -716,9 +836,18 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"Timing: {result['timing_method']}. Memory: {result['memory_method']}; bytes above those live at step "
-        "start (parameters and batch excluded). Ratios compare with bp-autograd at the same size and dtype "
-        "(compiled rows with compiled bp-autograd). Page faults: the process's minor page faults per step "
-        "(median over the timed blocks; memory the allocator returned to the system and touches again).",
+        "start (parameters and batch excluded). "
+        + (
+            "Total: that peak plus the memory resident between steps (parameters and buffers, `B` included, and "
+            "the optimiser's state, e.g. momentum of `W` and `B`). "
+            if any(r.get("total_bytes") is not None for r in result["results"])
+            else "Total memory (parameters + optimiser state + peak) was not measured by this run (it predates the "
+            "column). "
+        )
+        + "Ratios compare with bp-autograd at the same size and dtype "
+        "(compiled rows with compiled bp-autograd, autocast rows with autocast bp-autograd). Page faults: the "
+        "process's minor page faults per step (median over the timed blocks; memory the allocator returned to the "
+        "system and touches again).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,5 @@
-"""Dataset loaders: ``digits``, ``mnist1d``, ``teacher``, ``fashion-mnist``, ``idx:<dir>`` and ``cifar10/100:<dir>``.
+"""Dataset loaders: ``digits``, ``mnist1d``, ``teacher``, ``fashion-mnist``, ``idx:<dir>``, ``cifar10/100:<dir>``,
+``imagefolder:<dir>``.
 
 Everything here works offline. Heavy imports (scikit-learn, mnist1d) happen on first use.
 """
@@ -24,6 +25,7 @@ import torch
 from heterograd.data.cifar import CIFAR_PREFIXES, load_cifar
 from heterograd.data.dataset import Dataset
 from heterograd.data.idx import find_idx_files, read_idx
+from heterograd.data.imagefolder import IMAGEFOLDER_PREFIX, load_imagefolder
 from heterograd.errors import HeterogradError, unknown_choice
 
 #: Names accepted by :func:`load_dataset`, besides ``idx:<dir>``.
@@ -86,6 +88,9 @@ def load_dataset(
               Python version), 50000 train / 10000 test, D=3072, ``image_shape`` ``(3, 32, 32)``,
               normalised per channel with the training mean/std; CIFAR-100 uses the 100 fine labels.
               See :func:`heterograd.data.cifar.load_cifar`.
+            - ``imagefolder:<dir>[@SIZE]``: an ImageNet-style folder, ``<dir>/train/<class>/*`` and
+              ``<dir>/val/<class>/*`` images read with Pillow at ``SIZE x SIZE`` (default 32), normalised per
+              channel. See :mod:`heterograd.data.imagefolder`.
         seed: random seed; only ``teacher`` is random, the other datasets are fixed.
         n_train: keep only the first ``n_train`` training examples (``teacher``: generate that many).
         n_test: keep only the first ``n_test`` test examples (``teacher``: generate that many).
@@ -124,6 +129,8 @@ def _load(name: str, seed: object, n_train: object, n_test: object) -> Dataset:
         return _load_idx(stripped, Path(directory).expanduser(), n_train, n_test)
     if stripped.lower().startswith(CIFAR_PREFIXES):
         return load_cifar(stripped, n_train=n_train, n_test=n_test)
+    if stripped.lower().startswith(IMAGEFOLDER_PREFIX):
+        return load_imagefolder(stripped, n_train=n_train, n_test=n_test)
 
     key = stripped.lower().replace("_", "-")
     if key == "fashion-mnist":

@@ -127,32 +127,29 @@ def distributed_local_step(
     return StepOutput(batch_loss.reshape(()), out.trace, out.u, out.deltas, out.rule_state)
 
 
-class DistributedTrainer(Trainer):
-    """:class:`heterograd.train.Trainer` for one rank of a data-parallel run (start it under ``torchrun``).
+class RankMixin:
+    """What every data-parallel trainer of a rank shares: joining the group, one stop for all, rank 0 writes.
 
-    Every rank runs the whole loop on the same global batches; only its local step differs
-    (:func:`distributed_local_step`). Rank 0 writes the run directory and shows progress.
+    Mixed in before a trainer class (``class X(RankMixin, Trainer)``); :meth:`join` runs before the trainer's
+    own ``__init__`` so that a CUDA device becomes this rank's GPU (``cuda:LOCAL_RANK``).
     """
 
-    def __init__(self, config: TrainConfig, dataset: Dataset | None = None) -> None:
+    rank: int
+    world_size: int
+    _stop_signal: int | None
+    device: torch.device
+
+    def join(self, config: TrainConfig) -> None:
+        """Resolve ``config.device`` for this rank and join the process group (sets ``rank``, ``world_size``).
+
+        Any CUDA device becomes this rank's GPU, ``cuda:LOCAL_RANK`` (torchrun's local rank), one GPU per rank.
+        """
         config.device = resolve_device(config.device)
-        if config.device == "cuda":  # one GPU per rank
+        if config.device.startswith("cuda"):  # one GPU per rank (also when resuming a config saved as cuda:0)
             config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         self.rank, self.world_size = init_distributed(config.device)
-        super().__init__(config, dataset)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        dist = _dist()
-        for t in self.circuit.plastic_tensors():  # identical start on every rank, as DDP broadcasts parameters
-            dist.broadcast(t.data, src=0)
-        base = self.local_step
-
-        def step(circuit: Circuit, rule: Rule, rule_state: Any, loss: Loss, x: Tensor, y: Tensor) -> StepOutput:
-            return distributed_local_step(
-                circuit, rule, rule_state, loss, x, y, rank=self.rank, world_size=self.world_size, step_fn=base
-            )
-
-        self.local_step = step
+        if config.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(config.device))
 
     def stop_requested(self) -> bool:
         """Whether any rank was asked to stop (SIGINT/SIGTERM); every rank gets the same answer at the same step.
@@ -173,7 +170,7 @@ class DistributedTrainer(Trainer):
     def fit(self, out_dir: str | Path | None = None, *, progress: bool = True, **kwargs: Any) -> RunResult:
         """As :meth:`Trainer.fit`; ranks other than 0 write nothing and show no progress."""
         lead = self.rank == 0
-        return super().fit(out_dir if lead else None, progress=progress and lead, **kwargs)
+        return super().fit(out_dir if lead else None, progress=progress and lead, **kwargs)  # type: ignore[misc]
 
     def close(self) -> None:
         """Leave the process group together: a barrier (rank 0 has written its files), then destroy the group.
@@ -187,8 +184,32 @@ class DistributedTrainer(Trainer):
             dist.destroy_process_group()
 
 
+class DistributedTrainer(RankMixin, Trainer):
+    """:class:`heterograd.train.Trainer` for one rank of a data-parallel run (start it under ``torchrun``).
+
+    Every rank runs the whole loop on the same global batches; only its local step differs
+    (:func:`distributed_local_step`). Rank 0 writes the run directory and shows progress.
+    """
+
+    def __init__(self, config: TrainConfig, dataset: Dataset | None = None) -> None:
+        self.join(config)
+        super().__init__(config, dataset)
+        dist = _dist()
+        for t in self.circuit.plastic_tensors():  # identical start on every rank, as DDP broadcasts parameters
+            dist.broadcast(t.data, src=0)
+        base = self.local_step
+
+        def step(circuit: Circuit, rule: Rule, rule_state: Any, loss: Loss, x: Tensor, y: Tensor) -> StepOutput:
+            return distributed_local_step(
+                circuit, rule, rule_state, loss, x, y, rank=self.rank, world_size=self.world_size, step_fn=base
+            )
+
+        self.local_step = step
+
+
 __all__ = [
     "DistributedTrainer",
+    "RankMixin",
     "allreduce_weighted",
     "distributed_local_step",
     "init_distributed",

@@ -27,6 +27,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "dynamics",
     "plasticity_curve",
     "convnets",
+    "language",
 )
 """Modules (relative to this package) that register experiments, in report order."""
 

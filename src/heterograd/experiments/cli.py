@@ -1,4 +1,5 @@
-"""``heterograd repro NAME|all --out DIR [--quick] [--seed S]``.
+"""``heterograd repro NAME|all --out DIR [--quick] [--seed S]``; ``heterograd repro report --out DIR``;
+``heterograd repro docs [--check] [--root DIR]`` (the generated blocks of the docs, :mod:`.docgen`).
 
 Exit codes (so CI and scripts notice): 0 every claim run holds; 1 at least one claim does not hold;
 3 at least one experiment crashed (takes precedence over 1); 2 a usage error (bad name or option).
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from ..errors import HeterogradError
 
 EXIT_HOLDS = 0
 EXIT_DOES_NOT_HOLD = 1
@@ -26,6 +29,23 @@ def exit_code(summaries: list[dict]) -> int:
     return EXIT_HOLDS
 
 
+def _docs(root: Path, *, check: bool, quick: bool, seed: int) -> None:
+    """``heterograd repro docs``: rewrite (or ``check``) the generated blocks under ``root``."""
+    from .docgen import generate_docs
+
+    if quick or seed != 0:
+        raise HeterogradError("--quick and --seed do not apply to `repro docs` (it runs nothing); drop them")
+    results = generate_docs(root, check=check)
+    stale = [r for r in results if not r.current]
+    for r in results:
+        state = "current" if r.current else ("STALE" if check else "rewritten")
+        typer.echo(f"{state:9s} {r.file.relative_to(root) if r.file.is_relative_to(root) else r.file}:{r.line} {r.key}")
+    typer.echo(f"{len(results)} generated block(s), {len(stale)} {'stale' if check else 'rewritten'}")
+    if check and stale:
+        typer.echo("some docs disagree with their committed JSON: run `heterograd repro docs` and commit", err=True)
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``repro`` command to the main app."""
 
@@ -33,7 +53,10 @@ def register(app: typer.Typer) -> None:
     def repro(
         name: Annotated[
             str,
-            typer.Argument(help="experiment name, 'all', or 'report' (rebuild OUT/report.md from OUT/*/summary.json)"),
+            typer.Argument(
+                help="experiment name, 'all', 'report' (rebuild OUT/report.md from OUT/*/summary.json) or 'docs' "
+                "(rewrite the generated blocks of README.md and docs/*.md from the committed JSON)"
+            ),
         ],
         out: Annotated[Path, typer.Option(help="results folder; each experiment writes out/NAME/")] = Path(
             "results/repro"
@@ -43,6 +66,15 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[
             bool, typer.Option(help="progress bars on a terminal (a log gets two lines per experiment)")
         ] = True,
+        check: Annotated[
+            bool,
+            typer.Option(
+                "--check", help="with 'docs': rewrite nothing, exit 1 if a generated block differs from its JSON"
+            ),
+        ] = False,
+        root: Annotated[
+            Path | None, typer.Option(help="with 'docs': the repository root holding README.md and docs/ [default: .]")
+        ] = None,
     ) -> None:
         """Reproduce a claim of the theory (docs/theory.md) as a figure, the measured numbers and a verdict.
 
@@ -57,6 +89,11 @@ def register(app: typer.Typer) -> None:
         # the training runs inside an experiment show bars on a terminal only: in a log, the two lines
         # per experiment below are its progress
         progress = progress and is_terminal(sys.stderr)
+        if name == "docs":
+            _docs(root or Path("."), check=check, quick=quick, seed=seed)
+            return
+        if check or root is not None:
+            raise HeterogradError(f"--check and --root apply only to `heterograd repro docs`, not {name!r}; drop them")
         if name == "report":  # no experiment runs: the report of what earlier `repro NAME` runs left in --out
             from .report import collect_summaries
 

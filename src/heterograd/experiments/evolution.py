@@ -20,6 +20,12 @@ LAST_K = 5  # the verdict averages the last LAST_K generations (fixed in advance
 RATIO_MAX = 1.5
 
 
+def judge(ratio_last: float, dc_last: float, ref_dc_last: float) -> bool:
+    """The verdict from the last generations' means: median loss within :data:`RATIO_MAX` of the reference's and
+    median DC score at least the reference's. NaN (every rule diverged) fails both."""
+    return bool(ratio_last <= RATIO_MAX and dc_last >= ref_dc_last)
+
+
 @experiment("evolution")
 def run(ctx: Context) -> Verdict:
     """Evolution of plasticity rules reaches the bilinear rule's loss and dynamical consistency."""
@@ -37,7 +43,7 @@ def run(ctx: Context) -> Verdict:
     ratio_last = mean_std([r["median_over_reference"] for r in last])[0]
     dc_last = mean_std([r["median_dc_score"] for r in last])[0]
     ref_dc_last = mean_std([r["reference_median_dc_score"] for r in last])[0]
-    holds = ratio_last <= RATIO_MAX and dc_last >= ref_dc_last  # NaN (all diverged) fails both
+    holds = judge(ratio_last, dc_last, ref_dc_last)  # NaN (all diverged) fails both
     measured = {
         f"last_{LAST_K}_mean_median_over_reference": ratio_last,
         f"last_{LAST_K}_mean_median_dc_score": dc_last,

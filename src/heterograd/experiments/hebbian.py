@@ -57,6 +57,15 @@ def _alignments(circuit: Circuit, x: torch.Tensor, y: torch.Tensor) -> list[floa
     return out
 
 
+def judge(means: list[float], out_noise: list[float], out_clean: list[float]) -> bool:
+    """The verdict from the mean alignment per λ (increasing λ) and the output layer's alignment per noise-test λ
+    with label noise (``out_noise``) and without (``out_clean``): strictly increasing in λ, above 0.5 at the
+    largest λ, anti-Hebbian (< 0) with label noise and Hebbian (> 0) on true targets. NaN fails every test."""
+    increasing = all(b > a for a, b in itertools.pairwise(means))
+    top = means[-1]
+    return bool(increasing and top > 0.5 and all(v < 0 for v in out_noise) and all(v > 0 for v in out_clean))
+
+
 @experiment("hebbian")
 def run(ctx: Context) -> Verdict:
     """Near stationarity the update aligns with the Hebbian direction, more with larger λ; anti-Hebbian under noise."""
@@ -100,7 +109,6 @@ def _run(ctx: Context) -> Verdict:
     mean_over_layers = {lam: [mean_std(r)[0] for r in clean[lam]] for lam in lambdas}
     means = [mean_std(mean_over_layers[lam])[0] for lam in lambdas]
     increasing = all(b > a for a, b in itertools.pairwise(means))
-    top = means[-1]
     ref = {lam: clean[lam] if lam in clean else clean_extra[lam] for lam in noise_lambdas}
     out_noise = [mean_std([r[L - 1] for r in noisy[lam]])[0] for lam in noise_lambdas]
     out_clean = [mean_std([r[L - 1] for r in ref[lam]])[0] for lam in noise_lambdas]
@@ -142,7 +150,7 @@ def _run(ctx: Context) -> Verdict:
     figures = [save_figure(fig, ctx.out, "hebbian.png")]
 
     # means over all seeds: a diverged run makes its mean NaN, which fails every comparison
-    holds = increasing and top > 0.5 and all(v < 0 for v in out_noise) and all(v > 0 for v in out_clean)
+    holds = judge(means, out_noise, out_clean)
     measured: dict[str, Any] = {
         "alignment_mean_over_layers_by_lambda": {f"{lam:g}": m for lam, m in zip(lambdas, means, strict=True)},
         "alignment_by_lambda_and_layer": {

@@ -61,6 +61,15 @@ def _residuals(circuit: Circuit, c: float) -> list[float]:
     return out
 
 
+DECAY_TOL = 1e-6  # max relative deviation of ‖B - cWᵀ‖ from the closed form (1 - ηλ)^t
+
+
+def judge(max_rel_err: float, max_phi_err: float, counted_learn: bool, control_flagged: bool) -> bool:
+    """The verdict: the decay follows its closed form, every counted φ_l reaches Π c, every counted circuit keeps
+    learning and the c < 0 control is flagged as not learning. A NaN error fails."""
+    return max_rel_err < DECAY_TOL and max_phi_err < PHI_REL_TOL and counted_learn and control_flagged
+
+
 @experiment("hs")
 def run(ctx: Context) -> Verdict:
     """Heterosynaptic stability: ||B - cWᵀ|| decays as (1-ηλ)^t and φ_l converges to Π_{k>l} c."""
@@ -214,10 +223,10 @@ def _run(ctx: Context) -> Verdict:
     fig.suptitle(f"HS: φ_l converges to Π_(k>l) c  (λ={lam_b}, η={LR})")
     figures.append(save_figure(fig, ctx.out, "hs_phi.png"))
 
-    tol_decay = 1e-6
+    tol_decay = DECAY_TOL
     counted_learn = all(all(learning[c]) for c in checked)
     control_flagged = not any(learning[control])
-    holds = max_rel_err < tol_decay and max_phi_err < PHI_REL_TOL and counted_learn and control_flagged
+    holds = judge(max_rel_err, max_phi_err, counted_learn, control_flagged)
     measured: dict[str, Any] = {
         "max_rel_error_vs_closed_form": max_rel_err,
         "max_rel_phi_error": max_phi_err,

@@ -54,6 +54,14 @@ def markdown_table(acc: dict[str, dict[str, float]], chance: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def judge(acc: dict[str, dict[str, float]], chance: float) -> bool:
+    """The verdict from test accuracies ``acc[motif][rule]``: fa and hsp above ``chance`` + :data:`CHANCE_MARGIN`
+    under every motif, and hsp within :data:`HSP_GAP` of bp under each. A NaN accuracy (diverged) fails."""
+    local_min = min(acc[m][r] for m in MOTIF_SETTINGS for r in ("fa", "hsp"))
+    gaps = [acc[m]["hsp"] - acc[m]["bp"] for m in MOTIF_SETTINGS]
+    return bool(local_min >= chance + CHANCE_MARGIN and all(g >= -HSP_GAP for g in gaps))
+
+
 @experiment("optimizers")
 def run(ctx: Context) -> Verdict:
     """Optimiser motifs on local rules: with random feedback every motif still learns; hsp ≈ bp per motif."""
@@ -141,7 +149,7 @@ def _run(ctx: Context) -> Verdict:
     # ---------------------------------------------------------------- verdict
     local_min = min(acc[m][r] for m in MOTIF_SETTINGS for r in ("fa", "hsp"))
     gaps = {m: acc[m]["hsp"] - acc[m]["bp"] for m in MOTIF_SETTINGS}
-    holds = local_min >= chance + CHANCE_MARGIN and all(g >= -HSP_GAP for g in gaps.values())
+    holds = judge(acc, chance)
     measured = {
         "data": s["data"],
         "chance": chance,

@@ -100,3 +100,42 @@ class GPT(nn.Module):
         for b in self.blocks:
             x = b(x)
         return self.head(self.ln(x))
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompt: Tensor,
+    chars: int,
+    *,
+    block: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sample ``chars`` tokens after ``prompt`` from a causal language model, one at a time.
+
+    Args:
+        model: maps ``(1, T)`` token ids (``T <= block``) to ``(1, T, V)`` logits.
+        prompt: ``(P,)`` token ids (``P >= 1``); only its last ``block`` tokens are read.
+        chars: how many tokens to draw.
+        block: the longest context the model reads; the context is cut to the last ``block`` tokens.
+        temperature: logits are divided by it before the softmax (below 1: more likely characters).
+        generator: the seeded source of the draws (CPU).
+
+    Returns:
+        ``(chars,)`` the drawn token ids (token 0, the unknown token, is never drawn).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        ids = prompt.reshape(1, -1).long()
+        out = []
+        for _ in range(chars):
+            logits = model(ids[:, -block:])[0, -1].float().cpu() / temperature
+            logits[0] = -math.inf
+            nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            out.append(int(nxt))
+            ids = torch.cat([ids, nxt.to(ids.device).view(1, 1)], dim=1)
+        return torch.tensor(out, dtype=torch.long)
+    finally:
+        model.train(was_training)

@@ -1,6 +1,6 @@
 """Any ``torch.nn`` model learns by local plasticity: :func:`convert`, the plastic layers and :func:`probe`."""
 
-from .convert import FEEDBACK_INITS, convert, plastic_layers
+from .convert import FEEDBACK_INITS, NORM_FEEDBACK, convert, plastic_layers
 from .layers import (
     PlasticBatchNorm1d,
     PlasticBatchNorm2d,
@@ -18,6 +18,7 @@ from .probe import ProbeReport, probe
 
 __all__ = [
     "FEEDBACK_INITS",
+    "NORM_FEEDBACK",
     "PlasticBatchNorm1d",
     "PlasticBatchNorm2d",
     "PlasticBatchNorm3d",

@@ -3,7 +3,9 @@
 Every ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Embedding`` becomes a plastic equivalent (same
 module object and parameters; its class is swapped) that carries its own feedback weights ``B``;
 BatchNorm / LayerNorm / GroupNorm affine parameters learn by the local rule ``Δγ = -mean(u ⊙ x̂)``,
-``Δβ = -mean(u)``. Parameter-free modules need nothing. A module with trainable parameters that no synapse
+``Δβ = -mean(u)``; the feedback crosses them exactly (through the batch statistics: backprop's derivative,
+under every rule) or, with ``norm_feedback="local"``, by ``γ/σ`` per channel (:data:`NORM_FEEDBACK`).
+Parameter-free modules need nothing. A module with trainable parameters that no synapse
 type covers is an error (all of them named at once): nothing is silently trained by autograd.
 """
 
@@ -20,6 +22,7 @@ from ..errors import HeterogradError, unknown_choice
 from ..rules import RULES, Rule, make_rule
 from ..synapses import DENSE, Conv, Embedding, Synapse
 from .layers import (
+    NORM_FEEDBACK,
     DirectContext,
     PlasticBatchNorm1d,
     PlasticBatchNorm2d,
@@ -149,6 +152,7 @@ def convert(
     feedback_init: str | None = None,
     seed: int = 0,
     example_input: Tensor | None = None,
+    norm_feedback: str = "exact",
     **rule_options: Any,
 ) -> nn.Module:
     """Make every plastic connection of ``model`` learn by ``rule``, in place; returns ``model``.
@@ -163,6 +167,12 @@ def convert(
             that carry a ``B`` (plastic or frozen).
         seed: seeds every random feedback matrix (and the per-layer generators of ``brsf``).
         example_input: a batch the model accepts; required by ``dfa`` (it sizes each layer's ``D``).
+        norm_feedback: how the feedback crosses BatchNorm / LayerNorm / GroupNorm layers: ``"exact"`` (default:
+            the normalisation's full derivative, for BatchNorm in training mode through the batch mean and
+            variance, which couples the samples of a batch; the same under every rule) or ``"local"``
+            (``u ⊙ γ/σ`` per channel, statistics held fixed: BatchNorm's batch ``σ`` in training mode, its
+            running ``σ`` in eval mode; LayerNorm's and GroupNorm's per-sample ``σ``). ``"local"`` on a model
+            without a normalisation layer to convert is an error.
         **rule_options: the rule's hyperparameters, e.g. ``weight_decay=1e-4``, ``feedback_gain=0.5``.
 
     The loop is the standard one: ``loss.backward()`` is the t' sweep, after which each plastic parameter's
@@ -171,8 +181,9 @@ def convert(
     (``None``) when the rule derives the transport from ``W`` (``bp``, ``usf``, ``brsf``).
 
     Raises:
-        HeterogradError: an unknown rule or option, a rule that does not apply to converted models, a
-        module with trainable parameters no synapse type covers (all named), a model converted twice.
+        HeterogradError: an unknown rule or option (``norm_feedback`` included, or ``"local"`` without a norm
+        layer), a rule that does not apply to converted models, a module with trainable parameters no synapse
+        type covers (all named), a model converted twice.
     """
     if not isinstance(model, nn.Module):
         raise HeterogradError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
@@ -186,6 +197,8 @@ def convert(
         if feedback_init not in FEEDBACK_INITS:
             raise unknown_choice("feedback init", feedback_init, FEEDBACK_INITS)
     init = feedback_init or "random"
+    if norm_feedback not in NORM_FEEDBACK:
+        raise unknown_choice("norm feedback", norm_feedback, NORM_FEEDBACK)
     if r.feedback == "direct" and example_input is None:
         raise HeterogradError("rule 'dfa' sizes each layer's direct feedback D: pass example_input=<a batch>")
     if r.feedback != "direct" and example_input is not None:
@@ -213,11 +226,17 @@ def convert(
         )
     if bad:
         raise HeterogradError(_unsupported_message(bad))
+    if norm_feedback != "exact" and not any(not is_syn for _, _, _, is_syn in plan):
+        raise HeterogradError(
+            f"norm_feedback={norm_feedback!r} sets the feedback through normalisation layers, and this model has "
+            "none with trainable parameters; drop norm_feedback"
+        )
 
     gen = torch.Generator().manual_seed(int(seed))
     in_shapes: dict[str, tuple[int, ...]] = {}
     needs_feedback: dict[str, bool] = {}  # dfa: does the layer's input receive feedback (anything plastic upstream)?
     out_size = 0
+    out_shape: tuple[int, ...] = ()  # dfa: the model's output shape (n, ..., K)
     if r.feedback == "direct":
         assert example_input is not None
 
@@ -242,13 +261,14 @@ def convert(
                     b.copy_(v)
         if not isinstance(out, Tensor):
             raise HeterogradError("dfa needs a model whose output is one tensor (the output error is taken there)")
+        out_shape = tuple(out.shape)
         out_size = out[0].numel()
     direct = DirectContext() if r.feedback == "direct" else None
 
     for k, (name, m, base, is_syn) in enumerate(plan):
         if not is_syn:
             m.__class__ = _NORM_TYPES[base]
-            m.plasticity = Plasticity(r, None, name)  # type: ignore[assignment]
+            m.plasticity = Plasticity(r, None, name, norm_feedback=norm_feedback)  # type: ignore[assignment]
             continue
         syn = _synapse_of(name, m, base)
         W: Tensor = m.weight  # type: ignore[assignment]
@@ -263,6 +283,11 @@ def convert(
                 raise HeterogradError(f"dfa: layer {name!r} was not used by the example input's forward pass")
             if not needs_feedback[name]:  # e.g. the first layer: its input (the data) takes no feedback
                 m.register_buffer("feedback", None)
+                continue
+            if base is nn.Linear and len(shape) > 2 and shape[:-1] == out_shape[:-1]:
+                # a sequence (n, T, d_in) with one output per position: D (K, d_in) shared by the positions,
+                # each position's feedback from its own output error (per-token DFA, as in published transformers)
+                m.register_buffer("feedback", _direct_feedback(W, syn, (shape[0], shape[-1]), out_shape[-1], gen))
                 continue
             m.register_buffer("feedback", _direct_feedback(W, syn, shape, out_size, gen))
         else:
@@ -283,7 +308,9 @@ def _direct_feedback(W: Tensor, syn: Synapse, in_shape: tuple[int, ...], K: int,
       the published implementations do it; at t' the output error ``e`` ``(n, K)``, spread over the layer's
       output positions (the rule's ``spread``), is sent to the input by the convolution transpose with ``D``
       (same stride, padding, dilation; no groups: every class reaches every input channel).
-    * dense (input ``(n, *F)``): a matrix ``(K, *F)``, ``v = e D``.
+    * dense (input ``(n, *F)``): a matrix ``(K, *F)``, ``v = e D``. A sequence layer (input ``(n, T, d)``, one
+      output ``(n, T, K)`` per position) is passed ``in_shape = (n, d)`` and ``K`` per position: ``D`` ``(K, d)``,
+      shared by the positions.
 
     Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (:func:`xavier_bound`), i.e.
     normalised by the mean of ``D``'s forward fan-in (``C_in·∏k``, dense ``∏F``) and its feedback fan-in
@@ -321,4 +348,4 @@ def plastic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PlasticModule)]
 
 
-__all__ = ["FEEDBACK_INITS", "convert", "plastic_layers"]
+__all__ = ["FEEDBACK_INITS", "NORM_FEEDBACK", "convert", "plastic_layers"]

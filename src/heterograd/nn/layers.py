@@ -46,6 +46,9 @@ class Plasticity:
         generator: the layer's own seeded generator (batchwise-random feedback), or ``None``.
         direct: the shared output-error holder of direct feedback alignment, or ``None``.
         exact: probes only: transport with ``W`` and return the true gradient (a bp pass).
+        norm_feedback: normalisation layers only: ``"exact"`` (the derivative of the normalisation, through its
+            batch / sample statistics) or ``"local"`` (``γ/σ`` per channel, the statistics held fixed); see
+            :data:`NORM_FEEDBACK`. Probes' true-gradient pass always uses ``"exact"``.
         record: probes only: when a dict, the backward stores ``u``, ``h``, ``p`` and the returned ``W`` grad.
         device: hardware hook (set by :func:`heterograd.hardware.attach`), ``None`` by default (no cost): the
             forward multiplies with ``device.read_forward(W, b)`` and the feedback transports with
@@ -58,6 +61,7 @@ class Plasticity:
     generator: torch.Generator | None = None
     direct: DirectContext | None = None
     exact: bool = False
+    norm_feedback: str = "exact"
     record: dict[str, Tensor] | None = field(default=None, repr=False)
     device: Any = field(default=None, repr=False)
     keep_potential: bool = field(init=False)
@@ -66,6 +70,23 @@ class Plasticity:
     def __post_init__(self) -> None:
         self.keep_potential = self.rule.needs_potential()
         self.plastic_feedback = self.rule.feedback == "plastic"
+
+
+NORM_FEEDBACK: tuple[str, ...] = ("exact", "local")
+"""How feedback crosses a normalisation layer ``y = γ ⊙ (x - μ)/σ + β`` at t'.
+
+``exact`` (the default): the full derivative of the normalisation, as backprop's: BatchNorm's runs through the
+batch statistics ``μ``, ``σ`` (``native_batch_norm_backward``), so in training mode the feedback to one sample
+depends on every sample of the batch; LayerNorm's and GroupNorm's run through each sample's own statistics.
+This holds under every rule. ``local``: ``v = u ⊙ γ/σ``, the per-channel gain of the layer with its statistics
+held fixed (BatchNorm: the batch ``σ`` the forward divided by in training mode, the running ``σ`` in eval
+mode; LayerNorm / GroupNorm: each sample's ``σ``), with no coupling across samples or channels.
+"""
+
+
+def _local_norm(pl: Plasticity) -> bool:
+    """Feedback through a norm layer by ``γ/σ`` only (not in the probes' true-gradient pass)."""
+    return pl.norm_feedback == "local" and not pl.exact
 
 
 def _weight_decay(rule: Rule) -> float:
@@ -79,7 +100,8 @@ def _direct_transport(pl: Plasticity, D: Tensor | None, x: Tensor, g: Tensor) ->
     output positions (those of ``g`` ``(n, C_out, *S')``): ``e/P`` at each (the rule's ``spread="mean"``,
     the adjoint of global average pooling) or ``e`` at each (``spread="repeat"``, as biotorch), then sent back
     by the convolution transpose with ``D`` (the layer's stride, padding and dilation) to ``(n, C_in, *S)``.
-    Dense layer (``D`` ``(K, ...)``): ``e D``.
+    Dense layer (``D`` ``(K, ...)``): ``e D``; a sequence layer (``x`` ``(n, T, d)``, ``e`` ``(n, T, K)``,
+    ``D`` ``(K, d)``) gets ``e_t D`` at each position ``t`` (per-token DFA).
     """
     assert pl.direct is not None
     e = pl.direct.e
@@ -93,6 +115,8 @@ def _direct_transport(pl: Plasticity, D: Tensor | None, x: Tensor, g: Tensor) ->
             f"dfa layer {pl.name!r}: its input needs feedback but the layer has no direct feedback D (its input "
             "took none when the model was converted); convert the model again after changing what is trainable"
         )
+    if D.dim() == 2 and e.dim() > 2 and e.shape[:-1] == x.shape[:-1] and D.shape[1] == x.shape[-1]:
+        return e.to(D.dtype) @ D  # per position: (n, T, K) @ (K, d_in) -> (n, T, d_in)
     n = x.shape[0]
     e = e.reshape(n, -1).to(D.dtype)
     syn = pl.synapse
@@ -259,10 +283,18 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x, gamma, beta, rm, rv, mean, invstd = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        local = _local_norm(ctx.pl)
+        mask = [ctx.needs_input_grad[0] and not local, ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        g = g.contiguous()
         gx, gg, gb = torch.ops.aten.native_batch_norm_backward(
-            g.contiguous(), x, gamma, rm, rv, mean, invstd, ctx.training, ctx.eps, mask
+            g, x, gamma, rm, rv, mean, invstd, ctx.training, ctx.eps, mask
         )
+        if local and ctx.needs_input_grad[0]:  # u ⊙ γ/σ per channel; σ: the one the forward divided by
+            if not ctx.training or invstd.numel() == 0:
+                assert rv is not None
+                invstd = torch.rsqrt(rv + ctx.eps)
+            view = (1, -1) + (1,) * (x.dim() - 2)
+            gx = g * (gamma * invstd.to(gamma.dtype)).view(view)
         lam = 0.0 if ctx.pl.exact else _weight_decay(ctx.pl.rule)
         if lam and gg is not None:
             gg.add_(gamma, alpha=lam)
@@ -289,10 +321,16 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x, gamma, beta, mean, rstd = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], beta is not None and ctx.needs_input_grad[2]]
-        gx, gg, gb = torch.ops.aten.native_layer_norm_backward(
-            g.contiguous(), x, ctx.shape, mean, rstd, gamma, beta, mask
-        )
+        local = _local_norm(ctx.pl)
+        mask = [
+            ctx.needs_input_grad[0] and not local,
+            ctx.needs_input_grad[1],
+            beta is not None and ctx.needs_input_grad[2],
+        ]
+        g = g.contiguous()
+        gx, gg, gb = torch.ops.aten.native_layer_norm_backward(g, x, ctx.shape, mean, rstd, gamma, beta, mask)
+        if local and ctx.needs_input_grad[0]:  # u ⊙ γ/σ, σ: each sample's own (rstd (*lead, 1, ...))
+            gx = g * gamma * rstd.to(g.dtype)
         lam = 0.0 if ctx.pl.exact else _weight_decay(ctx.pl.rule)
         if lam and gg is not None:
             gg.add_(gamma, alpha=lam)
@@ -307,6 +345,22 @@ def _needs_plastic_norm(x: Tensor, gamma: Tensor | None, beta: Tensor | None) ->
         and torch.is_grad_enabled()
         and (x.requires_grad or gamma.requires_grad or (beta is not None and beta.requires_grad))
     )
+
+
+def _group_norm_fixed_stats(x: Tensor, groups: int, eps: float, pl: Plasticity) -> Tensor:
+    """``x̂`` ``(n, C, ...)`` of GroupNorm whose feedback is ``u / σ`` (local mode): the statistics are held fixed.
+
+    In the probes' true-gradient pass (``pl.exact``) the statistics are part of the graph again, so the pass
+    stays the exact gradient.
+    """
+    if pl.exact:
+        return F.group_norm(x, groups, None, None, eps)
+    n = x.shape[0]
+    xg = x.reshape(n, groups, -1)
+    with torch.no_grad():
+        var, mean = torch.var_mean(xg, dim=2, unbiased=False, keepdim=True)
+        rstd = torch.rsqrt(var + eps)
+    return ((xg - mean) * rstd).reshape(x.shape)
 
 
 # --------------------------------------------------------------------------- plastic modules
@@ -405,12 +459,16 @@ class PlasticGroupNorm(nn.GroupNorm, PlasticModule):
     """``nn.GroupNorm`` whose per-channel affine ``γ``, ``β`` ``(C,)`` learn by the local rule."""
 
     def forward(self, x: Tensor) -> Tensor:
-        xhat = F.group_norm(x, self.num_groups, None, None, self.eps)
+        if self.plasticity.norm_feedback == "local" and torch.is_grad_enabled() and x.requires_grad:
+            xhat = _group_norm_fixed_stats(x, self.num_groups, self.eps, self.plasticity)
+        else:
+            xhat = F.group_norm(x, self.num_groups, None, None, self.eps)
         view = (1, -1) + (1,) * (x.dim() - 2)
         return _affine(xhat, self.weight, self.bias, view, self.plasticity)
 
 
 __all__ = [
+    "NORM_FEEDBACK",
     "AffineFunction",
     "BatchNormFunction",
     "DirectContext",

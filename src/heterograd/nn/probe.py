@@ -79,13 +79,19 @@ def _pass(
     exact: bool,
     seed: int,
 ) -> tuple[dict[str, dict[str, Tensor]], int]:
+    from .convert import plastic_layers
+
     pls: list[Plasticity] = [m.plasticity for _, m in layers]  # type: ignore[attr-defined]
+    # norm layers: the true-gradient pass takes their exact derivative, whatever their norm_feedback
+    norms = [m.plasticity for _, m in plastic_layers(model) if m.plasticity.synapse is None]  # type: ignore[union-attr]
     records: dict[str, dict[str, Tensor]] = {n: {} for n, _ in layers}
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     params = [p for p in model.parameters() if p.requires_grad]
     try:
         for (n, _), pl in zip(layers, pls, strict=True):
             pl.record, pl.exact = records[n], exact
+        for pl in norms:
+            pl.exact = exact
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(seed)
             out = model(x)
@@ -94,6 +100,8 @@ def _pass(
     finally:
         for pl in pls:
             pl.record, pl.exact = None, False
+        for pl in norms:
+            pl.exact = False
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
