@@ -119,6 +119,7 @@ def lenet5_learns(acc: float, readout: float) -> bool:
     return acc > readout + LENET_MARGIN
 
 
+@pytest.mark.needs_data("fashion-mnist")
 def test_lenet5_on_fashion_mnist_from_the_command_line(capsys, tmp_path):
     """The issue's done-check, small: ``train --model lenet5 --data fashion-mnist --rule hsp`` learns: its test
     accuracy beats the readout-only baseline of the same run by :data:`LENET_MARGIN`."""

@@ -24,6 +24,23 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        typer.echo(f"heterograd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    pass
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -375,18 +392,26 @@ def demo(
     epochs: Annotated[int, typer.Option(help="epochs per rule")] = 20,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     progress: Annotated[bool, typer.Option(help="progress bars on a terminal, a few lines per rule in a log")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="clear earlier demo runs in --out first")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="also replace a demo output written before 0.2.0 (no marker file)")
+    ] = False,
 ) -> None:
-    """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes."""
+    """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes.
+
+    Runs again in the same --out: it replaces its own earlier output (marked by a .heterograd-demo.json file)
+    and refuses a non-empty folder it did not write.
+    """
     from .data import load_dataset
-    from .results import write_json
+    from .results import prepare_owned_dir, write_json
     from .train import TrainConfig, Trainer
 
+    rules = ("bp", "fa", "hsp")
     ds = load_dataset("digits")
+    prepare_owned_dir(out, "demo", [*rules, "demo.json", "demo.md"], overwrite=overwrite)
     summaries = []
-    for rule in ("bp", "fa", "hsp"):
+    for rule in rules:
         res = Trainer(TrainConfig(data="digits", rule=rule, epochs=epochs, seed=seed), ds).fit(
-            out / rule, progress=progress, overwrite=overwrite
+            out / rule, progress=progress
         )
         summaries.append(res.summary)
     table = results_table(summaries, title=f"digits, 64-128-128-10 tanh, {epochs} epochs, seed {seed}")

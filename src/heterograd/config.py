@@ -1,7 +1,7 @@
-"""Configuration of a training run: :class:`TrainConfig`, the validation of every field, config files.
+"""Configuration of a training run: `TrainConfig`, the validation of every field, config files.
 
-Kept apart from the loop (:mod:`heterograd.train`) so that the command line, experiments and
-evolution can build and check a configuration without importing the trainer. :func:`load_config_file`
+Kept apart from the loop (`heterograd.train`) so that the command line, experiments and
+evolution can build and check a configuration without importing the trainer. `load_config_file`
 reads a TOML, YAML or JSON file with the keys of a run's ``config.json`` (``heterograd train --config``).
 """
 
@@ -39,10 +39,10 @@ class TrainConfig:
     Defaults reproduce ``heterograd train --data digits --rule hsp``.
 
     ``weight_decay``, ``feedback_gain`` and ``density`` default to ``None``, "not set":
-    :meth:`validate` fills in the default (``1e-4``, ``1.0``, ``1.0``) only where the rule or the
+    `validate` fills in the default (``1e-4``, ``1.0``, ``1.0``) only where the rule or the
     topology uses it, and leaves ``None`` where it would be ignored, so ``config.json`` never
     records a value that had no effect. Setting one where it has no effect (``feedback_gain``
-    with ``fa``, ``density`` with ``layered``) is a :class:`HeterogradError`.
+    with ``fa``, ``density`` with ``layered``) is a `HeterogradError`.
     """
 
     data: str = "digits"
@@ -84,7 +84,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
 
     def validate(self) -> TrainConfig:
-        """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
+        """Check every field; raise `HeterogradError` naming the first problem and the fix."""
         for name in ("rule", "activation", "topology", "feedback_init", "optimizer", "dtype", "device"):
             v = getattr(self, name)
             if not isinstance(v, str):
@@ -337,7 +337,7 @@ def _check_amp(amp: object, dtype: str, device: str) -> None:
 RULE_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}  # where the rule has them
 MASKED_TOPOLOGIES = ("sparse", "amorphous")  # the topologies --density applies to
 
-#: ``--model`` names: the zoo of :mod:`heterograd.models`, the small transformer (``--data sorting``) and the same
+#: ``--model`` names: the zoo of `heterograd.models`, the small transformer (``--data sorting``) and the same
 #: transformer as a character-level language model (``gpt``, ``--data text:PATH`` or ``pystdlib``).
 MODULE_MODELS: tuple[str, ...] = (*MODELS, "transformer", "gpt")
 #: sequence tasks (inputs are token indices): only for a ``--model`` that reads tokens.
@@ -384,7 +384,7 @@ _FORMATS = {".json": "JSON", ".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON (``.json``) file into a mapping.
 
-    Raises :class:`HeterogradError` for a missing file, another suffix, a syntax error or a file whose
+    Raises `HeterogradError` for a missing file, another suffix, a syntax error or a file whose
     top level is not a table / mapping / object.
     """
     p = Path(path)
@@ -429,11 +429,11 @@ def _load_yaml(text: str) -> Any:
 def load_config_file(
     path: str | Path, schema: type = TrainConfig, recorded_only: frozenset[str] = RECORDED_ONLY
 ) -> dict[str, Any]:
-    """Read a config file and check it against the fields of ``schema`` (a dataclass, default :class:`TrainConfig`).
+    """Read a config file and check it against the fields of ``schema`` (a dataclass, default `TrainConfig`).
 
     The file has the same keys as the ``config.json`` a run writes (so that file reproduces the run); the
     keys in ``recorded_only`` (for training runs ``environment`` and ``rule_equation``) are accepted and
-    dropped. Any other unknown key, or a value of the wrong type, raises one :class:`HeterogradError` naming
+    dropped. Any other unknown key, or a value of the wrong type, raises one `HeterogradError` naming
     the key. Lists become tuples where the field is a tuple. Returns ``{field: value}`` for
     ``schema(**values)``; value ranges are checked later by ``schema.validate()``.
     """

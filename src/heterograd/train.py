@@ -6,7 +6,7 @@ Functional core::
     steps, motif_state = motif.update(out.deltas.flat(), motif_state, tensors)
     apply_steps(circuit, steps)                                # the only mutation
 
-and :class:`Trainer`, which runs epochs, logs probes, evaluates, detects
+and `Trainer`, which runs epochs, logs probes, evaluates, detects
 divergence and writes the run directory (``config.json``, ``metrics.csv``,
 ``summary.json``, ``timing.json``, ``loss.png``, ``probes.png`` and, with
 checkpointing or on SIGINT/SIGTERM, ``checkpoint.pt``). ``summary.json`` is a
@@ -110,11 +110,11 @@ def _defined_in(cls: type, name: str) -> type | None:
 def layerwise_sgd_step(
     circuit: Circuit, rule: Rule, rule_state: Any, motif: Motif, motif_state: Any, loss: Loss, x: Tensor, y: Tensor
 ) -> tuple[Tensor, Any] | None:
-    """:func:`local_step` + plain-SGD ``motif.update`` + :func:`apply_steps`, each delta applied as soon as it exists.
+    """`local_step` + plain-SGD ``motif.update`` + `apply_steps`, each delta applied as soon as it exists.
 
     The deltas of all layers are never alive at once (the step's peak memory is the trace plus one layer's
     deltas, as backprop's). Bit for bit the same weights and motif state as the three calls, for a rule
-    with :meth:`~heterograd.rules.Rule.layer_deltas` and the ``sgd`` motif; returns ``(batch loss, new motif
+    with `layer_deltas` and the ``sgd`` motif; returns ``(batch loss, new motif
     state)``, or ``None`` (nothing done) when the rule or the motif does not allow it.
     """
     if (
@@ -150,10 +150,10 @@ def layerwise_sgd_step(
 
 
 def compile_local_step() -> Callable[[Circuit, Rule, Any, Loss, Tensor, Tensor], StepOutput]:
-    """:func:`local_step` (the pure part of a step: signals -> deltas, nothing mutated) under ``torch.compile``.
+    """`local_step` (the pure part of a step: signals -> deltas, nothing mutated) under ``torch.compile``.
 
-    Same signature and result as :func:`local_step`; motif and :func:`apply_steps` stay eager. The first
-    call compiles (tens of seconds); a failure to compile raises :class:`HeterogradError` with the reason.
+    Same signature and result as `local_step`; motif and `apply_steps` stay eager. The first
+    call compiles (tens of seconds); a failure to compile raises `HeterogradError` with the reason.
     """
     if not hasattr(torch, "compile"):
         raise HeterogradError(f"torch {torch.__version__} has no torch.compile; upgrade torch or drop --compile")
@@ -183,8 +183,8 @@ def compile_local_step() -> Callable[[Circuit, Rule, Any, Loss, Tensor, Tensor],
 def apply_steps(circuit: Circuit, steps: Sequence[Tensor | None], hardware: HardwareCircuit | None = None) -> None:
     """Add each step to its plastic tensor (canonical order). The only weight mutation in heterograd.
 
-    ``steps`` may be an :class:`heterograd.optim.ScaledSteps` (``t += alpha * s``, fused). With
-    ``hardware`` the steps are requests written through its device arrays (:mod:`heterograd.hardware`).
+    ``steps`` may be an `heterograd.optim.ScaledSteps` (``t += alpha * s``, fused). With
+    ``hardware`` the steps are requests written through its device arrays (`heterograd.hardware`).
     """
     if hardware is not None:
         hardware.apply(circuit.plastic_tensors(), steps)
@@ -242,7 +242,7 @@ def _first_n(ds: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
 
 
 def _same_fingerprint(a: Any, b: Any) -> bool:
-    """Fingerprints from :func:`heterograd.checkpoint.data_fingerprint` agree (sums to 1e-9 relative)."""
+    """Fingerprints from `heterograd.checkpoint.data_fingerprint` agree (sums to 1e-9 relative)."""
     if not isinstance(a, list) or len(a) != len(b):
         return False
     for (sa, s1a, s2a), (sb, s1b, s2b) in zip(a, b, strict=True):
@@ -256,7 +256,7 @@ def _same_fingerprint(a: Any, b: Any) -> bool:
 
 @dataclass
 class RunResult:
-    """Outcome of :meth:`Trainer.fit`: the summary, the logged rows and the trained circuit."""
+    """Outcome of `Trainer.fit`: the summary, the logged rows and the trained circuit."""
 
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
@@ -265,11 +265,11 @@ class RunResult:
 
 
 class Trainer:
-    """Runs a :class:`TrainConfig`: builds data, circuit, rule and motif, then trains.
+    """Runs a `TrainConfig`: builds data, circuit, rule and motif, then trains.
 
     Args:
         config: the run's configuration (validated here).
-        dataset: optionally a preloaded :class:`Dataset` (else ``load_dataset(config.data)``).
+        dataset: optionally a preloaded `Dataset` (else ``load_dataset(config.data)``).
     """
 
     def __init__(self, config: TrainConfig, dataset: Dataset | None = None) -> None:
@@ -424,7 +424,7 @@ class Trainer:
 
     # ..................................................................... checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly (see :mod:`heterograd.checkpoint`)."""
+        """Everything needed to continue this run exactly (see `heterograd.checkpoint`)."""
         return {
             "circuit": {k: v.detach().cpu() for k, v in self.circuit.state_dict().items()},
             "rule_state": to_device(self.rule_state, torch.device("cpu")),
@@ -451,7 +451,7 @@ class Trainer:
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
-        """Restore the state written by :meth:`state_dict` (config compatibility is checked by :meth:`resume`)."""
+        """Restore the state written by `state_dict` (config compatibility is checked by `resume`)."""
         self._check_data(ck, source)
         try:
             self.circuit.load_state_dict(ck["circuit"])
@@ -474,7 +474,7 @@ class Trainer:
             )
 
     def _load_position(self, ck: dict[str, Any], source: str) -> None:
-        """Restore what :meth:`_position_state` wrote: data order, position, rows, running loss, time."""
+        """Restore what `_position_state` wrote: data order, position, rows, running loss, time."""
         ints = {k: ck[k] for k in ("epoch", "batch", "step", "loss_count")}
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints.values()) or not (
             ck["batch"] < self.steps_per_epoch
@@ -502,7 +502,7 @@ class Trainer:
         """Rebuild a trainer from ``run_dir/checkpoint.pt``; continue it with ``.fit(run_dir)``.
 
         ``overrides`` may change ``epochs`` (to train longer) and ``checkpoint_every``; any other
-        field must equal the checkpoint's, else a :class:`HeterogradError` names the field.
+        field must equal the checkpoint's, else a `HeterogradError` names the field.
         """
         ck = load_checkpoint(run_dir)
         src = str(checkpoint_path(run_dir))
@@ -598,7 +598,7 @@ class Trainer:
         when there is an ``out_dir``: checkpoints live in the run folder). With
         ``handle_signals`` (default), SIGINT / SIGTERM stop training at the next step boundary: the
         checkpoint, ``metrics.csv``, ``timing.json`` and figures are written and
-        :class:`TrainingInterrupted` is raised; ``Trainer.resume(out_dir).fit(out_dir)`` continues
+        `TrainingInterrupted` is raised; ``Trainer.resume(out_dir).fit(out_dir)`` continues
         and ends with the same weights and metrics as an uninterrupted run.
 
         ``summary.json`` depends only on the configuration, data and machine (same seed, same file);
@@ -755,11 +755,15 @@ class Trainer:
     ) -> dict[str, Any]:
         c = self.config
         keys = self.probed_layers()
+        # the last logged row was measured on these very weights (the final step ends an epoch): reuse it
+        last = self.rows[-1] if self.rows and self.rows[-1].get("step") == self.step_count else {}
         if diverged:
             test_loss, test_acc = math.nan, None
             probes: dict[str, float] = {}
         else:
-            test_loss, test_acc = self.evaluate_test()
+            test_loss, test_acc = (
+                (last["test_loss"], last["test_accuracy"]) if "test_loss" in last else self.evaluate_test()
+            )
             probes = self.probe() if c.probes else {}
         return {
             "data": c.data,

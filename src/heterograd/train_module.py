@@ -1,9 +1,9 @@
-"""The training loop for converted ``torch.nn`` models: :class:`ModuleTrainer` (``heterograd train --model``).
+"""The training loop for converted ``torch.nn`` models: `ModuleTrainer` (``heterograd train --model``).
 
-It runs the same loop as the circuit :class:`~heterograd.train.Trainer` (epochs, logged rows with probes on
+It runs the same loop as the circuit `Trainer` (epochs, logged rows with probes on
 a fixed probe batch, test evaluation each epoch, divergence handling, checkpoints with exact resume,
-SIGINT/SIGTERM, TensorBoard, the same run folder) on a model of :mod:`heterograd.models` or a user's
-factory, converted by :func:`heterograd.nn.convert` so that every plastic layer learns by the chosen rule.
+SIGINT/SIGTERM, TensorBoard, the same run folder) on a model of `heterograd.models` or a user's
+factory, converted by `heterograd.nn.convert` so that every plastic layer learns by the chosen rule.
 The update is applied by a ``torch.optim`` optimiser (``--optimizer``), optionally under a cosine learning-rate
 schedule, on augmented image batches (random crop with zero padding and horizontal flip, seeded; on an
 ``imagefolder:`` dataset random resized crop and flip).
@@ -152,7 +152,7 @@ class TextData:
 
     ``x_train``, ``y_train`` ``(N, block)``: the training part's non-overlapping windows and their targets (the
     probe batch, the data fingerprint of checkpoints and the epoch length come from them; training batches are
-    random windows, :func:`heterograd.data.text.random_windows`). ``x_val``/``y_val`` and ``x_test``/``y_test``:
+    random windows, `heterograd.data.text.random_windows`). ``x_val``/``y_val`` and ``x_test``/``y_test``:
     the validation and test parts' windows (``--n-test`` keeps the first N of each).
     """
 
@@ -179,7 +179,7 @@ GPT_DEFAULTS: dict[str, int] = {"block": 128, "layers": 4, "heads": 4, "dim": 12
 
 
 def text_block(c: TrainConfig) -> int:
-    """Characters per window of a text run: the model option ``block`` (default :data:`GPT_DEFAULTS`)."""
+    """Characters per window of a text run: the model option ``block`` (default `GPT_DEFAULTS`)."""
     block = c.model_options.get("block", GPT_DEFAULTS["block"])
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise HeterogradError(f"--model-options block must be a positive integer, got {block!r}; e.g. block=128")
@@ -187,7 +187,7 @@ def text_block(c: TrainConfig) -> int:
 
 
 def load_text_data(c: TrainConfig) -> TextData:
-    """The corpus of ``c.data`` cut into windows of :func:`text_block` characters."""
+    """The corpus of ``c.data`` cut into windows of `text_block` characters."""
     block = text_block(c)
     corpus = load_text(c.data, block=block)
     x, y = windows(corpus.train, block)
@@ -314,7 +314,7 @@ SAMPLE_CHARS = 300
 
 
 def write_samples(model: nn.Module, corpus: TextCorpus, block: int, path: Path, *, seed: int) -> None:
-    """Write ``samples.txt``: :data:`SAMPLE_CHARS` characters per temperature of :data:`SAMPLE_TEMPERATURES`,
+    """Write ``samples.txt``: `SAMPLE_CHARS` characters per temperature of `SAMPLE_TEMPERATURES`,
     each continuing the first ``min(32, block)`` characters of the validation part, seeded by ``seed``."""
     prompt = corpus.val[: min(32, block)].to(next(model.parameters()).device)
     parts = []
@@ -381,7 +381,7 @@ def sample_text(
 def rule_options(c: TrainConfig) -> dict[str, Any]:
     """The rule's hyperparameters from a validated config (``None``: not set, or not a hyperparameter of the rule).
 
-    :meth:`TrainConfig.validate` has already refused an option the rule would ignore and filled in the defaults
+    `TrainConfig.validate` has already refused an option the rule would ignore and filled in the defaults
     of those it takes.
     """
     opts: dict[str, Any] = {}
@@ -395,10 +395,10 @@ def rule_options(c: TrainConfig) -> dict[str, Any]:
 
 
 class ModuleTrainer(Trainer):
-    """Runs a :class:`TrainConfig` with ``model`` set: a converted ``nn.Module`` trained by ``torch.optim``.
+    """Runs a `TrainConfig` with ``model`` set: a converted ``nn.Module`` trained by ``torch.optim``.
 
-    The loop, logging, run folder, checkpoints and resume are :class:`~heterograd.train.Trainer`'s; this class
-    supplies the step, probes (:func:`heterograd.nn.probe` per plastic layer: ``phi/<layer>``, ``align/<layer>``,
+    The loop, logging, run folder, checkpoints and resume are `Trainer`'s; this class
+    supplies the step, probes (`heterograd.nn.probe` per plastic layer: ``phi/<layer>``, ``align/<layer>``,
     ...), evaluation, divergence check and the model's part of a checkpoint. ``self.model`` (also
     ``self.circuit``, the name the shared loop uses) is the converted model.
 
@@ -407,7 +407,7 @@ class ModuleTrainer(Trainer):
 
     Args:
         config: the run's configuration (``config.model`` must be set).
-        dataset: optionally a preloaded :class:`Dataset`.
+        dataset: optionally a preloaded `Dataset`.
     """
 
     #: whether this trainer runs one rank of a data-parallel run (``--sync-batchnorm`` applies only then).
@@ -504,7 +504,7 @@ class ModuleTrainer(Trainer):
         return loss, loss.detach()
 
     def probe(self) -> dict[str, float]:
-        """Per-layer probes (:func:`heterograd.nn.probe`) on the fixed probe batch; nothing is changed."""
+        """Per-layer probes (`heterograd.nn.probe`) on the fixed probe batch; nothing is changed."""
         return probe(self.model, self.probe_x, self.probe_y, self.loss_of, seed=self.config.seed).as_dict()
 
     def epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -578,7 +578,7 @@ class ModuleTrainer(Trainer):
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
-        """Restore what :meth:`state_dict` wrote (config compatibility is checked by :meth:`resume`)."""
+        """Restore what `state_dict` wrote (config compatibility is checked by `resume`)."""
         self._check_data(ck, source)
         try:
             self.model.load_state_dict(ck["circuit"])
@@ -629,8 +629,8 @@ class ModuleTrainer(Trainer):
             write_json(out / "vocab.json", vocab_record(self.data.corpus))
 
     def fit(self, out_dir: str | Path | None = None, **kwargs: Any) -> RunResult:
-        """:meth:`Trainer.fit`; a text run then keeps its weights (``checkpoint.pt``, which ``heterograd sample``
-        reads) and writes ``samples.txt`` (:data:`SAMPLE_TEMPERATURES`, :data:`SAMPLE_CHARS` characters each,
+        """`Trainer.fit`; a text run then keeps its weights (``checkpoint.pt``, which ``heterograd sample``
+        reads) and writes ``samples.txt`` (`SAMPLE_TEMPERATURES`, `SAMPLE_CHARS` characters each,
         seeded), unless ``self.text_outputs`` was set to ``False`` (runs that only choose a step size)."""
         result = super().fit(out_dir, **kwargs)
         if self.text and self.text_outputs and result.out_dir is not None and not result.summary["diverged"]:
@@ -642,7 +642,7 @@ class ModuleTrainer(Trainer):
 
 
 def make_trainer(config: TrainConfig, dataset: Dataset | None = None) -> Trainer:
-    """:class:`ModuleTrainer` when ``config.model`` is set, else the circuit :class:`~heterograd.train.Trainer`."""
+    """`ModuleTrainer` when ``config.model`` is set, else the circuit `Trainer`."""
     return ModuleTrainer(config, dataset) if config.model is not None else Trainer(config, dataset)
 
 

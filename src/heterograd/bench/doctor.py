@@ -74,7 +74,7 @@ class Check:
 
 @dataclass
 class DoctorConfig:
-    """What :func:`run_doctor` checks.
+    """What `run_doctor` checks.
 
     Attributes:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -126,7 +126,7 @@ def synthetic_images(n_train: int, n_test: int, seed: int, shape: tuple[int, int
     """A learnable image set with no file to read: 10 fixed smooth random templates plus noise (std 0.5 of a
     template's), one per class, scaled to unit variance.
 
-    Returns a :class:`heterograd.data.Dataset` in the image layout, ``x`` ``(n, *shape)``, labels ``(n,)``.
+    Returns a `heterograd.data.Dataset` in the image layout, ``x`` ``(n, *shape)``, labels ``(n,)``.
     """
     from ..data import Dataset
 

@@ -57,7 +57,7 @@ BP_TOLERANCE = 0.03  # hsp may trail bp by at most 3 accuracy points on every da
 
 def judge(gaps: dict[str, dict[str, float]]) -> bool:
     """The verdict from per-dataset gaps (``hsp_minus_fa``, ``bp_minus_hsp``, accuracies as fractions): hsp at least
-    as accurate as fa and within :data:`BP_TOLERANCE` of bp on every dataset. A NaN gap (diverged) fails."""
+    as accurate as fa and within `BP_TOLERANCE` of bp on every dataset. A NaN gap (diverged) fails."""
     return bool(gaps) and all(g["hsp_minus_fa"] >= 0 and g["bp_minus_hsp"] <= BP_TOLERANCE for g in gaps.values())
 
 

@@ -1,5 +1,5 @@
 """``heterograd repro NAME|all --out DIR [--quick] [--seed S]``; ``heterograd repro report --out DIR``;
-``heterograd repro docs [--check] [--root DIR]`` (the generated blocks of the docs, :mod:`.docgen`).
+``heterograd repro docs [--check] [--root DIR]`` (the generated blocks of the docs, `.docgen`).
 
 Exit codes (so CI and scripts notice): 0 every claim run holds; 1 at least one claim does not hold;
 3 at least one experiment crashed (takes precedence over 1); 2 a usage error (bad name or option).

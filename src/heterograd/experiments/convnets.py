@@ -1,17 +1,17 @@
 """``convnets``: LeNet-5 and ResNet-20 on Fashion-MNIST, every rule of the zoo, beside the field's published table.
 
-Each model of :mod:`heterograd.models` is converted by :func:`heterograd.nn.convert` and trained by
-:class:`~heterograd.train_module.ModuleTrainer` (the engine of ``heterograd train --model``): SGD with momentum
+Each model of `heterograd.models` is converted by `heterograd.nn.convert` and trained by
+`ModuleTrainer` (the engine of ``heterograd train --model``): SGD with momentum
 0.9, a cosine learning-rate schedule, weight decay ``λ = 1e-4`` on ``W``, ``b``, ``B`` and the norm layers'
 affine parameters (inside the rule), batch 128, 28×28 images (LeNet-5's first conv pads by 2, which equals the
 32×32-padded input of the original network), no augmentation.
 
 **Published numbers** (top-1 test error %, the table published with the PyTorch library of the
 feedback-alignment family; it has no Kolen–Pollack and no heterosynaptic row) are quoted in
-:data:`PUBLISHED` for context; they come from longer training than fits here, so only our own runs are
+`PUBLISHED` for context; they come from longer training than fits here, so only our own runs are
 compared like for like.
 
-``hsp`` runs with feedback gain ``c = 0.5`` (:data:`HSP_GAIN`): at ``c = 1`` it is ``kp`` itself.
+``hsp`` runs with feedback gain ``c = 0.5`` (`HSP_GAIN`): at ``c = 1`` it is ``kp`` itself.
 
 **Verdict (fixed before running).** The claim is that the plastic-feedback rules ``hsp`` and ``kp`` learn
 LeNet-5 better than fixed random feedback: each one's mean test error over the seeds is below our own ``fa``
@@ -240,7 +240,8 @@ def run(ctx: Context) -> Verdict:
     def pm(v: dict[str, Any]) -> str:
         if not math.isfinite(v["test_error_pct"]):
             return "diverged"
-        s = f"{v['test_error_pct']:.2f} ± {v['std']:.2f}"
+        finite = v["runs"] - v["diverged"]  # one run has no spread: no "± 0.00"
+        s = f"{v['test_error_pct']:.2f}" + (f" ± {v['std']:.2f}" if finite > 1 else " (one seed)")
         return s + (f" ({v['diverged']}/{v['runs']} diverged)" if v["diverged"] else "")
 
     n_lenet = "60,000" if scale.lenet_train is None else f"{scale.lenet_train:,}"
@@ -307,7 +308,14 @@ def run(ctx: Context) -> Verdict:
     ]
     for rule, row in PUBLISHED.items():
         lines.append(f"| {LABELS[rule]} | " + " | ".join(str(v) for v in row.values()) + " |")
-    atomic_write_text(ctx.out / "convnets.md", "\n".join(lines) + "\n")
+    lines += ["", "## Figures", ""]
+    captions = {
+        "convnets_curves.png": "LeNet-5: test error and training loss per epoch (mean, band = min..max over seeds)",
+        "convnets_probes.png": "LeNet-5 at the end of training: φ and align of every layer, per rule",
+        "convnets_resnet20.png": "ResNet-20: training loss per epoch (one seed)",
+    }
+    lines += [f"![{text}]({name})\n" for name, text in captions.items()]
+    atomic_write_text(ctx.out / "convnets.md", "\n".join(lines).rstrip() + "\n")
 
     # ---------------------------------------------------------------- figures
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))

@@ -13,7 +13,7 @@ training samples): the feedback-weight change ``|ΔB|`` over the last interval (
 all feedback matrices together), and, averaged over the three hidden layers, the gradient alignment
 ``align = cos(u, ∇_p ℓ)``, the consistency score ``φ = <u, g>/<g, g>`` and the Hebbian overlap (the
 fraction of synapses whose activity-driven update ``-u h_preᵀ`` has the sign of the Hebbian product
-``E[h_post h_preᵀ]``; ``hebb_overlap_l`` of :func:`heterograd.probes.measure`). The series go to ``series.csv``.
+``E[h_post h_preᵀ]``; ``hebb_overlap_l`` of `heterograd.probes.measure`). The series go to ``series.csv``.
 
 **Verdicts, one per panel and topology** (thresholds fixed before the full run; "median" is over
 seeds, "start" is iteration 0, "end" the last quarter of the logged points):

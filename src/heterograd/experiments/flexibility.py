@@ -8,7 +8,7 @@ subsets of every higher layer, density 0.5, skip edges included). References: ba
 feedback alignment (``fa``) and the readout-only baseline (hidden layers frozen with ``Freeze``:
 what the output layer alone achieves on fixed random features).
 
-Two biological motifs (:mod:`heterograd.motifs`) run on the same data: the cerebellar
+Two biological motifs (`heterograd.motifs`) run on the same data: the cerebellar
 circuit (frozen random granule expansion of 1000 relu cells with 4 inputs each, Purkinje output
 taught by a climbing-fibre error) and the two-compartment pyramidal network (basal forward, apical
 feedback; the layered circuit read biologically).

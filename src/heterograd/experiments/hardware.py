@@ -1,7 +1,7 @@
 """``hardware``: local learning on imperfect devices (physically learnable hardware), measured.
 
 Every synapse of a Fashion-MNIST circuit (784-128-64-10 tanh, dense, layered) sits on an imperfect
-device (:mod:`heterograd.hardware`): forward ``W``/``b`` and feedback ``B`` on separate arrays with
+device (`heterograd.hardware`): forward ``W``/``b`` and feedback ``B`` on separate arrays with
 their own imperfections. Three rules learn on them: ``bp`` (its feedback is a second, transposed
 read of the forward array, with its own read noise: the hardware backprop baseline), ``fa``
 (fixed random ``B`` on its own array) and ``hsp`` with ``c = 1`` (the Kolen-Pollack motif: ``B`` on
@@ -44,7 +44,7 @@ equal exposure; it is reported beside the verdict (``hsp_vs_bp_array``), which k
 **Counts.** Every mean says how many runs it covers (``runs``) and how many diverged (counted at chance).
 
 LeNet-5 (a converted convolutional model on devices) is the companion experiment ``hardware-lenet``
-(:mod:`heterograd.experiments.hardware_lenet`).
+(`heterograd.experiments.hardware_lenet`).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def coordinate(sweep: str, value: float) -> float:
 
 
 def from_coordinate(sweep: str, x: float) -> float:
-    """Inverse of :func:`coordinate` (states: ``2^bits``)."""
+    """Inverse of `coordinate` (states: ``2^bits``)."""
     return 2.0 ** (-x) if sweep == "levels" else x
 
 

@@ -1,8 +1,8 @@
 """``hardware-lenet``: the device sweeps of ``hardware`` on a converted LeNet-5 (convolutional path).
 
-The companion of :mod:`heterograd.experiments.hardware` (dense Fashion-MNIST circuit) on a converted
-``torch.nn`` model: LeNet-5 (ReLU, max pooling; :func:`heterograd.models.lenet5`) converted by
-:func:`heterograd.nn.convert` and put on devices by :func:`heterograd.hardware.attach`: every conv and
+The companion of `heterograd.experiments.hardware` (dense Fashion-MNIST circuit) on a converted
+``torch.nn`` model: LeNet-5 (ReLU, max pooling; `heterograd.models.lenet5`) converted by
+`heterograd.nn.convert` and put on devices by `heterograd.hardware.attach`: every conv and
 linear layer's ``W``, ``b`` and ``B`` on separate arrays; ``bp``'s feedback is a second, transposed read of
 the forward array. Rules ``bp``, ``fa``, ``hsp`` (``c = 1``), weight decay ``λ = 1e-4`` for all.
 
@@ -13,7 +13,7 @@ noise ``σ``, conductance states, asymmetry ``a``, stuck fraction). Standard loo
 
 **Measured**: test accuracy against strength; the strength at which each rule has lost 5 points from its
 own reference-device accuracy (the interpolation of ``hardware``); ``align`` (mean over the layers below
-the output, from :func:`heterograd.nn.probe` on 256 training images, which reads the stored conductances).
+the output, from `heterograd.nn.probe` on 256 training images, which reads the stored conductances).
 A diverged run (non-finite loss) counts at chance accuracy.
 
 **Verdict** (the thresholds of ``hardware``, fixed before any run): per non-ideality, hsp is *less graceful*

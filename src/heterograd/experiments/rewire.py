@@ -3,7 +3,7 @@
 **Setup.** Two input streams of the same size enter the circuit: the MNIST-1D signal (40 features,
 standardised) and white Gaussian noise (40 features, unit variance, redrawn for every presentation:
 the highest-frequency noise there is). Each stream feeds its own first-layer population of
-``POP`` tanh units: ``W_1`` is block-diagonal (:func:`~heterograd.circuits.block_mask`), the mask is
+``POP`` tanh units: ``W_1`` is block-diagonal (`block_mask`), the mask is
 kept under plasticity, so population A only ever sees bundle 1 and population B bundle 2. Both
 populations feed a shared tanh layer and a 10-way readout: ``80 -> (POP | POP) -> HIDDEN -> 10``.
 

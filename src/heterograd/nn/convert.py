@@ -4,7 +4,7 @@ Every ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Embedding`` becomes a
 module object and parameters; its class is swapped) that carries its own feedback weights ``B``;
 BatchNorm / LayerNorm / GroupNorm affine parameters learn by the local rule ``Δγ = -mean(u ⊙ x̂)``,
 ``Δβ = -mean(u)``; the feedback crosses them exactly (through the batch statistics: backprop's derivative,
-under every rule) or, with ``norm_feedback="local"``, by ``γ/σ`` per channel (:data:`NORM_FEEDBACK`).
+under every rule) or, with ``norm_feedback="local"``, by ``γ/σ`` per channel (`NORM_FEEDBACK`).
 Parameter-free modules need nothing. A module with trainable parameters that no synapse
 type covers is an error (all of them named at once): nothing is silently trained by autograd.
 """
@@ -38,7 +38,7 @@ from .layers import (
 )
 
 FEEDBACK_INITS: tuple[str, ...] = ("random", "transpose", "anti")
-"""``random``: Xavier (Glorot) uniform on ``±√(6/(fan_in + fan_out))`` of ``W``'s shape (:func:`xavier_bound`),
+"""``random``: Xavier (Glorot) uniform on ``±√(6/(fan_in + fan_out))`` of ``W``'s shape (`xavier_bound`),
 the published implementation's draw (biotorch, Sanfiz & Akrout 2021); ``transpose``: ``B = W`` as transport
 (backprop's start); ``anti``: ``B = -W`` as transport."""
 
@@ -125,7 +125,7 @@ def xavier_bound(shape: tuple[int, ...] | torch.Size) -> float:
 def _initial_feedback(W: Tensor, syn: Synapse, init: str, gen: torch.Generator) -> Tensor:
     """``B`` laid out like the synapse wants (dense: ``(in, out)`` stored in ``W``'s memory order).
 
-    ``random``: Xavier uniform on ``±`` :func:`xavier_bound` of ``W``'s shape ``(out, in[, *k])``.
+    ``random``: Xavier uniform on ``±`` `xavier_bound` of ``W``'s shape ``(out, in[, *k])``.
     """
     if init == "random":
         bound = xavier_bound(W.shape)
@@ -162,7 +162,7 @@ def convert(
             groups) and ``nn.Embedding`` become plastic synapses; BatchNorm/LayerNorm/GroupNorm affine
             parameters learn by the local rule; modules without parameters are left as they are.
         rule: a registered rule name (``bp``, ``fa``, ``dfa``, ``hsp``, ``kp``, ``poly``, ``usf``, ``brsf``,
-            ``frsf``) or a :class:`~heterograd.rules.Rule`.
+            ``frsf``) or a `Rule`.
         feedback_init: ``random`` (default), ``transpose`` (``B = W`` as transport) or ``anti``; only for rules
             that carry a ``B`` (plastic or frozen).
         seed: seeds every random feedback matrix (and the per-layer generators of ``brsf``).
@@ -312,7 +312,7 @@ def _direct_feedback(W: Tensor, syn: Synapse, in_shape: tuple[int, ...], K: int,
       output ``(n, T, K)`` per position) is passed ``in_shape = (n, d)`` and ``K`` per position: ``D`` ``(K, d)``,
       shared by the positions.
 
-    Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (:func:`xavier_bound`), i.e.
+    Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (`xavier_bound`), i.e.
     normalised by the mean of ``D``'s forward fan-in (``C_in·∏k``, dense ``∏F``) and its feedback fan-in
     ``K·∏k`` (dense ``K``): the number of (class, kernel tap) terms summed into one input unit at stride 1.
     """

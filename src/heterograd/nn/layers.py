@@ -2,7 +2,7 @@
 
 Autograd is only the scheduler here: it orders the feedback sweep through the parameter-free operations
 (nonlinearities, pooling, residual sums, reshapes, softmax carry the feedback by their local derivative)
-and, at every plastic connection, calls :class:`PlasticFunction.backward`, which
+and, at every plastic connection, calls `PlasticFunction.backward`, which
 
 * sends the feedback to the presynaptic side by transport with the layer's ``B`` (or what the rule says:
   ``W`` for ``bp``, ``sign(W)``-built matrices for sign symmetry, ``D e`` for direct feedback), and only
@@ -48,9 +48,9 @@ class Plasticity:
         exact: probes only: transport with ``W`` and return the true gradient (a bp pass).
         norm_feedback: normalisation layers only: ``"exact"`` (the derivative of the normalisation, through its
             batch / sample statistics) or ``"local"`` (``γ/σ`` per channel, the statistics held fixed); see
-            :data:`NORM_FEEDBACK`. Probes' true-gradient pass always uses ``"exact"``.
+            `NORM_FEEDBACK`. Probes' true-gradient pass always uses ``"exact"``.
         record: probes only: when a dict, the backward stores ``u``, ``h``, ``p`` and the returned ``W`` grad.
-        device: hardware hook (set by :func:`heterograd.hardware.attach`), ``None`` by default (no cost): the
+        device: hardware hook (set by `heterograd.hardware.attach`), ``None`` by default (no cost): the
             forward multiplies with ``device.read_forward(W, b)`` and the feedback transports with
             ``device.read_feedback(M)``, reads of the layer's device arrays.
     """
@@ -196,7 +196,7 @@ class PlasticFunction(torch.autograd.Function):
 
 
 def plastic_forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
-    """Run a plastic connection: through :class:`PlasticFunction` when anything needs feedback, else plainly."""
+    """Run a plastic connection: through `PlasticFunction` when anything needs feedback, else plainly."""
     if torch.is_grad_enabled() and (
         W.requires_grad or x.requires_grad or (b is not None and b.requires_grad) or (B is not None and B.requires_grad)
     ):
@@ -306,7 +306,7 @@ class BatchNormFunction(torch.autograd.Function):
 class LayerNormFunction(torch.autograd.Function):
     """Fused LayerNorm with a plastic affine map (``γ``, ``β`` shaped ``normalized_shape``; ``β`` may be ``None``).
 
-    As :class:`BatchNormFunction`: one native kernel each way, the local rule for ``γ``, ``β``.
+    As `BatchNormFunction`: one native kernel each way, the local rule for ``γ``, ``β``.
     """
 
     @staticmethod
@@ -407,7 +407,7 @@ class PlasticEmbedding(nn.Embedding, PlasticModule):
 
 
 class _PlasticBatchNorm(PlasticModule):
-    """BatchNorm whose affine parameters learn by the local rule (:class:`BatchNormFunction`)."""
+    """BatchNorm whose affine parameters learn by the local rule (`BatchNormFunction`)."""
 
     def forward(self, x: Tensor) -> Tensor:
         bn: Any = self

@@ -1,8 +1,8 @@
-"""BatchNorm over a batch held in shards (:class:`ReducedBatchNormFunction`), with the plastic affine rule.
+"""BatchNorm over a batch held in shards (`ReducedBatchNormFunction`), with the plastic affine rule.
 
 The statistics are sums that a caller-supplied ``reduce`` combines over the shards (in place, returning the
 tensor); with the identity it is ordinary BatchNorm. This module knows nothing about processes or ranks:
-:mod:`heterograd.distributed.batchnorm` passes an all-reduce over the process group (``--sync-batchnorm``).
+`heterograd.distributed.batchnorm` passes an all-reduce over the process group (``--sync-batchnorm``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Registered rules (by name): ``bp``, ``fa``, ``hsp``, ``kp``, ``poly``, ``dfa``, ``usf``, ``brsf``, ``frsf``
 (and the ``freeze`` combinator). Add your own with
-:func:`register_rule`; the training loop needs no change.
+`register_rule`; the training loop needs no change.
 """
 
 from .base import Deltas, FeedbackSignals, ForwardSignals, Params, Rule, Signals

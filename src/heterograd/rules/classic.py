@@ -25,7 +25,7 @@ def _check_decay(weight_decay: float) -> None:
 
 
 def _forward_only(signals: Signals, params: Params, weight_decay: float) -> Deltas:
-    """Bilinear forward deltas for every layer, feedback frozen (the rules of :class:`ForwardOnly`)."""
+    """Bilinear forward deltas for every layer, feedback frozen (the rules of `ForwardOnly`)."""
     dW, db = [], []
     for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
         w, bb = forward_delta(sig, W, b, weight_decay)
@@ -139,7 +139,7 @@ class HSP(Rule):
         return bilinear_layer_grads(sig, W, b, B, self.weight_decay, self.feedback_gain)
 
     def layer_deltas(self, signals: Signals, params: Params, state: Any) -> Iterator[tuple[str, int, Tensor | None]]:
-        """:meth:`deltas` layer by layer (same ops on each tensor, so bit for bit equal): at most one layer's
+        """`deltas` layer by layer (same ops on each tensor, so bit for bit equal): at most one layer's
         correlation and its adjacent ``ΔB`` are alive at a time when the caller applies and drops each piece."""
         lam, c = self.weight_decay, self.feedback_gain
         adjacent: dict[int, list[int]] = {}

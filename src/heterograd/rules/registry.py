@@ -14,7 +14,7 @@ RULES: dict[str, type[Rule]] = {}
 
 
 def register_rule(cls: R) -> R:
-    """Class decorator: make a :class:`Rule` subclass available by its ``name``."""
+    """Class decorator: make a `Rule` subclass available by its ``name``."""
     name = cls.name
     if name in RULES and RULES[name] is not cls:
         raise HeterogradError(f"a rule named {name!r} is already registered; choose another name")
@@ -34,12 +34,12 @@ def rule_hyperparameters(name: str) -> tuple[str, ...]:
 
 
 def check_rule_hyperparameters(name: str, **hyper: Any) -> None:
-    """Raise a :class:`HeterogradError` for a hyperparameter that rule ``name`` would ignore.
+    """Raise a `HeterogradError` for a hyperparameter that rule ``name`` would ignore.
 
     ``hyper`` maps hyperparameter names to values; ``None`` means "not set" and is never an error.
     A value is an error when the rule has no such field (e.g. ``feedback_gain`` with ``fa``: its
     feedback is fixed) or when the rule says the other values make it meaningless
-    (:meth:`Rule.unused_hyperparameters`, e.g. ``feedback_gain`` with ``poly`` given ``theta_b``).
+    (`Rule.unused_hyperparameters`, e.g. ``feedback_gain`` with ``poly`` given ``theta_b``).
     """
     given = {k: v for k, v in hyper.items() if v is not None}
     fields = rule_hyperparameters(name)
@@ -59,8 +59,8 @@ def make_rule(name: str, **hyper: Any) -> Rule:
     """Build a registered rule by name.
 
     ``None`` values mean "not set" (the rule's default). A value the rule would ignore, because it
-    has no such hyperparameter or the other values override it, is a :class:`HeterogradError`
-    (see :func:`check_rule_hyperparameters`): an option is never dropped in silence.
+    has no such hyperparameter or the other values override it, is a `HeterogradError`
+    (see `check_rule_hyperparameters`): an option is never dropped in silence.
 
     >>> make_rule("hsp", weight_decay=1e-4, feedback_gain=0.5).feedback_gain
     0.5
