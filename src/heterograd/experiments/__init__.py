@@ -25,6 +25,7 @@ EXPERIMENT_NAMES: tuple[str, ...] = (
     "plasticity",
     "convnets",
     "language",
+    "rewire-ablation",
 )
 """The names `EXPERIMENT_MODULES` register, in report order, known without importing them (``repro --help``;
 a test keeps the two in step)."""

@@ -241,6 +241,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "hardware",
     "hardware_lenet",
     "rewire",
+    "rewire_ablation",
     "dynamics",
     "plasticity_curve",
     "convnets",
