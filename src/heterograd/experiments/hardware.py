@@ -95,7 +95,7 @@ HIDDEN = (128, 64)
 
 
 def rule_options(rule: str) -> dict[str, Any]:
-    """``TrainConfig`` fields of a rule label of :data:`ALL_RULES` (``bp_array``: hsp, ``c = 1``, ``B(0) = W(0)ᵀ``)."""
+    """``TrainConfig`` fields of a rule label of `ALL_RULES` (``bp_array``: hsp, ``c = 1``, ``B(0) = W(0)ᵀ``)."""
     if rule == BP_ARRAY:
         return {"rule": "hsp", "feedback_gain": 1.0, "feedback_init": "transpose"}
     return {"rule": rule}
