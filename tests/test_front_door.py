@@ -27,7 +27,7 @@ def test_version_option_prints_the_package_version(capsys):
     "argv",
     [
         ["train", "--data", "digits", "--epochs", "1", "--n-train", "64", "--n-test", "32", "--hidden", "8"],
-        ["train", "--model", "mlp", "--model-options", "hidden=8", "--data", "digits", "--n-train", "64"],
+        ["train", "--model", "mlp", "--hidden", "8", "--data", "digits", "--n-train", "64"],
         ["evolve", "--population", "4", "--generations", "1", "--steps", "5", "--n-train", "64"],
     ],
     ids=["train", "train-model", "evolve"],

@@ -60,6 +60,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "heterograd.progress",
             "heterograd.tensorboard",
             "heterograd._version",
+            "heterograd._startup",
         ),
     ),
 ]

@@ -15,6 +15,25 @@ import typer
 
 from .errors import HeterogradError
 
+
+def _hide_flag_types() -> None:
+    """Show no type next to on/off flags in ``--help``: typer 0.29 prints ``--augment <bool>``, which reads as if the
+    flag took a value."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "heterograd_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else original(self, ctx)
+
+    display_type_rich.heterograd_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
 app = typer.Typer(
     name="heterograd",
     help="Heterosynaptic circuits: learning by local two-signal plasticity, measured against backprop.",
@@ -66,7 +85,8 @@ def results_table(summaries: list[dict[str, Any]], title: str = "") -> str:
         acc = s.get("test_accuracy")
         lines.append(
             [
-                str(s.get("label", s.get("rule"))) + (" (diverged)" if s.get("diverged") else ""),
+                str(s.get("label", s.get("rule")))
+                + (" (diverged)" if s.get("diverged") else " (no learning)" if s.get("no_learning") else ""),
                 _fmt(acc) if acc is not None else "-",
                 _fmt(s.get("test_loss")),
                 " ".join(_fmt(v, 2) for v in s.get("phi", [])) or "-",
@@ -127,28 +147,40 @@ def train(
         ),
     ] = "exact",
     rule: Annotated[
-        str, typer.Option(help="bp | fa | dfa | hsp | kp | poly; with --model also usf | brsf | frsf")
+        str,
+        typer.Option(
+            help="bp | fa | dfa | hsp (feedback gain c = 0.5 unless --feedback-gain) | kp (hsp at c = 1) | poly "
+            "| freeze (circuits only: hsp with W_1 frozen); with --model also usf | brsf | frsf"
+        ),
     ] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     seed: Annotated[int, typer.Option(help="seed for weights, masks, data order")] = 0,
     out: Annotated[Path | None, typer.Option(help="results folder (default runs/<data>-<rule>-s<seed>)")] = None,
     hidden: Annotated[str, typer.Option(help="hidden widths, e.g. 128,128 ('none' for no hidden layer)")] = "128,128",
     activation: Annotated[str, typer.Option(help="tanh | relu | sigmoid | identity")] = "tanh",
-    lr: Annotated[float, typer.Option(help="learning rate η")] = 0.05,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="learning rate η; default 0.05 for sgd and momentum, 1e-3 for rmsprop, adam and adamw"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="minibatch size n")] = 32,
     weight_decay: Annotated[
-        float | None, typer.Option(help="weight decay λ on W, b and B  [default: 1e-4 where the rule has it]")
+        float | None,
+        typer.Option(
+            help="weight decay λ on W, b and B (every rule; not poly given both --theta-w and --theta-b); "
+            "default 1e-4, as heterograd.convert(model, rule)"
+        ),
     ] = None,
     feedback_gain: Annotated[
         float | None,
         typer.Option(
-            help="feedback plasticity gain c (hsp, poly, freeze)  [default: 1.0]; sets the size of B's update under "
-            "sgd/momentum only: rmsprop, adam and adamw divide each element by its own scale, which cancels c"
+            help="feedback plasticity gain c of ΔB; rules hsp, poly (without --theta-b) and freeze only; default "
+            "0.5 for hsp, 1.0 for poly and freeze; sets the size of B's update under sgd/momentum only: rmsprop, "
+            "adam and adamw divide each element by its own scale, which cancels c"
         ),
     ] = None,
     topology: Annotated[str, typer.Option(help="layered | sparse | direct | amorphous")] = "layered",
     density: Annotated[
-        float | None, typer.Option(help="feedback mask density, sparse/amorphous only, in (0, 1]  [default: 1.0]")
+        float | None, typer.Option(help="feedback mask density, sparse/amorphous only, in (0, 1]; default 1.0")
     ] = None,
     feedback_init: Annotated[
         str, typer.Option(help="random | transpose (B=Wᵀ) | anti (B=-Wᵀ); ±Wᵀ needs adjacent-layer feedback")
@@ -233,6 +265,7 @@ def train(
     data, rule, seed = cfg.data, cfg.rule, cfg.seed
     if overwrite and resume is not None:
         raise HeterogradError("--overwrite would delete the run --resume continues; drop --overwrite")
+    _refuse_undeclared_torchrun(distributed)
     if cfg.sync_batchnorm and not distributed:
         raise HeterogradError(
             "--sync-batchnorm synchronises BatchNorm statistics across the ranks of a data-parallel run; add "
@@ -274,6 +307,13 @@ def train(
     except TrainingInterrupted as exc:
         import signal
 
+        if exc.checkpoint is None:
+            typer.echo(
+                f"interrupted by {signal.Signals(exc.signum).name} before training started; nothing was kept in "
+                f"{out_dir}; run the command again to start",
+                err=True,
+            )
+            sys.exit(128 + exc.signum)
         typer.echo(
             f"interrupted by {signal.Signals(exc.signum).name} after step {exc.step}; checkpoint written to "
             f"{exc.checkpoint}; continue with: heterograd train --resume {out_dir}",
@@ -298,8 +338,27 @@ def train(
             f"diverged at step {s['diverged_step']} ({s.get('diverged_reason')}); the run stopped there and "
             f"metrics and figures up to that step are kept in {out_dir}; try a smaller --lr"
         )
+    elif s.get("no_learning"):
+        typer.echo(
+            f"learned nothing: {s['no_learning']}; results written to {out_dir}; try another --lr or --optimizer"
+        )
     else:
         typer.echo(f"results written to {out_dir}")
+
+
+def _refuse_undeclared_torchrun(distributed: bool) -> None:
+    """Started as one of several processes (``torchrun``: ``WORLD_SIZE`` > 1) without ``--distributed``: every
+    process would train alone and write the same ``--out``; refuse with one line."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not distributed and world.strip().isdigit() and int(world) > 1:
+        rank = os.environ.get("RANK", "?")
+        raise HeterogradError(
+            f"this process is rank {rank} of {world} (WORLD_SIZE={world}, as torchrun sets it) but --distributed is "
+            "not set, so every rank would train alone into the same --out; pass --distributed, or run one process "
+            "without torchrun"
+        )
 
 
 def train_config(ctx: typer.Context) -> Any:
@@ -479,6 +538,9 @@ _register_subcommands()
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
+    from ._startup import startup_done
+
+    startup_done()  # from here on Ctrl-C is handled below (and by the trainer), not by the start-up handler
     try:
         rc = app(args=argv, standalone_mode=False)  # a command's typer.Exit(code) comes back as its return value
     except HeterogradError as exc:

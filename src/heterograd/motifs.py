@@ -86,7 +86,7 @@ def cerebellar_circuit(
         mask = torch.zeros(n_granule, n_mossy).scatter_(1, idx, 1.0) * math.sqrt(n_mossy / mossy_per_granule)
         with torch.no_grad():  # construction of the fixed expansion, before any learning
             circuit.W[0].mul_(mask.to(circuit.W[0]))
-    rule = Freeze(HSP(weight_decay=weight_decay), layers=(1,))
+    rule = Freeze(HSP(weight_decay=weight_decay, feedback_gain=1.0), layers=(1,))
     fan = "dense" if mossy_per_granule is None else f"{mossy_per_granule} mossy fibres per granule cell"
     desc = (
         f"cerebellum: {n_mossy} mossy fibres -> {n_granule} granule cells (frozen random relu expansion, {fan}) "

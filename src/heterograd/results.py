@@ -126,9 +126,10 @@ def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -> 
         return p
     names = ", ".join(e.name for e in entries[:4]) + (", ..." if len(entries) > 4 else "")
     if not overwrite:
+        resume = f", --resume {p} to continue the run in it" if (p / "checkpoint.pt").is_file() else ""
         raise HeterogradError(
             f"--out {p} is not empty ({names}); a new run there would mix with what it holds: pass --overwrite "
-            f"to clear it, --resume {p} to continue the run in it, or choose another --out"
+            f"to clear it{resume}, or choose another --out"
         )
     if not any((p / m).exists() for m in RUN_MARKERS):
         raise HeterogradError(

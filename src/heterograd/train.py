@@ -241,6 +241,21 @@ def _first_n(ds: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
     )
 
 
+#: ``config.data`` of a run on a `Dataset` passed in Python: ``python:<its name>`` (not loadable by name).
+PYTHON_DATA_PREFIX = "python:"
+
+
+def record_dataset_name(c: TrainConfig, dataset: Dataset) -> None:
+    """Record a dataset passed in Python as ``config.data = "python:<dataset.name>"`` unless it is the named one.
+
+    A preloaded built-in set (``load_dataset(config.data)``, same name) keeps its name; any other (your own data)
+    gets the prefix, so ``config.json`` says what the run trained on and ``--config`` refuses to rerun it on
+    another set (`heterograd.data.load_dataset` rejects ``python:`` names with the way to rerun it).
+    """
+    if dataset.name != c.data and c.data != PYTHON_DATA_PREFIX + dataset.name:
+        c.data = PYTHON_DATA_PREFIX + dataset.name
+
+
 def _same_fingerprint(a: Any, b: Any) -> bool:
     """Fingerprints from `heterograd.checkpoint.data_fingerprint` agree (sums to 1e-9 relative)."""
     if not isinstance(a, list) or len(a) != len(b):
@@ -285,6 +300,7 @@ class Trainer:
             )
         else:
             ds = _first_n(dataset, c.n_train, c.n_test)
+            record_dataset_name(c, dataset)
         self.data = ds.to(device=self.device, dtype=self.dtype)
         if c.loss is None:
             c.loss = "ce" if self.data.n_classes is not None else "mse"
@@ -333,6 +349,7 @@ class Trainer:
         self.loss_count = 0
         self.last_train_loss = math.nan
         self.elapsed = 0.0
+        self.initial_test_loss: float | None = None  # the untrained model's test loss (the no-learning check)
         self.checkpoint_file: Path | None = None
         self.resumed_from: Path | None = None
         self._run_dir: Path | None = None  # the folder this run writes to (set by resume and the first fit)
@@ -448,6 +465,7 @@ class Trainer:
             "data_fingerprint": data_fingerprint(self.data.x_train, self.data.y_train),
             "wall_seconds": float(self.elapsed),
             "versions": environment(),
+            "initial_test_loss": self.initial_test_loss,
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
@@ -491,6 +509,8 @@ class Trainer:
         self.loss_sum, self.loss_count = float(ck["loss_sum"]), ck["loss_count"]
         self.last_train_loss = float(ck["last_train_loss"])
         self.elapsed = float(ck.get("wall_seconds", 0.0))
+        initial = ck.get("initial_test_loss")  # absent in checkpoints of heterograd <= 0.2.0
+        self.initial_test_loss = None if initial is None else float(initial)
 
     def save_checkpoint(self, out_dir: str | Path) -> Path:
         """Atomically write ``out_dir/checkpoint.pt``; returns its path."""
@@ -592,7 +612,8 @@ class Trainer:
         A diverging run (non-finite loss, or weights beyond ``divergence_threshold``) stops at the
         logged step where it is detected, keeps everything written so far and reports
         ``diverged: true``, ``diverged_step`` and ``diverged_reason`` in the summary; it is a result,
-        not an exception.
+        not an exception. A finished run that learned nothing (final test loss above the untrained
+        model's, or test accuracy at chance: `no_learning_reason`) says so in ``no_learning``.
 
         With ``config.checkpoint_every = K`` a checkpoint is written every K steps and at the end (only
         when there is an ``out_dir``: checkpoints live in the run folder). With
@@ -601,6 +622,10 @@ class Trainer:
         `TrainingInterrupted` is raised; ``Trainer.resume(out_dir).fit(out_dir)`` continues
         and ends with the same weights and metrics as an uninterrupted run.
 
+        A new run that fails or is interrupted before its first step leaves no files behind (the folder is
+        as before: nothing of it blocks a rerun); an interruption there raises `TrainingInterrupted`
+        with ``checkpoint=None``.
+
         ``summary.json`` depends only on the configuration, data and machine (same seed, same file);
         wall-clock time goes to ``timing.json`` (and ``RunResult.summary["wall_seconds"]``).
 
@@ -608,6 +633,53 @@ class Trainer:
         epoch (at most 10 per run). ``tensorboard`` also writes every logged row as scalars and the
         config as text to ``out_dir/tensorboard`` (needs ``heterograd[tensorboard]``).
         """
+        created = out_dir is not None and not Path(out_dir).exists()
+        self._fresh_out: Path | None = None
+        try:
+            return self._fit(
+                out_dir,
+                progress=progress,
+                on_log=on_log,
+                handle_signals=handle_signals,
+                tensorboard=tensorboard,
+                overwrite=overwrite,
+            )
+        except BaseException as exc:
+            fresh = self._fresh_out
+            if fresh is None or self.step_count > 0:
+                raise
+            self._discard(fresh, created)  # nothing trained yet: leave no folder that blocks the rerun
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
+                raise TrainingInterrupted(signal.SIGINT, 0, None) from exc
+            raise
+
+    @staticmethod
+    def _discard(out: Path, created: bool) -> None:
+        """Delete what a new run wrote into ``out`` (it was empty before), and ``out`` itself if it was created."""
+        import shutil
+
+        if not out.is_dir():
+            return
+        for e in out.iterdir():
+            if e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e, ignore_errors=True)
+            else:
+                e.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+    def _fit(
+        self,
+        out_dir: str | Path | None = None,
+        *,
+        progress: bool = True,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        handle_signals: bool = True,
+        tensorboard: bool = False,
+        overwrite: bool = False,
+    ) -> RunResult:
+        """`fit` without the clean-up of a new run that fails before its first step."""
         c = self.config
         if tensorboard and out_dir is None:
             raise HeterogradError("--tensorboard writes next to metrics.csv and needs an output folder (--out)")
@@ -621,6 +693,8 @@ class Trainer:
             if own and overwrite:
                 raise HeterogradError(f"--overwrite would delete the run being resumed in {out_dir}; drop --overwrite")
             out = prepare_out_dir(out_dir) if own else prepare_run_dir(out_dir, overwrite=overwrite)
+            if not own:
+                self._fresh_out = out  # empty now: what a failure before the first step leaves is removed
             self._run_dir = out.resolve()
         tb = TensorBoardLog(out / "tensorboard", self.step_count or None) if tensorboard and out is not None else None
         if out is not None:
@@ -629,6 +703,8 @@ class Trainer:
             self.write_run_files(out)
             if tb is not None:
                 tb.config(recorded)
+        if self.step_count == 0 and self.initial_test_loss is None:
+            self.initial_test_loss = self.evaluate_test()[0]  # what "learned nothing" is measured against
         start = time.perf_counter()
         start_step = self.step_count
         diverged, diverged_step, reason = False, None, None
@@ -775,6 +851,8 @@ class Trainer:
             "diverged": diverged,
             "diverged_step": diverged_step,
             "diverged_reason": reason if diverged else None,
+            "no_learning": None if diverged else self.no_learning_reason(test_loss, test_acc),
+            "initial_test_loss": self.initial_test_loss,
             "phi": [probes.get(f"phi{k}", math.nan) for k in keys],
             "align": [probes.get(f"align{k}", math.nan) for k in keys],
             "dc_score": probes.get("dc_score", math.nan),
@@ -782,6 +860,39 @@ class Trainer:
             "device": str(self.device),
             **self.summary_extra(),
         }
+
+    def chance_accuracy(self) -> tuple[float, int] | None:
+        """``(p, n)``: the accuracy of always answering the test set's most frequent class, over its ``n`` labels
+        (sequence targets: the non-ignored tokens); ``None`` for regression."""
+        y = self.data.y_test
+        if y.is_floating_point():
+            return None
+        labels = y.reshape(-1)
+        labels = labels[labels >= 0]  # -100: no target (sequence positions without a loss)
+        if labels.numel() == 0:
+            return None
+        return float(torch.bincount(labels.cpu()).max()) / labels.numel(), int(labels.numel())
+
+    def no_learning_reason(self, test_loss: float, test_acc: float | None) -> str | None:
+        """Why a finished (not diverged) run counts as having learned nothing, or ``None``; the criteria, fixed:
+
+        * ``final test loss above the initial``: the test loss at the end exceeds the untrained model's;
+        * ``test accuracy at chance``: the final test accuracy (judged after at least one epoch) is at most the
+          majority-class rate ``p`` plus two standard errors, ``p + 2·sqrt(p(1-p)/n)`` over ``n`` test labels.
+        """
+        initial = self.initial_test_loss
+        if initial is not None and math.isfinite(initial) and test_loss > initial:
+            return f"final test loss {test_loss:.4g} above the initial {initial:.4g}"
+        chance = self.chance_accuracy()
+        if test_acc is not None and chance is not None:
+            p, n = chance
+            limit = p + 2.0 * math.sqrt(p * (1.0 - p) / n)
+            if test_acc <= limit:
+                return (
+                    f"test accuracy {test_acc:.3f} at chance (<= {limit:.3f}: majority class {p:.3f} plus 2 "
+                    f"standard errors over {n} test labels)"
+                )
+        return None
 
     def probed_layers(self) -> list[str]:
         """Suffixes of the probe columns the summary lists as ``phi``/``align``: ``_1``, ``_2``, ... (hidden layers)."""

@@ -259,6 +259,7 @@ def make_learn_check(
         cfg = TrainConfig(
             data=ds.name, model="lenet5", rule=rule, epochs=epochs, batch_size=batch, lr=0.02, optimizer="momentum",
             optimizer_options={"momentum": 0.9}, probes=False, seed=seed, device=str(device), amp=amp, log_every=4,
+            feedback_gain=1.0 if rule == "hsp" else None,  # c = 1 as before hsp's default became 0.5 (issue 24)
         )  # fmt: skip
         run = _train(cfg, ds)
         steps = run["steps"]

@@ -122,6 +122,12 @@ def _load(name: str, seed: object, n_train: object, n_test: object) -> Dataset:
     n_test = _check_count(n_test, "n_test")
 
     stripped = name.strip()
+    if stripped.lower().startswith("python:"):  # recorded by a run on a Dataset passed in Python
+        raise HeterogradError(
+            f"data {stripped!r} was a Dataset passed in Python, not a built-in set or a folder, so it cannot be "
+            "loaded by name (e.g. by --config); rerun it in Python with the same data: "
+            "heterograd.train(config, dataset=...), Trainer(config, dataset) or ModuleTrainer(config, dataset)"
+        )
     if stripped.lower().startswith(IDX_PREFIX):
         directory = stripped[len(IDX_PREFIX) :].strip()
         if not directory:

@@ -8,4 +8,35 @@ from __future__ import annotations
 
 from .base import EXPERIMENT_MODULES, EXPERIMENTS, Context, Verdict, experiment, load_all, run_experiment
 
-__all__ = ["EXPERIMENTS", "EXPERIMENT_MODULES", "Context", "Verdict", "experiment", "load_all", "run_experiment"]
+EXPERIMENT_NAMES: tuple[str, ...] = (
+    "hs",
+    "dc",
+    "metaplasticity",
+    "hebbian",
+    "flexibility",
+    "benchmark",
+    "optimizers",
+    "meta",
+    "evolution",
+    "hardware",
+    "hardware-lenet",
+    "rewire",
+    "dynamics",
+    "plasticity",
+    "convnets",
+    "language",
+    "rewire-ablation",
+)
+"""The names `EXPERIMENT_MODULES` register, in report order, known without importing them (``repro --help``;
+a test keeps the two in step)."""
+
+__all__ = [
+    "EXPERIMENTS",
+    "EXPERIMENT_MODULES",
+    "EXPERIMENT_NAMES",
+    "Context",
+    "Verdict",
+    "experiment",
+    "load_all",
+    "run_experiment",
+]

@@ -83,6 +83,7 @@ def run(ctx: Context) -> Verdict:
                     batch_size=st.batch_size,
                     lr=0.05,
                     weight_decay=1e-4,
+                    feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
                     seed=seed,
                     probes=False,
                     probe_size=256,

@@ -123,7 +123,7 @@ def _one_run(ds: Any, wiring: dict[str, Any], seed: int, steps: int, log: int) -
         weight_decay=WEIGHT_DECAY,
         probe_size=256,
         log_every=log,
-        **wiring,
+        **{"feedback_gain": 1.0, **wiring},  # c = 1 unless the wiring sets it (the hsp run default is 0.5)
     )
     tr = trainer_with(cfg, ds)
     layers = tr.circuit.hidden_layers
@@ -163,7 +163,7 @@ def _one_run(ds: Any, wiring: dict[str, Any], seed: int, steps: int, log: int) -
 
 
 def judge_runs(rs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The four panels' numbers and pass/fail for one circuit's runs (one per seed, from :func:`_one_run`).
+    """The four panels' numbers and pass/fail for one circuit's runs (one per seed, from `_one_run`).
 
     Each run carries ``series`` (``PANELS`` -> ``(T,)`` values at the logged points, NaN where absent),
     ``phis`` (hidden ``φ_l`` per logged point), ``diverged`` and ``test_accuracy``. A diverged run makes

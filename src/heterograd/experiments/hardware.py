@@ -95,7 +95,7 @@ HIDDEN = (128, 64)
 
 
 def rule_options(rule: str) -> dict[str, Any]:
-    """``TrainConfig`` fields of a rule label of :data:`ALL_RULES` (``bp_array``: hsp, ``c = 1``, ``B(0) = W(0)ᵀ``)."""
+    """``TrainConfig`` fields of a rule label of `ALL_RULES` (``bp_array``: hsp, ``c = 1``, ``B(0) = W(0)ᵀ``)."""
     if rule == BP_ARRAY:
         return {"rule": "hsp", "feedback_gain": 1.0, "feedback_init": "transpose"}
     return {"rule": rule}
@@ -327,6 +327,7 @@ def run(ctx: Context) -> Verdict:
             probe_size=256,
             device_model=model,
             device_model_options=options,
+            feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
         )
 
     with torch_threads(1):

@@ -77,7 +77,7 @@ def train_lenet(
 ) -> dict[str, Any]:
     """Train one converted LeNet-5 (``device``: ``attach`` options on the ``ideal`` preset, ``None``: no device).
 
-    ``rule``: a rule name or ``bp_array`` (see :data:`~heterograd.experiments.hardware.BP_ARRAY`).
+    ``rule``: a rule name or ``bp_array`` (see `heterograd.experiments.hardware.BP_ARRAY`).
 
     ``data`` = ``(x_train (N, 1, 28, 28), y_train (N,), x_test, y_test)``. Returns test accuracy, divergence,
     mean ``phi`` / ``align`` of the layers below the output.

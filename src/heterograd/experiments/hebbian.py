@@ -91,7 +91,7 @@ def _run(ctx: Context) -> Verdict:
         """Train a fresh circuit on ``(x, y)`` at weight decay ``lam``; its alignments, or NaN if it diverged."""
         nonlocal diverged
         c = Circuit(SIZES, "tanh", seed=seed)
-        ok = local_training(c, HSP(weight_decay=lam), loss, x, y, steps=steps, lr=LR, seed=seed)
+        ok = local_training(c, HSP(weight_decay=lam, feedback_gain=1.0), loss, x, y, steps=steps, lr=LR, seed=seed)
         diverged += not ok
         return _alignments(c, x, y) if ok else [math.nan] * L
 

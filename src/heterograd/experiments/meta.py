@@ -60,6 +60,7 @@ def _run(ctx: Context) -> Verdict:
             hidden=s["hidden"],
             lr=0.05,
             weight_decay=1e-4,
+            feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
             feedback_init="random",
             seed=ctx.seed,
             probes=False,

@@ -87,6 +87,7 @@ def _run(ctx: Context) -> Verdict:
                 epochs=s["epochs"],
                 lr=lr,
                 weight_decay=1e-4,
+                feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
                 optimizer=motif,
                 optimizer_options=dict(opts),
                 feedback_init="random",

@@ -176,6 +176,7 @@ def _train_and_curves(
     cfg = TrainConfig(
         data=DATA,
         rule=rule,
+        feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
         hidden=HIDDEN,
         activation=ACTIVATION,
         epochs=epochs,

@@ -94,7 +94,7 @@ def _two_streams(signal: Tensor, noise: Tensor, swapped: bool) -> Tensor:
 def _new_learner(rule_name: str, d: int, seed: int) -> _Learner:
     mask = block_mask([d, d], [POP, POP])
     circuit = Circuit([2 * d, 2 * POP, HIDDEN, 10], "tanh", forward_masks={1: mask}, seed=seed)
-    rule = make_rule(rule_name, weight_decay=WEIGHT_DECAY)
+    rule = make_rule(rule_name, weight_decay=WEIGHT_DECAY, feedback_gain=1.0 if rule_name == "hsp" else None)
     motif = make_motif("sgd", lr=LR)
     return _Learner(
         circuit,
@@ -231,7 +231,7 @@ def seed_runs(
     """The original run of one (rule, seed) and its branches rewired at each RT in ``rts``.
 
     Returns one metrics dict per run (the original: ``rt`` ``None``) and the ``(epoch, accuracy)`` curves keyed
-    by RT (``"none"``: the original). ``fixed_noise`` / ``schedule``: see :func:`_train` (the ablation's conditions).
+    by RT (``"none"``: the original). ``fixed_noise`` / ``schedule``: see `_train` (the ablation's conditions).
     """
     d = ds.x_train.shape[1]
     noise_test = torch.randn(ds.x_test.shape, generator=torch.Generator().manual_seed(20_000 + seed))
@@ -264,13 +264,13 @@ def counts(values: list[float], diverged: list[bool]) -> dict[str, int]:
 
 
 def _nanmedian(values: list[float]) -> float:
-    """Median over the finite values (NaN if none); always reported beside :func:`counts`."""
+    """Median over the finite values (NaN if none); always reported beside `counts`."""
     v = [x for x in values if x is not None and math.isfinite(x)]
     return float(np.median(v)) if v else math.nan
 
 
 def rule_statistics(rr_all: list[dict[str, Any]], rts: tuple[int, ...], n_perm: int, seed: int) -> dict[str, Any]:
-    """The verdict's numbers for one rule's runs (as :func:`seed_runs` returns them, every seed together).
+    """The verdict's numbers for one rule's runs (as `seed_runs` returns them, every seed together).
 
     Medians are over the runs that stayed finite, each with ``runs`` / ``diverged`` beside it; the rank test
     counts a diverged run as accuracy 0.

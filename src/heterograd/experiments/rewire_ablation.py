@@ -3,7 +3,7 @@
 ``repro rewire`` finds no decline of the final accuracy with the rewire time RT (its verdict and thresholds
 are unchanged). The paper's Fig. 3 shows one (median final accuracy 48 % without rewiring, 38 % at RT = 50).
 Two hypotheses for what our setup lacks, each a change of one thing in ``rewire``'s setup (hsp, the rule
-of the claim; everything else as in :mod:`heterograd.experiments.rewire`):
+of the claim; everything else as in `heterograd.experiments.rewire`):
 
 * **(a) fixed noise.** The noise stream is a *fixed pattern per training image* (drawn once per seed),
   rather than white noise redrawn at every presentation. The noise population can then learn it (memorise
@@ -81,7 +81,7 @@ def cosine_schedule(epochs: int, lr: float = LR, fraction: float = ETA_MIN_FRACT
 
 
 def judge_condition(stats: dict[str, Any], rts: tuple[int, ...]) -> dict[str, Any]:
-    """Decline and recovery of one condition from :func:`~heterograd.experiments.rewire.rule_statistics`."""
+    """Decline and recovery of one condition from `heterograd.experiments.rewire.rule_statistics`."""
     table = stats["by_rt"]
     first, last = table[str(rts[0])], table[str(rts[-1])]
     drop = first["median_final"] - last["median_final"]
