@@ -51,13 +51,9 @@ def build(rule: str, seed: int, example: torch.Tensor, weight_decay: float) -> n
     model = Net()
     if rule == "autograd":
         return model
-    opts: dict = {"seed": seed}
+    opts: dict = {"seed": seed, "weight_decay": weight_decay}  # hsp: its default feedback gain c = 0.5
     if rule == "dfa":
         opts["example_input"] = example
-    else:
-        opts["weight_decay"] = weight_decay
-    if rule == "hsp":
-        opts["feedback_gain"] = 0.5
     return heterograd.convert(model, rule, **opts)
 
 

@@ -146,6 +146,59 @@ def test_demo_runs_and_prints_the_table(tmp_path):
     assert acc["hsp"] >= acc["bp"] - 0.02 and min(acc.values()) > 0.9
 
 
+def test_demo_runs_twice_in_one_folder_and_replaces_only_its_own_output(capsys, tmp_path):
+    """The quick start's `heterograd demo`, run again in the same folder: exit 0 both times (issue 23)."""
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--epochs", "1", "--no-progress"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    first = json.loads((out / "hsp" / "summary.json").read_text())
+    (out / "notes.txt").write_text("mine")  # a user's file next to the demo's output
+    (out / "hsp" / "stale.txt").write_text("left by the first run")
+    code, stdout, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    again = json.loads((out / "hsp" / "summary.json").read_text())
+    assert "hsp" in stdout and again.pop("wall_seconds") and first.pop("wall_seconds")
+    assert again == first  # same seed, same result
+    assert not (out / "hsp" / "stale.txt").exists()  # the old run was replaced, not mixed with the new one
+    assert (out / "notes.txt").read_text() == "mine"
+    marker = json.loads((out / ".heterograd-demo.json").read_text())
+    assert marker["entries"] == ["bp", "fa", "hsp", "demo.json", "demo.md"]
+
+
+def test_demo_refuses_a_folder_it_did_not_write(capsys, tmp_path):
+    (tmp_path / "thesis.tex").write_text("do not touch")
+    (tmp_path / "hsp").mkdir()
+    code, _, err = run_cli(capsys, "demo", "--out", str(tmp_path), "--epochs", "1", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "did not write" in err and "choose a new or empty --out" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hsp", "thesis.tex"]
+    # --overwrite does not make a foreign folder the demo's either
+    code, _, err = run_cli(capsys, "demo", "--out", str(tmp_path), "--epochs", "1", "--overwrite", "--no-progress")
+    assert code == 2 and (tmp_path / "thesis.tex").read_text() == "do not touch"
+
+
+def test_prepare_owned_dir_claims_replaces_and_refuses(tmp_path):
+    from heterograd.errors import HeterogradError
+    from heterograd.results import prepare_owned_dir
+
+    out = tmp_path / "o"
+    prepare_owned_dir(out, "x", ["a", "b.txt"])
+    (out / "a").mkdir()
+    (out / "a" / "f").write_text("1")
+    (out / "b.txt").write_text("2")
+    (out / "c.txt").write_text("user")
+    prepare_owned_dir(out, "x", ["a", "b.txt"])
+    assert sorted(p.name for p in out.iterdir()) == [".heterograd-x.json", "c.txt"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "b.txt").write_text("not ours")
+    with pytest.raises(HeterogradError, match="did not write"):
+        prepare_owned_dir(other, "x", ["a", "b.txt"])
+    assert (other / "b.txt").read_text() == "not ours"
+    with pytest.raises(ValueError):
+        prepare_owned_dir(tmp_path / "p", "x", ["../escape"])
+
+
 def test_python_dash_m_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "heterograd", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "train" in proc.stdout and "demo" in proc.stdout

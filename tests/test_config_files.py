@@ -87,7 +87,7 @@ def test_recorded_only_keys_are_ignored_and_nothing_else(tmp_path):
     [
         ('{"lr": 0.1, "learning_rate": 0.1}', "unknown key 'learning_rate'"),
         ('{"epocs": 3}', "unknown key 'epocs'; did you mean 'epochs'?"),
-        ('{"lr": "fast"}', "key 'lr' must be a number, got 'fast'"),
+        ('{"lr": "fast"}', "key 'lr' must be a number or null, got 'fast'"),
         ('{"epochs": 2.5}', "key 'epochs' must be an integer"),
         ('{"probes": "yes"}', "key 'probes' must be true or false"),
         ('{"hidden": [16, "x"]}', "key 'hidden' must be a list"),

@@ -132,7 +132,9 @@ def test_bp_equivalent_settings_equal_autograd_sgd(float64, name, rule, steps):
     x, y = _batch(kind)
     ref = _make(builder)
     _sgd_run(ref, x, y, steps, LAM)
-    opts = {"feedback_init": "transpose"} if rule != "bp" else {}
+    opts: dict = {"feedback_init": "transpose"} if rule != "bp" else {}
+    if rule == "hsp":
+        opts["feedback_gain"] = 1.0  # c = 1 (hsp's default gain is 0.5)
     model = convert(_make(builder), rule, weight_decay=LAM, **opts)
     _sgd_run(model, x, y, steps, 0.0)  # the rule's own decay λ acts on W, b, B, γ, β
     want, got = ref.state_dict(), _forward_state(model)
@@ -188,7 +190,7 @@ def _fa_model():
 
 def test_fa_applies_the_local_correlation_not_the_gradient(float64):
     x, y = _batch("conv2d")
-    model = convert(_fa_model(), "fa")
+    model = convert(_fa_model(), "fa", weight_decay=0.0)
     conv, lin = model[0], model[3]
     # the feedback potentials by hand: u at the top is the loss gradient, below it B-transport and σ'
     h0 = x
@@ -227,7 +229,7 @@ def test_no_plastic_update_comes_from_autograds_gradient(rule):
         nn.ReLU(),
         nn.Linear(10, 3),
     )
-    convert(model, rule)
+    convert(model, rule, weight_decay=0.0)
     with torch.no_grad():
         for _, m in plastic_layers(model):
             if getattr(m, "feedback", None) is not None:
@@ -326,7 +328,7 @@ def _small_convnet():
 
 
 def test_autocast_bf16_matches_autograd_under_bp_equivalent_settings():
-    ref, model = _small_convnet(), convert(_small_convnet(), "kp", feedback_init="transpose")
+    ref, model = _small_convnet(), convert(_small_convnet(), "kp", feedback_init="transpose", weight_decay=0.0)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
     for m in (ref, model):
         with torch.autocast("cpu", dtype=torch.bfloat16):

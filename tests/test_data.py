@@ -193,7 +193,7 @@ def test_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert sources.cache_dir() == tmp_path / "heterograd"
 
 
-@pytest.mark.skipif(not sources.FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.needs_data("fashion-mnist")
 def test_fashion_mnist_loads() -> None:
     ds = load_dataset("fashion-mnist")
     assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)

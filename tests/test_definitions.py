@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from heterograd import HeterogradError, convert
-from heterograd.data.sources import FASHION_MNIST_DIR
 from heterograd.models import lenet5
 from heterograd.nn.convert import xavier_bound
 
@@ -184,7 +183,7 @@ def _fashion_lenet_accuracy(rule: str, readout_only: bool, seed: int, steps: int
         return float((model(ds.x_test).argmax(1) == ds.y_test).float().mean())
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.needs_data("fashion-mnist")
 def test_dfa_lenet5_learns_beyond_its_readout():
     """DFA trains LeNet-5's hidden layers usefully: 200 steps beat the same recipe with them frozen.
 

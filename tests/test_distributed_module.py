@@ -55,7 +55,7 @@ def cases(factory: str) -> dict[str, TrainConfig]:
     """The data-parallel cases; ``bn-per-rank`` is the control that must differ from one process."""
     conv = dict(BASE, model=f"{factory}:build", augment=True)
     return {
-        "mlp-hsp": TrainConfig(**dict(BASE, model="mlp", rule="hsp", model_options={"hidden": [16]})),  # type: ignore[arg-type]
+        "mlp-hsp": TrainConfig(**dict(BASE, model="mlp", rule="hsp", hidden=(16,))),  # type: ignore[arg-type]
         "conv-kp": TrainConfig(**dict(conv, rule="kp", model_options={"bn": False})),  # type: ignore[arg-type]
         "bn-sync-kp": TrainConfig(**dict(conv, rule="kp", sync_batchnorm=True, probes=True, probe_size=16)),  # type: ignore[arg-type]
         "bn-per-rank": TrainConfig(**dict(conv, rule="kp")),  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ def small() -> Dataset:
 
 
 def _cfg(**kw: object) -> TrainConfig:
-    base = dict(data="digits", epochs=3, hidden=(32,), batch_size=16, seed=0, log_every=4)
+    base = dict(data="digits", epochs=3, hidden=(32,), batch_size=16, seed=0, log_every=4, feedback_gain=1.0)
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
 

@@ -335,6 +335,8 @@ def test_quick_hardware_experiment_verdict(tmp_path):
         for rival in ("bp", "fa"):
             assert cmp[rival] == compare(d["hsp"], d[rival])
     assert m["reference_accuracy"]["bp"] > 0.5  # the circuit learns on the reference device
+    assert m["stuck_case"]["as_predicted"], m["stuck_case"]  # hsp's align falls with stuck devices, bp's stays 1
+    assert m["runs_per_point"]["bp_array"] == 1 and set(m["hsp_vs_bp_array"]) == set(m["hsp_vs"])
     for fig in s["figures"]:
         assert (tmp_path / "hardware" / fig).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "hardware" / "hardware.md").is_file()

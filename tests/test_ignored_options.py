@@ -52,8 +52,8 @@ def test_cli_rejects_an_option_that_would_be_ignored(extra, message, tmp_path, c
     ("extra", "recorded"),
     [
         (["--rule", "fa"], {"weight_decay": 1e-4, "feedback_gain": None, "density": None}),
-        (["--rule", "hsp"], {"weight_decay": 1e-4, "feedback_gain": 1.0, "density": None}),
-        (["--rule", "hsp", "--topology", "sparse"], {"feedback_gain": 1.0, "density": 1.0}),
+        (["--rule", "hsp"], {"weight_decay": 1e-4, "feedback_gain": 0.5, "density": None}),  # hsp's default c
+        (["--rule", "hsp", "--topology", "sparse"], {"feedback_gain": 0.5, "density": 1.0}),
         (["--rule", "hsp", "--topology", "sparse", "--density", "0.3"], {"density": 0.3}),
         (
             ["--rule", "poly", "--theta-w", THETA, "--theta-b", THETA],

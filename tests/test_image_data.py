@@ -23,7 +23,6 @@ from heterograd.data import (
 )
 from heterograd.data import cifar as cifar_mod
 from heterograd.data.images import crop_at
-from heterograd.data.sources import FASHION_MNIST_DIR
 from heterograd.errors import HeterogradError
 from heterograd.models import make_model
 
@@ -94,9 +93,8 @@ def make_cifar100(root: Path, version: str, n_train: int = 12, n_test: int = 5) 
 # Dataset image layout
 
 
+@pytest.mark.needs_data("fashion-mnist")
 def test_fashion_mnist_as_images_keeps_the_flat_default():
-    if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip("Fashion-MNIST is not installed")
     flat = load_dataset("fashion-mnist", n_train=50, n_test=20)
     images = load_dataset("fashion-mnist", n_train=50, n_test=20, image=True)
     assert flat.x_train.shape == (50, 784) and flat.input_shape == (784,) and flat.image_shape == (1, 28, 28)
@@ -449,13 +447,12 @@ def test_a_training_loop_over_augmented_cifar_batches(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_data("fashion-mnist")
 def test_the_readme_example_runs():
-    """The README's models-and-image-data example, as printed there (about 15 s on one core)."""
-    if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip("Fashion-MNIST is not installed")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("<!-- section: models and image data (issue 11) -->")[1]
+    """docs/models.md's LeNet-5 example, as printed there (about 15 s on one core)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text(encoding="utf-8")
+    section = page.split("<!-- section: models and image data (example) -->")[1]
     code = section.split("```python\n")[1].split("```")[0]
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/models.md", "exec"), namespace)
     assert namespace["acc"] > 0.5  # two epochs on 5,000 images: far above the 0.1 of chance

@@ -20,7 +20,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "heterograd"
 # Top floor first. Patterns are fnmatch patterns over dotted module names; the first floor with a match wins.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("heterograd.cli", "heterograd.__main__", "heterograd.*.cli", "heterograd.*.__main__")),
-    ("experiments, evolution, benchmarks", ("heterograd.experiments*", "heterograd.evolve*", "heterograd.bench*")),
+    (
+        "experiments, evolution, benchmarks, studies",
+        ("heterograd.experiments*", "heterograd.evolve*", "heterograd.bench*", "heterograd.tune*"),
+    ),
     (
         "training loop",
         (
@@ -57,6 +60,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "heterograd.progress",
             "heterograd.tensorboard",
             "heterograd._version",
+            "heterograd._startup",
         ),
     ),
 ]
@@ -117,8 +121,26 @@ def collect(sources: Mapping[str, tuple[str, bool]]) -> dict[str, set[str]]:
     return graph
 
 
+def reaches(graph: Mapping[str, set[str]], start: str, goal: str) -> bool:
+    """Whether ``start`` imports ``goal``, directly or through other modules."""
+    seen, todo = set(), [start]
+    while todo:
+        m = todo.pop()
+        if m == goal:
+            return True
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph.get(m, ()))
+    return False
+
+
 def violations(sources: Mapping[str, tuple[str, bool]]) -> list[str]:
-    """Upward imports, imports of the package root, and circles between packages, as readable lines."""
+    """Upward imports, imports of the package root or of a module's own package, and circles between packages.
+
+    A module importing a package it sits in whose ``__init__`` imports it back (``experiments.base`` doing
+    ``from . import load_all``) is a circle inside one unit, which the circle check between units cannot see.
+    Entry points (``*.cli``, ``*.__main__``) may import their package, which never imports them.
+    """
     graph = collect(sources)
     problems: list[str] = []
     for mod, targets in sorted(graph.items()):
@@ -127,6 +149,12 @@ def violations(sources: Mapping[str, tuple[str, bool]]) -> list[str]:
         for t in sorted(targets):
             if t == "heterograd":
                 problems.append(f"{mod} imports the package root heterograd (import the module that defines it)")
+                continue
+            if mod.startswith(t + ".") and floor_of(mod) > 0 and reaches(graph, t, mod):
+                problems.append(
+                    f"{mod} imports its own package {t} (whose __init__ imports its modules: a circle); "
+                    "import the module that defines the name instead"
+                )
                 continue
             if floor_of(t) < floor_of(mod):
                 problems.append(
@@ -195,6 +223,9 @@ def test_imports_only_run_downward_and_form_no_circle():
         ("heterograd.train", False, "from .cli import main", "sits higher"),
         ("heterograd.rules", True, "from .. import __version__", "package root"),
         ("heterograd.data.sources", False, "import heterograd.experiments.base", "sits higher"),
+        ("heterograd.experiments.base", False, "from . import load_all", "its own package"),
+        ("heterograd.rules.classic", False, "from .. import rules", "its own package"),
+        ("heterograd.nn.convert", False, "import heterograd.nn", "its own package"),
     ],
 )
 def test_a_planted_upward_import_is_caught(module, is_pkg, line, expect):

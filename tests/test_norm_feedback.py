@@ -123,6 +123,7 @@ def test_norm_feedback_errors(kwargs, needle):
     assert needle in str(exc.value)
 
 
+@pytest.mark.needs_data("fashion-mnist")  # the LeNet-5 run reads the data before the option check
 def test_norm_feedback_from_the_command_line(capsys, tmp_path):
     def run(*argv: str) -> tuple[int, str]:
         with pytest.raises(SystemExit) as exc:

@@ -168,18 +168,26 @@ def test_rewire_quick_verdict(tmp_path):
     last = hsp["by_rt"][str(max(int(k) for k in hsp["by_rt"] if k != "none"))]
     assert last["median_at_swap"] < last["median_pre_swap"] - 0.1, "no dip at the swap"
     assert s["holds"] == (hsp["all_recover"] and hsp["late_costs_more"])
+    assert all({"runs", "diverged"} <= set(t) for t in hsp["by_rt"].values())  # counts beside every median
 
 
 @pytest.mark.slow
 def test_dynamics_quick_verdict(tmp_path):
     run_experiment("dynamics", tmp_path, quick=True)
     s = _summary(tmp_path, "dynamics")
-    assert s["measured"]["control_fails"], "c = -1 must break the one-sign φ panel"
+    c = s["measured"]["controls"]
+    assert c["c_minus_1"]["verdict_per_panel"]["phi_one_sign"] == "fails", "c = -1 must break the one-sign φ panel"
     for name in ("structured", "amorphous"):
         m = s["measured"][name]
-        assert m["dB_settles"] and m["align_rises"] and m["phi_one_sign"], m
+        assert m["dB_settles"] and m["phi_one_sign"] and m["runs"] == 2 and m["diverged"] == 0, m
+        frozen = c[f"{name}_frozen_B"]
+        assert frozen["verdict_per_panel"]["dB_settles"] == "fails" and not frozen["B_moved"]
+        assert frozen["verdict_per_panel"]["align_rises"] == "fails", frozen
+        assert frozen["align_end_median"] < m["align_end_median"] - 0.3
+    assert s["measured"]["structured"]["align_rises"]
     panels = ("dB_settles", "align_rises", "phi_one_sign", "hebb_rises")
-    assert s["holds"] == all(s["measured"][n][k] for n in ("structured", "amorphous") for k in panels)
+    expected = all(s["measured"][n][k] for n in ("structured", "amorphous") for k in panels)
+    assert s["holds"] == (expected and all(v["control_fails_as_required"] for v in c.values()))
 
 
 @pytest.mark.slow
@@ -189,4 +197,8 @@ def test_plasticity_quick_verdict(tmp_path):
     m = s["measured"]
     assert m["init_fails"] and m["init_matches_gradient"]["sign_agreement"] < 0.7
     assert m["learned_matches_gradient"]["holds"]
-    assert s["holds"] == (m["thresholds_move"] and m["learned_matches_gradient"]["holds"] and m["init_fails"])
+    f = m["frozen_B_control"]
+    assert f["verdict_per_condition"]["learned_matches_gradient"] == "fails", f
+    assert f["learned_matches_gradient"]["sign_agreement"] < m["learned_matches_gradient"]["sign_agreement"] - 0.1
+    assert m["thresholds_move_counted"] is False  # fa moves the thresholds too: not evidence
+    assert s["holds"] == (m["learned_matches_gradient"]["holds"] and m["init_fails"] and f["control_fails_as_required"])

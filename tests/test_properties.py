@@ -118,7 +118,8 @@ INVALID_FIELDS: dict[str, st.SearchStrategy[object]] = {
     "epochs": st.one_of(st.integers(max_value=0), st.floats(0.1, 9.9), _not_numbers),
     "batch_size": st.one_of(st.integers(max_value=0), st.floats(), _not_numbers),
     "seed": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**63), st.floats(), st.text(max_size=3)),
-    "lr": st.one_of(st.floats(max_value=0.0), st.sampled_from([math.nan, math.inf]), _not_numbers),
+    # None is valid for lr: "not set", the optimiser's default step size
+    "lr": st.one_of(st.floats(max_value=0.0), st.sampled_from([math.nan, math.inf]), _not_numbers.filter(_is_set)),
     # None is valid for these two: "not set", resolved where the rule / topology uses them
     "weight_decay": st.one_of(st.floats(max_value=-1e-12), st.just(math.nan), _not_numbers.filter(_is_set)),
     "density": st.one_of(

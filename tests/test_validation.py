@@ -188,7 +188,7 @@ def test_no_traceback_in_a_real_process(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------- Python API
 BAD_CONFIGS: list[tuple[dict[str, object], str]] = [
     ({"lr": "abc"}, "--lr must be a finite number, got 'abc'"),
-    ({"lr": None}, "--lr must be a finite number"),
+    ({"lr": [0.1]}, "--lr must be a finite number"),  # None is "not set": the optimiser's default
     ({"lr": True}, "--lr must be a finite number"),
     ({"lr": math.nan}, "--lr must be a finite number"),
     ({"epochs": 2.5}, "--epochs must be an integer >= 1, got 2.5"),

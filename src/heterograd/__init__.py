@@ -3,6 +3,7 @@
 The theory in brief is docs/theory.md (after Ziyin, Chuang, Poggio, arXiv:2505.02248).
 """
 
+from . import _startup  # noqa: F401  (first, before torch: a Ctrl-C while the CLI starts is one line)
 from ._version import __version__
 from .circuits import Circuit, Trace
 from .data import Dataset, load_dataset

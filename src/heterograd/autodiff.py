@@ -36,7 +36,7 @@ def true_gradients(
     """Exact gradients of the mean batch loss.
 
     Returns:
-        ``(g_p, g_W, g_b)``: ``g_p`` as in :func:`potential_gradients`; ``g_W[l-1]`` ``(n_l, n_{l-1})``
+        ``(g_p, g_W, g_b)``: ``g_p`` as in `potential_gradients`; ``g_W[l-1]`` ``(n_l, n_{l-1})``
         ``= ∇_{W_l} mean ℓ``; ``g_b[l-1]`` ``(n_l,)``. ``g_W``/``g_b`` are empty if ``weights=False``.
     """
     with torch.enable_grad():

@@ -71,7 +71,7 @@ def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def plain(obj: Any, where: str = "state") -> Any:
-    """A copy of ``obj`` that ``torch.load(weights_only=True)`` accepts, or a :class:`HeterogradError`.
+    """A copy of ``obj`` that ``torch.load(weights_only=True)`` accepts, or a `HeterogradError`.
 
     Allowed: tensors, ``torch.Size``, bool/int/float/str/None (subclasses such as numpy floats or
     ``torch.__version__`` are converted to the plain type), and lists, tuples and dicts of them
@@ -102,7 +102,7 @@ def plain(obj: Any, where: str = "state") -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
-    """Atomically write ``payload`` (made plain with :func:`plain`) to ``path``; returns the path."""
+    """Atomically write ``payload`` (made plain with `plain`) to ``path``; returns the path."""
     path = Path(path)
     data = plain({"format": FORMAT, "version": VERSION, **payload}, "checkpoint")
     data.pop("digest", None)
@@ -203,7 +203,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Fields (not in :data:`RESUMABLE_FIELDS`) whose values differ, as ``"lr: 0.05 -> 0.1"`` strings."""
+    """Fields (not in `RESUMABLE_FIELDS`) whose values differ, as ``"lr: 0.05 -> 0.1"`` strings."""
     out = []
     for k in sorted(set(saved) | set(current)):
         if k in RESUMABLE_FIELDS:

@@ -15,6 +15,25 @@ import typer
 
 from .errors import HeterogradError
 
+
+def _hide_flag_types() -> None:
+    """Show no type next to on/off flags in ``--help``: typer 0.29 prints ``--augment <bool>``, which reads as if the
+    flag took a value."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "heterograd_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else original(self, ctx)
+
+    display_type_rich.heterograd_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
 app = typer.Typer(
     name="heterograd",
     help="Heterosynaptic circuits: learning by local two-signal plasticity, measured against backprop.",
@@ -22,6 +41,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        typer.echo(f"heterograd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    pass
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -49,7 +85,8 @@ def results_table(summaries: list[dict[str, Any]], title: str = "") -> str:
         acc = s.get("test_accuracy")
         lines.append(
             [
-                str(s.get("label", s.get("rule"))) + (" (diverged)" if s.get("diverged") else ""),
+                str(s.get("label", s.get("rule")))
+                + (" (diverged)" if s.get("diverged") else " (no learning)" if s.get("no_learning") else ""),
                 _fmt(acc) if acc is not None else "-",
                 _fmt(s.get("test_loss")),
                 " ".join(_fmt(v, 2) for v in s.get("phi", [])) or "-",
@@ -110,24 +147,40 @@ def train(
         ),
     ] = "exact",
     rule: Annotated[
-        str, typer.Option(help="bp | fa | dfa | hsp | kp | poly; with --model also usf | brsf | frsf")
+        str,
+        typer.Option(
+            help="bp | fa | dfa | hsp (feedback gain c = 0.5 unless --feedback-gain) | kp (hsp at c = 1) | poly "
+            "| freeze (circuits only: hsp with W_1 frozen); with --model also usf | brsf | frsf"
+        ),
     ] = "hsp",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     seed: Annotated[int, typer.Option(help="seed for weights, masks, data order")] = 0,
     out: Annotated[Path | None, typer.Option(help="results folder (default runs/<data>-<rule>-s<seed>)")] = None,
     hidden: Annotated[str, typer.Option(help="hidden widths, e.g. 128,128 ('none' for no hidden layer)")] = "128,128",
     activation: Annotated[str, typer.Option(help="tanh | relu | sigmoid | identity")] = "tanh",
-    lr: Annotated[float, typer.Option(help="learning rate η")] = 0.05,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="learning rate η; default 0.05 for sgd and momentum, 1e-3 for rmsprop, adam and adamw"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="minibatch size n")] = 32,
     weight_decay: Annotated[
-        float | None, typer.Option(help="weight decay λ on W, b and B  [default: 1e-4 where the rule has it]")
+        float | None,
+        typer.Option(
+            help="weight decay λ on W, b and B (every rule; not poly given both --theta-w and --theta-b); "
+            "default 1e-4, as heterograd.convert(model, rule)"
+        ),
     ] = None,
     feedback_gain: Annotated[
-        float | None, typer.Option(help="feedback plasticity gain c (hsp, poly, freeze)  [default: 1.0]")
+        float | None,
+        typer.Option(
+            help="feedback plasticity gain c of ΔB; rules hsp, poly (without --theta-b) and freeze only; default "
+            "0.5 for hsp, 1.0 for poly and freeze; sets the size of B's update under sgd/momentum only: rmsprop, "
+            "adam and adamw divide each element by its own scale, which cancels c"
+        ),
     ] = None,
     topology: Annotated[str, typer.Option(help="layered | sparse | direct | amorphous")] = "layered",
     density: Annotated[
-        float | None, typer.Option(help="feedback mask density, sparse/amorphous only, in (0, 1]  [default: 1.0]")
+        float | None, typer.Option(help="feedback mask density, sparse/amorphous only, in (0, 1]; default 1.0")
     ] = None,
     feedback_init: Annotated[
         str, typer.Option(help="random | transpose (B=Wᵀ) | anti (B=-Wᵀ); ±Wᵀ needs adjacent-layer feedback")
@@ -201,64 +254,18 @@ def train(
     `heterograd train --config runs/a/config.json --out runs/b` reruns runs/a.
     --out must be empty or new (or the folder being resumed); --overwrite clears an earlier run there.
     """
-    from .hardware import parse_device_options
-    from .optim import cli_options
-    from .train import TrainConfig, TrainingInterrupted
-    from .train_module import make_trainer, parse_model_options, resume_trainer
+    from .train import TrainingInterrupted
+    from .train_module import make_trainer, resume_trainer
 
-    cfg = TrainConfig(
-        data=data,
-        model=model,
-        model_options=parse_model_options(model_options),
-        schedule=schedule,
-        augment=augment,
-        norm_feedback=norm_feedback,
-        rule=rule,
-        checkpoint_every=checkpoint_every,
-        epochs=epochs,
-        seed=seed,
-        hidden=hidden,
-        activation=activation,
-        lr=lr,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        weight_decay=weight_decay,
-        feedback_gain=feedback_gain,
-        topology=topology,
-        density=density,
-        feedback_init=feedback_init,
-        loss=loss,
-        optimizer=optimizer,
-        optimizer_options=cli_options(
-            momentum=momentum,
-            nesterov=nesterov,
-            betas=betas,
-            eps=eps,
-            optimizer_weight_decay=optimizer_weight_decay,
-            extra=optimizer_options,
-        ),
-        device=device,
-        dtype=dtype,
-        log_every=log_every,
-        probes=probes,
-        n_train=n_train,
-        n_test=n_test,
-        theta_w=_floats(theta_w, "--theta-w"),
-        theta_b=_floats(theta_b, "--theta-b"),
-        compile=compile_step,
-        amp=amp,
-        sync_batchnorm=sync_batchnorm,
-        device_model=device_model,
-        device_model_options=parse_device_options(device_model_options),
-    )
-    if config is not None:
-        if resume is not None:
-            raise HeterogradError(
-                "--config and --resume both set the run's options; a resumed run uses its own, drop --config"
-            )
-        cfg = _from_config_file(config, _explicit_overrides(ctx, cfg))
+    if config is not None and resume is not None:
+        raise HeterogradError(
+            "--config and --resume both set the run's options; a resumed run uses its own, drop --config"
+        )
+    cfg = train_config(ctx)
     data, rule, seed = cfg.data, cfg.rule, cfg.seed
     if overwrite and resume is not None:
         raise HeterogradError("--overwrite would delete the run --resume continues; drop --overwrite")
+    _refuse_undeclared_torchrun(distributed)
     if cfg.sync_batchnorm and not distributed:
         raise HeterogradError(
             "--sync-batchnorm synchronises BatchNorm statistics across the ranks of a data-parallel run; add "
@@ -300,6 +307,13 @@ def train(
     except TrainingInterrupted as exc:
         import signal
 
+        if exc.checkpoint is None:
+            typer.echo(
+                f"interrupted by {signal.Signals(exc.signum).name} before training started; nothing was kept in "
+                f"{out_dir}; run the command again to start",
+                err=True,
+            )
+            sys.exit(128 + exc.signum)
         typer.echo(
             f"interrupted by {signal.Signals(exc.signum).name} after step {exc.step}; checkpoint written to "
             f"{exc.checkpoint}; continue with: heterograd train --resume {out_dir}",
@@ -324,8 +338,95 @@ def train(
             f"diverged at step {s['diverged_step']} ({s.get('diverged_reason')}); the run stopped there and "
             f"metrics and figures up to that step are kept in {out_dir}; try a smaller --lr"
         )
+    elif s.get("no_learning"):
+        typer.echo(
+            f"learned nothing: {s['no_learning']}; results written to {out_dir}; try another --lr or --optimizer"
+        )
     else:
         typer.echo(f"results written to {out_dir}")
+
+
+def _refuse_undeclared_torchrun(distributed: bool) -> None:
+    """Started as one of several processes (``torchrun``: ``WORLD_SIZE`` > 1) without ``--distributed``: every
+    process would train alone and write the same ``--out``; refuse with one line."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not distributed and world.strip().isdigit() and int(world) > 1:
+        rank = os.environ.get("RANK", "?")
+        raise HeterogradError(
+            f"this process is rank {rank} of {world} (WORLD_SIZE={world}, as torchrun sets it) but --distributed is "
+            "not set, so every rank would train alone into the same --out; pass --distributed, or run one process "
+            "without torchrun"
+        )
+
+
+def train_config(ctx: typer.Context) -> Any:
+    """The `heterograd.config.TrainConfig` of a ``train`` command line (``ctx.params``), ``--config`` merged.
+
+    ``heterograd tune`` parses its training options with ``train``'s own options and builds the config here too.
+    """
+    from .config import TrainConfig
+    from .hardware import parse_device_options
+    from .optim import cli_options
+    from .train_module import parse_model_options
+    from .tune.space import ADAPTIVE_OPTIMIZERS
+
+    p = ctx.params
+    cfg = TrainConfig(
+        data=p["data"],
+        model=p["model"],
+        model_options=parse_model_options(p["model_options"]),
+        schedule=p["schedule"],
+        augment=p["augment"],
+        norm_feedback=p["norm_feedback"],
+        rule=p["rule"],
+        checkpoint_every=p["checkpoint_every"],
+        epochs=p["epochs"],
+        seed=p["seed"],
+        hidden=p["hidden"],
+        activation=p["activation"],
+        lr=p["lr"],
+        batch_size=p["batch_size"],
+        weight_decay=p["weight_decay"],
+        feedback_gain=p["feedback_gain"],
+        topology=p["topology"],
+        density=p["density"],
+        feedback_init=p["feedback_init"],
+        loss=p["loss"],
+        optimizer=p["optimizer"],
+        optimizer_options=cli_options(
+            momentum=p["momentum"],
+            nesterov=p["nesterov"],
+            betas=p["betas"],
+            eps=p["eps"],
+            optimizer_weight_decay=p["optimizer_weight_decay"],
+            extra=p["optimizer_options"],
+        ),
+        device=p["device"],
+        dtype=p["dtype"],
+        log_every=p["log_every"],
+        probes=p["probes"],
+        n_train=p["n_train"],
+        n_test=p["n_test"],
+        theta_w=_floats(p["theta_w"], "--theta-w"),
+        theta_b=_floats(p["theta_b"], "--theta-b"),
+        compile=p["compile_step"],
+        amp=p["amp"],
+        sync_batchnorm=p["sync_batchnorm"],
+        device_model=p["device_model"],
+        device_model_options=parse_device_options(p["device_model_options"]),
+    )
+    if p.get("config") is not None:
+        cfg = _from_config_file(Path(p["config"]), _explicit_overrides(ctx, cfg))
+    if cfg.feedback_gain is not None and cfg.optimizer in ADAPTIVE_OPTIMIZERS:
+        typer.echo(
+            f"warning: --optimizer {cfg.optimizer} divides each element of B's update by its own running scale, "
+            f"which cancels the feedback gain c = {cfg.feedback_gain:g}; use --optimizer sgd or momentum for c to "
+            "matter",
+            err=True,
+        )
+    return cfg
 
 
 _NOT_CONFIG = frozenset({"out", "progress", "resume", "ctx", "config", "tensorboard", "overwrite"})
@@ -375,18 +476,26 @@ def demo(
     epochs: Annotated[int, typer.Option(help="epochs per rule")] = 20,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     progress: Annotated[bool, typer.Option(help="progress bars on a terminal, a few lines per rule in a log")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="clear earlier demo runs in --out first")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="also replace a demo output written before 0.2.0 (no marker file)")
+    ] = False,
 ) -> None:
-    """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes."""
+    """Train bp, fa and hsp on digits (64-128-128-10 tanh) and compare them with the probes.
+
+    Runs again in the same --out: it replaces its own earlier output (marked by a .heterograd-demo.json file)
+    and refuses a non-empty folder it did not write.
+    """
     from .data import load_dataset
-    from .results import write_json
+    from .results import prepare_owned_dir, write_json
     from .train import TrainConfig, Trainer
 
+    rules = ("bp", "fa", "hsp")
     ds = load_dataset("digits")
+    prepare_owned_dir(out, "demo", [*rules, "demo.json", "demo.md"], overwrite=overwrite)
     summaries = []
-    for rule in ("bp", "fa", "hsp"):
+    for rule in rules:
         res = Trainer(TrainConfig(data="digits", rule=rule, epochs=epochs, seed=seed), ds).fit(
-            out / rule, progress=progress, overwrite=overwrite
+            out / rule, progress=progress
         )
         summaries.append(res.summary)
     table = results_table(summaries, title=f"digits, 64-128-128-10 tanh, {epochs} epochs, seed {seed}")
@@ -414,7 +523,7 @@ def sample(
 def _register_subcommands() -> None:
     import importlib
 
-    for mod in ("heterograd.experiments.cli", "heterograd.evolve.cli", "heterograd.bench.cli"):
+    for mod in ("heterograd.experiments.cli", "heterograd.evolve.cli", "heterograd.bench.cli", "heterograd.tune.cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -429,6 +538,9 @@ _register_subcommands()
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
+    from ._startup import startup_done
+
+    startup_done()  # from here on Ctrl-C is handled below (and by the trainer), not by the start-up handler
     try:
         rc = app(args=argv, standalone_mode=False)  # a command's typer.Exit(code) comes back as its return value
     except HeterogradError as exc:

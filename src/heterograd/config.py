@@ -1,7 +1,7 @@
-"""Configuration of a training run: :class:`TrainConfig`, the validation of every field, config files.
+"""Configuration of a training run: `TrainConfig`, the validation of every field, config files.
 
-Kept apart from the loop (:mod:`heterograd.train`) so that the command line, experiments and
-evolution can build and check a configuration without importing the trainer. :func:`load_config_file`
+Kept apart from the loop (`heterograd.train`) so that the command line, experiments and
+evolution can build and check a configuration without importing the trainer. `load_config_file`
 reads a TOML, YAML or JSON file with the keys of a run's ``config.json`` (``heterograd train --config``).
 """
 
@@ -28,7 +28,7 @@ from .losses import LOSSES
 from .models import MODELS
 from .nn import NORM_FEEDBACK
 from .optim import MOTIFS
-from .rules import RULES, check_rule_hyperparameters, rule_hyperparameters
+from .rules import RULES, RUN_DEFAULTS, check_rule_hyperparameters, rule_hyperparameters, run_defaults
 from .runtime import DTYPES, resolve_device
 
 
@@ -39,10 +39,12 @@ class TrainConfig:
     Defaults reproduce ``heterograd train --data digits --rule hsp``.
 
     ``weight_decay``, ``feedback_gain`` and ``density`` default to ``None``, "not set":
-    :meth:`validate` fills in the default (``1e-4``, ``1.0``, ``1.0``) only where the rule or the
-    topology uses it, and leaves ``None`` where it would be ignored, so ``config.json`` never
-    records a value that had no effect. Setting one where it has no effect (``feedback_gain``
-    with ``fa``, ``density`` with ``layered``) is a :class:`HeterogradError`.
+    `validate` fills in the default (``1e-4``; ``0.5`` for ``hsp``, ``1.0`` for ``poly`` and
+    ``freeze``; ``1.0``) only where the rule or the topology uses it, and leaves ``None`` where it
+    would be ignored, so ``config.json`` never records a value that had no effect. Setting one where
+    it has no effect (``feedback_gain`` with ``fa``, ``density`` with ``layered``) is a
+    `HeterogradError`. ``lr`` unset is the optimiser's default step size (`LR_DEFAULTS`:
+    ``0.05`` for ``sgd`` and ``momentum``, ``1e-3`` for ``rmsprop``, ``adam`` and ``adamw``).
     """
 
     data: str = "digits"
@@ -51,7 +53,7 @@ class TrainConfig:
     seed: int = 0
     hidden: tuple[int, ...] = (128, 128)
     activation: str = "tanh"
-    lr: float = 0.05
+    lr: float | None = None
     batch_size: int = 32
     weight_decay: float | None = None
     feedback_gain: float | None = None
@@ -84,7 +86,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
 
     def validate(self) -> TrainConfig:
-        """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
+        """Check every field; raise `HeterogradError` naming the first problem and the fix."""
         for name in ("rule", "activation", "topology", "feedback_init", "optimizer", "dtype", "device"):
             v = getattr(self, name)
             if not isinstance(v, str):
@@ -113,6 +115,8 @@ class TrainConfig:
         for name in ("log_every", "n_train", "n_test", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, optional=True)
+        if self.lr is None:  # not set: the optimiser's own default step size
+            self.lr = LR_DEFAULTS.get(self.optimizer, LR_DEFAULTS["sgd"])
         for name in ("lr", "divergence_threshold"):
             _check_real(name, getattr(self, name))
         for name in ("weight_decay", "feedback_gain", "density"):
@@ -171,12 +175,8 @@ class TrainConfig:
         """Reject options that would be ignored; fill in the defaults of the unset ones that apply."""
         hyper = {k: getattr(self, k) for k in ("weight_decay", "feedback_gain", "theta_w", "theta_b")}
         check_rule_hyperparameters(self.rule, **hyper)
-        given = {k: v for k, v in hyper.items() if v is not None}
-        unused = RULES[self.rule].unused_hyperparameters(given)
-        takes = rule_hyperparameters(self.rule)
-        for name, default in RULE_DEFAULTS.items():
-            if getattr(self, name) is None and name in takes and name not in unused:
-                setattr(self, name, default)
+        for name, default in run_defaults(self.rule, hyper).items():
+            setattr(self, name, default)
         if self.topology in MASKED_TOPOLOGIES:
             if self.density is None:
                 self.density = 1.0
@@ -281,15 +281,42 @@ class TrainConfig:
                 f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to a converted model "
                 f"(--model {self.model}); drop {'it' if len(bad) == 1 else 'them'}{hint}"
             )
+        if self.model == "mlp":
+            both = [k for k in ("hidden", "activation") if k in self.model_options]
+            if both:
+                raise HeterogradError(
+                    f"--model mlp takes its {' and '.join(both)} from --{' and --'.join(both)}, not from "
+                    f"--model-options; drop {', '.join(k + '=' for k in both)} there (e.g. --hidden 64)"
+                )
         if self.loss not in (None, "ce"):
             raise HeterogradError(f"--model trains with cross-entropy only, got --loss {self.loss}; drop --loss")
         if (self.theta_w is not None or self.theta_b is not None) and self.rule != "poly":
             raise HeterogradError("--theta-w/--theta-b apply only to --rule poly; drop them")
 
     def to_dict(self) -> dict[str, Any]:
+        """The recorded config (``config.json``, checkpoints): options that do not apply to the run are ``None``.
+
+        A converted model (``model`` set) records ``hidden``, ``activation`` (except ``mlp``, which uses them)
+        and ``topology`` as ``None``: they describe a circuit.
+        """
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        for name in not_applicable(d.get("model")):
+            d[name] = None
         return d
+
+
+def not_applicable(model: Any) -> tuple[str, ...]:
+    """The circuit options a run of ``model`` records as ``None`` (none for circuits, ``model=None``)."""
+    if model is None:
+        return ()
+    return ("topology",) if model == "mlp" else ("hidden", "activation", "topology")
+
+
+def from_recorded(saved: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config (``config.json``, a checkpoint's) as ``TrainConfig`` arguments: the options it records
+    as ``None`` because they do not apply to its model (`not_applicable`) are left to their defaults."""
+    return {k: v for k, v in saved.items() if not (v is None and k in not_applicable(saved.get("model")))}
 
 
 def without_ignored_options(saved: dict[str, Any]) -> dict[str, Any]:
@@ -299,7 +326,7 @@ def without_ignored_options(saved: dict[str, Any]) -> dict[str, Any]:
     ignored (``feedback_gain`` of an ``fa`` run, ``density`` of a ``layered`` one); they had no effect,
     so resuming such a run reads them as unset instead of rejecting the checkpoint.
     """
-    out = dict(saved)
+    out = from_recorded(saved)
     rule, topology = out.get("rule"), out.get("topology")
     if isinstance(rule, str) and rule in RULES:
         takes = rule_hyperparameters(rule)
@@ -334,10 +361,13 @@ def _check_amp(amp: object, dtype: str, device: str) -> None:
         )
 
 
-RULE_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}  # where the rule has them
+RULE_DEFAULTS: dict[str, float] = RUN_DEFAULTS  # where the rule has them; hsp's gain is 0.5 (rules.run_defaults)
+#: ``--lr`` not set: the step size of each ``--optimizer`` (adaptive optimisers divide by the gradient's scale,
+#: so they need a far smaller step than plain SGD: ``adam`` at 0.05 wrecks LeNet-5).
+LR_DEFAULTS: dict[str, float] = {"sgd": 0.05, "momentum": 0.05, "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3}
 MASKED_TOPOLOGIES = ("sparse", "amorphous")  # the topologies --density applies to
 
-#: ``--model`` names: the zoo of :mod:`heterograd.models`, the small transformer (``--data sorting``) and the same
+#: ``--model`` names: the zoo of `heterograd.models`, the small transformer (``--data sorting``) and the same
 #: transformer as a character-level language model (``gpt``, ``--data text:PATH`` or ``pystdlib``).
 MODULE_MODELS: tuple[str, ...] = (*MODELS, "transformer", "gpt")
 #: sequence tasks (inputs are token indices): only for a ``--model`` that reads tokens.
@@ -384,7 +414,7 @@ _FORMATS = {".json": "JSON", ".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON (``.json``) file into a mapping.
 
-    Raises :class:`HeterogradError` for a missing file, another suffix, a syntax error or a file whose
+    Raises `HeterogradError` for a missing file, another suffix, a syntax error or a file whose
     top level is not a table / mapping / object.
     """
     p = Path(path)
@@ -429,15 +459,17 @@ def _load_yaml(text: str) -> Any:
 def load_config_file(
     path: str | Path, schema: type = TrainConfig, recorded_only: frozenset[str] = RECORDED_ONLY
 ) -> dict[str, Any]:
-    """Read a config file and check it against the fields of ``schema`` (a dataclass, default :class:`TrainConfig`).
+    """Read a config file and check it against the fields of ``schema`` (a dataclass, default `TrainConfig`).
 
     The file has the same keys as the ``config.json`` a run writes (so that file reproduces the run); the
     keys in ``recorded_only`` (for training runs ``environment`` and ``rule_equation``) are accepted and
-    dropped. Any other unknown key, or a value of the wrong type, raises one :class:`HeterogradError` naming
+    dropped. Any other unknown key, or a value of the wrong type, raises one `HeterogradError` naming
     the key. Lists become tuples where the field is a tuple. Returns ``{field: value}`` for
     ``schema(**values)``; value ranges are checked later by ``schema.validate()``.
     """
     data = read_config_file(path)
+    if schema is TrainConfig:  # a --model run's config.json records circuit options as null: not set
+        data = from_recorded(data)
     hints = typing.get_type_hints(schema)
     fields = [f.name for f in dataclasses.fields(schema)]
     out: dict[str, Any] = {}

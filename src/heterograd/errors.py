@@ -1,7 +1,7 @@
 """User-facing errors.
 
 Every mistake a user can make (an unknown name, a malformed size, a missing
-dataset file) raises :class:`HeterogradError` with a single line that names the
+dataset file) raises `HeterogradError` with a single line that names the
 problem and says how to fix it. The CLI prints that line and exits with code 2;
 no traceback is shown for user errors.
 """

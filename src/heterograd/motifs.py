@@ -1,9 +1,9 @@
 """Biological motifs of docs/theory.md section 8 as ready-made (circuit, rule) pairs.
 
-Each builder returns a :class:`BuiltMotif`: a :class:`~heterograd.circuits.Circuit`, the plasticity
+Each builder returns a `BuiltMotif`: a `Circuit`, the plasticity
 rule that trains it, and a one-paragraph description. Train them with the ordinary loop
-(:func:`heterograd.train.local_step` + a motif + :func:`heterograd.train.apply_steps`, or a
-:class:`~heterograd.train.Trainer` whose ``circuit``/``rule`` are replaced). Both motifs are
+(`heterograd.train.local_step` + a motif + `heterograd.train.apply_steps`, or a
+`Trainer` whose ``circuit``/``rule`` are replaced). Both motifs are
 *interpretations* of the layered heterosynaptic circuit, not detailed biophysical models:
 the mapping to anatomy is stated in each docstring, together with what is not modelled.
 """
@@ -72,7 +72,7 @@ def cerebellar_circuit(
         n_out: output width.
         mossy_per_granule: fan-in ``k`` of each granule cell, ``1 <= k <= n_mossy``, or ``None`` (dense).
         weight_decay: ``λ`` of the Purkinje synapses.
-        seed: as for :class:`Circuit`; so are dtype and device.
+        seed: as for `Circuit`; so are dtype and device.
     """
     if mossy_per_granule is not None and not 1 <= mossy_per_granule <= n_mossy:
         raise HeterogradError(
@@ -86,7 +86,7 @@ def cerebellar_circuit(
         mask = torch.zeros(n_granule, n_mossy).scatter_(1, idx, 1.0) * math.sqrt(n_mossy / mossy_per_granule)
         with torch.no_grad():  # construction of the fixed expansion, before any learning
             circuit.W[0].mul_(mask.to(circuit.W[0]))
-    rule = Freeze(HSP(weight_decay=weight_decay), layers=(1,))
+    rule = Freeze(HSP(weight_decay=weight_decay, feedback_gain=1.0), layers=(1,))
     fan = "dense" if mossy_per_granule is None else f"{mossy_per_granule} mossy fibres per granule cell"
     desc = (
         f"cerebellum: {n_mossy} mossy fibres -> {n_granule} granule cells (frozen random relu expansion, {fan}) "
@@ -130,11 +130,11 @@ def pyramidal_circuit(
     Args:
         sizes: widths ``(n_0, ..., n_L)``.
         activation: somatic nonlinearity ``σ``.
-        topology: apical wiring (see :data:`heterograd.circuits.TOPOLOGIES`).
+        topology: apical wiring (see `heterograd.circuits.TOPOLOGIES`).
         density: mask density of the apical wiring (``sparse`` / ``amorphous``).
         weight_decay: ``λ`` of the rule.
         feedback_gain: ``c`` of the rule.
-        seed: as for :class:`Circuit`; so are dtype and device.
+        seed: as for `Circuit`; so are dtype and device.
     """
     circuit = Circuit(
         list(sizes),

@@ -1,7 +1,7 @@
 """Progress of long loops: a tqdm bar on a terminal, a few plain lines in a log.
 
 A bar redraws itself many times a second; written to a file (CI, a batch job, ``| tee``) every redraw
-becomes a line. :class:`Progress` therefore shows the bar only when its stream is a terminal and
+becomes a line. `Progress` therefore shows the bar only when its stream is a terminal and
 otherwise prints one line per finished phase (an epoch, a generation), thinned to at most ``lines``
 lines per loop (the last phase always gets its line).
 """

@@ -90,7 +90,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[s
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    """Read a CSV written by :func:`write_csv` (values as strings)."""
+    """Read a CSV written by `write_csv` (values as strings)."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -117,7 +117,7 @@ def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -> 
 
     A non-empty folder would mix the new run with an earlier one (its ``checkpoint.pt`` would later
     be resumed, its figures kept): it is an error unless ``overwrite``, which clears it first, and
-    only if it looks like a run folder (holds one of :data:`RUN_MARKERS`), so a mistyped ``--out .``
+    only if it looks like a run folder (holds one of `RUN_MARKERS`), so a mistyped ``--out .``
     never deletes anything else.
     """
     p = prepare_out_dir(out)
@@ -126,9 +126,10 @@ def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -> 
         return p
     names = ", ".join(e.name for e in entries[:4]) + (", ..." if len(entries) > 4 else "")
     if not overwrite:
+        resume = f", --resume {p} to continue the run in it" if (p / "checkpoint.pt").is_file() else ""
         raise HeterogradError(
             f"--out {p} is not empty ({names}); a new run there would mix with what it holds: pass --overwrite "
-            f"to clear it, --resume {p} to continue the run in it, or choose another --out"
+            f"to clear it{resume}, or choose another --out"
         )
     if not any((p / m).exists() for m in RUN_MARKERS):
         raise HeterogradError(
@@ -140,4 +141,66 @@ def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -> 
             shutil.rmtree(e)
         else:
             e.unlink()
+    return p
+
+
+def owner_marker(out: str | os.PathLike[str], owner: str) -> Path:
+    """The marker file ``OUT/.heterograd-<owner>.json`` saying a command wrote ``out`` (see `prepare_owned_dir`)."""
+    return Path(out) / f".heterograd-{owner}.json"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def prepare_owned_dir(
+    out: str | os.PathLike[str], owner: str, entries: Sequence[str], *, overwrite: bool = False
+) -> Path:
+    """The output folder of a command that may run again in it (``heterograd demo``): replace its own output only.
+
+    ``entries`` are the names (files or folders directly inside ``out``) the command writes. A new or empty
+    folder is claimed: a marker file (`owner_marker`) listing ``entries`` is written before anything else.
+    A folder holding that marker is this command's earlier output: the entries it lists are removed (other
+    files a user put there stay) and the marker is rewritten. Any other non-empty folder is refused, so the
+    command never touches a folder it did not write; ``overwrite`` also accepts one that holds only ``entries``
+    whose folders are heterograd runs (an earlier output written before markers existed).
+
+    Returns:
+        The folder, ready for ``entries`` to be written.
+    """
+    bad = [e for e in entries if not e or e in (".", "..") or "/" in e or "\\" in e]
+    if bad:
+        raise ValueError(f"entries must be plain names inside the folder, got {bad}")
+    p = prepare_out_dir(out)
+    marker = owner_marker(p, owner)
+    present = sorted(e.name for e in p.iterdir())
+    if marker.is_file():
+        try:
+            listed = json.loads(marker.read_text(encoding="utf-8"))["entries"]
+            if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError):
+            raise HeterogradError(
+                f"{marker} is unreadable, so heterograd cannot tell what it wrote in {p}; "
+                "delete the folder yourself or choose another --out"
+            ) from None
+        remove = [n for n in listed if n in entries]  # never more than this command writes
+    elif present:
+        names = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+        foreign = [n for n in present if n not in entries]
+        not_runs = [n for n in present if (p / n).is_dir() and not any((p / n / m).exists() for m in RUN_MARKERS)]
+        if not overwrite or foreign or not_runs:
+            raise HeterogradError(
+                f"--out {p} holds {names}, which `heterograd {owner}` did not write (no {marker.name}); "
+                f"it only replaces its own output: choose a new or empty --out"
+            )
+        remove = present
+    else:
+        remove = []
+    for name in remove:
+        _remove(p / name)
+    write_json(marker, {"owner": f"heterograd {owner}", "entries": list(entries)})
     return p

@@ -19,7 +19,7 @@ NOT_SCALARS = frozenset({"step", "epoch", "diverged"})
 
 
 def require_tensorboard() -> None:
-    """Raise a clear :class:`HeterogradError` when the ``tensorboard`` package (the extra) is missing."""
+    """Raise a clear `HeterogradError` when the ``tensorboard`` package (the extra) is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:  # torch raises this when the tensorboard package is missing

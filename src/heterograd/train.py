@@ -6,7 +6,7 @@ Functional core::
     steps, motif_state = motif.update(out.deltas.flat(), motif_state, tensors)
     apply_steps(circuit, steps)                                # the only mutation
 
-and :class:`Trainer`, which runs epochs, logs probes, evaluates, detects
+and `Trainer`, which runs epochs, logs probes, evaluates, detects
 divergence and writes the run directory (``config.json``, ``metrics.csv``,
 ``summary.json``, ``timing.json``, ``loss.png``, ``probes.png`` and, with
 checkpointing or on SIGINT/SIGTERM, ``checkpoint.pt``). ``summary.json`` is a
@@ -110,11 +110,11 @@ def _defined_in(cls: type, name: str) -> type | None:
 def layerwise_sgd_step(
     circuit: Circuit, rule: Rule, rule_state: Any, motif: Motif, motif_state: Any, loss: Loss, x: Tensor, y: Tensor
 ) -> tuple[Tensor, Any] | None:
-    """:func:`local_step` + plain-SGD ``motif.update`` + :func:`apply_steps`, each delta applied as soon as it exists.
+    """`local_step` + plain-SGD ``motif.update`` + `apply_steps`, each delta applied as soon as it exists.
 
     The deltas of all layers are never alive at once (the step's peak memory is the trace plus one layer's
     deltas, as backprop's). Bit for bit the same weights and motif state as the three calls, for a rule
-    with :meth:`~heterograd.rules.Rule.layer_deltas` and the ``sgd`` motif; returns ``(batch loss, new motif
+    with `layer_deltas` and the ``sgd`` motif; returns ``(batch loss, new motif
     state)``, or ``None`` (nothing done) when the rule or the motif does not allow it.
     """
     if (
@@ -150,10 +150,10 @@ def layerwise_sgd_step(
 
 
 def compile_local_step() -> Callable[[Circuit, Rule, Any, Loss, Tensor, Tensor], StepOutput]:
-    """:func:`local_step` (the pure part of a step: signals -> deltas, nothing mutated) under ``torch.compile``.
+    """`local_step` (the pure part of a step: signals -> deltas, nothing mutated) under ``torch.compile``.
 
-    Same signature and result as :func:`local_step`; motif and :func:`apply_steps` stay eager. The first
-    call compiles (tens of seconds); a failure to compile raises :class:`HeterogradError` with the reason.
+    Same signature and result as `local_step`; motif and `apply_steps` stay eager. The first
+    call compiles (tens of seconds); a failure to compile raises `HeterogradError` with the reason.
     """
     if not hasattr(torch, "compile"):
         raise HeterogradError(f"torch {torch.__version__} has no torch.compile; upgrade torch or drop --compile")
@@ -183,8 +183,8 @@ def compile_local_step() -> Callable[[Circuit, Rule, Any, Loss, Tensor, Tensor],
 def apply_steps(circuit: Circuit, steps: Sequence[Tensor | None], hardware: HardwareCircuit | None = None) -> None:
     """Add each step to its plastic tensor (canonical order). The only weight mutation in heterograd.
 
-    ``steps`` may be an :class:`heterograd.optim.ScaledSteps` (``t += alpha * s``, fused). With
-    ``hardware`` the steps are requests written through its device arrays (:mod:`heterograd.hardware`).
+    ``steps`` may be an `heterograd.optim.ScaledSteps` (``t += alpha * s``, fused). With
+    ``hardware`` the steps are requests written through its device arrays (`heterograd.hardware`).
     """
     if hardware is not None:
         hardware.apply(circuit.plastic_tensors(), steps)
@@ -241,8 +241,23 @@ def _first_n(ds: Dataset, n_train: int | None, n_test: int | None) -> Dataset:
     )
 
 
+#: ``config.data`` of a run on a `Dataset` passed in Python: ``python:<its name>`` (not loadable by name).
+PYTHON_DATA_PREFIX = "python:"
+
+
+def record_dataset_name(c: TrainConfig, dataset: Dataset) -> None:
+    """Record a dataset passed in Python as ``config.data = "python:<dataset.name>"`` unless it is the named one.
+
+    A preloaded built-in set (``load_dataset(config.data)``, same name) keeps its name; any other (your own data)
+    gets the prefix, so ``config.json`` says what the run trained on and ``--config`` refuses to rerun it on
+    another set (`heterograd.data.load_dataset` rejects ``python:`` names with the way to rerun it).
+    """
+    if dataset.name != c.data and c.data != PYTHON_DATA_PREFIX + dataset.name:
+        c.data = PYTHON_DATA_PREFIX + dataset.name
+
+
 def _same_fingerprint(a: Any, b: Any) -> bool:
-    """Fingerprints from :func:`heterograd.checkpoint.data_fingerprint` agree (sums to 1e-9 relative)."""
+    """Fingerprints from `heterograd.checkpoint.data_fingerprint` agree (sums to 1e-9 relative)."""
     if not isinstance(a, list) or len(a) != len(b):
         return False
     for (sa, s1a, s2a), (sb, s1b, s2b) in zip(a, b, strict=True):
@@ -256,7 +271,7 @@ def _same_fingerprint(a: Any, b: Any) -> bool:
 
 @dataclass
 class RunResult:
-    """Outcome of :meth:`Trainer.fit`: the summary, the logged rows and the trained circuit."""
+    """Outcome of `Trainer.fit`: the summary, the logged rows and the trained circuit."""
 
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
@@ -265,11 +280,11 @@ class RunResult:
 
 
 class Trainer:
-    """Runs a :class:`TrainConfig`: builds data, circuit, rule and motif, then trains.
+    """Runs a `TrainConfig`: builds data, circuit, rule and motif, then trains.
 
     Args:
         config: the run's configuration (validated here).
-        dataset: optionally a preloaded :class:`Dataset` (else ``load_dataset(config.data)``).
+        dataset: optionally a preloaded `Dataset` (else ``load_dataset(config.data)``).
     """
 
     def __init__(self, config: TrainConfig, dataset: Dataset | None = None) -> None:
@@ -285,6 +300,7 @@ class Trainer:
             )
         else:
             ds = _first_n(dataset, c.n_train, c.n_test)
+            record_dataset_name(c, dataset)
         self.data = ds.to(device=self.device, dtype=self.dtype)
         if c.loss is None:
             c.loss = "ce" if self.data.n_classes is not None else "mse"
@@ -333,6 +349,7 @@ class Trainer:
         self.loss_count = 0
         self.last_train_loss = math.nan
         self.elapsed = 0.0
+        self.initial_test_loss: float | None = None  # the untrained model's test loss (the no-learning check)
         self.checkpoint_file: Path | None = None
         self.resumed_from: Path | None = None
         self._run_dir: Path | None = None  # the folder this run writes to (set by resume and the first fit)
@@ -424,7 +441,7 @@ class Trainer:
 
     # ..................................................................... checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly (see :mod:`heterograd.checkpoint`)."""
+        """Everything needed to continue this run exactly (see `heterograd.checkpoint`)."""
         return {
             "circuit": {k: v.detach().cpu() for k, v in self.circuit.state_dict().items()},
             "rule_state": to_device(self.rule_state, torch.device("cpu")),
@@ -448,10 +465,11 @@ class Trainer:
             "data_fingerprint": data_fingerprint(self.data.x_train, self.data.y_train),
             "wall_seconds": float(self.elapsed),
             "versions": environment(),
+            "initial_test_loss": self.initial_test_loss,
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
-        """Restore the state written by :meth:`state_dict` (config compatibility is checked by :meth:`resume`)."""
+        """Restore the state written by `state_dict` (config compatibility is checked by `resume`)."""
         self._check_data(ck, source)
         try:
             self.circuit.load_state_dict(ck["circuit"])
@@ -474,7 +492,7 @@ class Trainer:
             )
 
     def _load_position(self, ck: dict[str, Any], source: str) -> None:
-        """Restore what :meth:`_position_state` wrote: data order, position, rows, running loss, time."""
+        """Restore what `_position_state` wrote: data order, position, rows, running loss, time."""
         ints = {k: ck[k] for k in ("epoch", "batch", "step", "loss_count")}
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints.values()) or not (
             ck["batch"] < self.steps_per_epoch
@@ -491,6 +509,8 @@ class Trainer:
         self.loss_sum, self.loss_count = float(ck["loss_sum"]), ck["loss_count"]
         self.last_train_loss = float(ck["last_train_loss"])
         self.elapsed = float(ck.get("wall_seconds", 0.0))
+        initial = ck.get("initial_test_loss")  # absent in checkpoints of heterograd <= 0.2.0
+        self.initial_test_loss = None if initial is None else float(initial)
 
     def save_checkpoint(self, out_dir: str | Path) -> Path:
         """Atomically write ``out_dir/checkpoint.pt``; returns its path."""
@@ -502,7 +522,7 @@ class Trainer:
         """Rebuild a trainer from ``run_dir/checkpoint.pt``; continue it with ``.fit(run_dir)``.
 
         ``overrides`` may change ``epochs`` (to train longer) and ``checkpoint_every``; any other
-        field must equal the checkpoint's, else a :class:`HeterogradError` names the field.
+        field must equal the checkpoint's, else a `HeterogradError` names the field.
         """
         ck = load_checkpoint(run_dir)
         src = str(checkpoint_path(run_dir))
@@ -592,14 +612,19 @@ class Trainer:
         A diverging run (non-finite loss, or weights beyond ``divergence_threshold``) stops at the
         logged step where it is detected, keeps everything written so far and reports
         ``diverged: true``, ``diverged_step`` and ``diverged_reason`` in the summary; it is a result,
-        not an exception.
+        not an exception. A finished run that learned nothing (final test loss above the untrained
+        model's, or test accuracy at chance: `no_learning_reason`) says so in ``no_learning``.
 
         With ``config.checkpoint_every = K`` a checkpoint is written every K steps and at the end (only
         when there is an ``out_dir``: checkpoints live in the run folder). With
         ``handle_signals`` (default), SIGINT / SIGTERM stop training at the next step boundary: the
         checkpoint, ``metrics.csv``, ``timing.json`` and figures are written and
-        :class:`TrainingInterrupted` is raised; ``Trainer.resume(out_dir).fit(out_dir)`` continues
+        `TrainingInterrupted` is raised; ``Trainer.resume(out_dir).fit(out_dir)`` continues
         and ends with the same weights and metrics as an uninterrupted run.
+
+        A new run that fails or is interrupted before its first step leaves no files behind (the folder is
+        as before: nothing of it blocks a rerun); an interruption there raises `TrainingInterrupted`
+        with ``checkpoint=None``.
 
         ``summary.json`` depends only on the configuration, data and machine (same seed, same file);
         wall-clock time goes to ``timing.json`` (and ``RunResult.summary["wall_seconds"]``).
@@ -608,6 +633,53 @@ class Trainer:
         epoch (at most 10 per run). ``tensorboard`` also writes every logged row as scalars and the
         config as text to ``out_dir/tensorboard`` (needs ``heterograd[tensorboard]``).
         """
+        created = out_dir is not None and not Path(out_dir).exists()
+        self._fresh_out: Path | None = None
+        try:
+            return self._fit(
+                out_dir,
+                progress=progress,
+                on_log=on_log,
+                handle_signals=handle_signals,
+                tensorboard=tensorboard,
+                overwrite=overwrite,
+            )
+        except BaseException as exc:
+            fresh = self._fresh_out
+            if fresh is None or self.step_count > 0:
+                raise
+            self._discard(fresh, created)  # nothing trained yet: leave no folder that blocks the rerun
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
+                raise TrainingInterrupted(signal.SIGINT, 0, None) from exc
+            raise
+
+    @staticmethod
+    def _discard(out: Path, created: bool) -> None:
+        """Delete what a new run wrote into ``out`` (it was empty before), and ``out`` itself if it was created."""
+        import shutil
+
+        if not out.is_dir():
+            return
+        for e in out.iterdir():
+            if e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e, ignore_errors=True)
+            else:
+                e.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+    def _fit(
+        self,
+        out_dir: str | Path | None = None,
+        *,
+        progress: bool = True,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        handle_signals: bool = True,
+        tensorboard: bool = False,
+        overwrite: bool = False,
+    ) -> RunResult:
+        """`fit` without the clean-up of a new run that fails before its first step."""
         c = self.config
         if tensorboard and out_dir is None:
             raise HeterogradError("--tensorboard writes next to metrics.csv and needs an output folder (--out)")
@@ -621,6 +693,8 @@ class Trainer:
             if own and overwrite:
                 raise HeterogradError(f"--overwrite would delete the run being resumed in {out_dir}; drop --overwrite")
             out = prepare_out_dir(out_dir) if own else prepare_run_dir(out_dir, overwrite=overwrite)
+            if not own:
+                self._fresh_out = out  # empty now: what a failure before the first step leaves is removed
             self._run_dir = out.resolve()
         tb = TensorBoardLog(out / "tensorboard", self.step_count or None) if tensorboard and out is not None else None
         if out is not None:
@@ -629,6 +703,8 @@ class Trainer:
             self.write_run_files(out)
             if tb is not None:
                 tb.config(recorded)
+        if self.step_count == 0 and self.initial_test_loss is None:
+            self.initial_test_loss = self.evaluate_test()[0]  # what "learned nothing" is measured against
         start = time.perf_counter()
         start_step = self.step_count
         diverged, diverged_step, reason = False, None, None
@@ -755,11 +831,15 @@ class Trainer:
     ) -> dict[str, Any]:
         c = self.config
         keys = self.probed_layers()
+        # the last logged row was measured on these very weights (the final step ends an epoch): reuse it
+        last = self.rows[-1] if self.rows and self.rows[-1].get("step") == self.step_count else {}
         if diverged:
             test_loss, test_acc = math.nan, None
             probes: dict[str, float] = {}
         else:
-            test_loss, test_acc = self.evaluate_test()
+            test_loss, test_acc = (
+                (last["test_loss"], last["test_accuracy"]) if "test_loss" in last else self.evaluate_test()
+            )
             probes = self.probe() if c.probes else {}
         return {
             "data": c.data,
@@ -771,6 +851,8 @@ class Trainer:
             "diverged": diverged,
             "diverged_step": diverged_step,
             "diverged_reason": reason if diverged else None,
+            "no_learning": None if diverged else self.no_learning_reason(test_loss, test_acc),
+            "initial_test_loss": self.initial_test_loss,
             "phi": [probes.get(f"phi{k}", math.nan) for k in keys],
             "align": [probes.get(f"align{k}", math.nan) for k in keys],
             "dc_score": probes.get("dc_score", math.nan),
@@ -778,6 +860,39 @@ class Trainer:
             "device": str(self.device),
             **self.summary_extra(),
         }
+
+    def chance_accuracy(self) -> tuple[float, int] | None:
+        """``(p, n)``: the accuracy of always answering the test set's most frequent class, over its ``n`` labels
+        (sequence targets: the non-ignored tokens); ``None`` for regression."""
+        y = self.data.y_test
+        if y.is_floating_point():
+            return None
+        labels = y.reshape(-1)
+        labels = labels[labels >= 0]  # -100: no target (sequence positions without a loss)
+        if labels.numel() == 0:
+            return None
+        return float(torch.bincount(labels.cpu()).max()) / labels.numel(), int(labels.numel())
+
+    def no_learning_reason(self, test_loss: float, test_acc: float | None) -> str | None:
+        """Why a finished (not diverged) run counts as having learned nothing, or ``None``; the criteria, fixed:
+
+        * ``final test loss above the initial``: the test loss at the end exceeds the untrained model's;
+        * ``test accuracy at chance``: the final test accuracy (judged after at least one epoch) is at most the
+          majority-class rate ``p`` plus two standard errors, ``p + 2·sqrt(p(1-p)/n)`` over ``n`` test labels.
+        """
+        initial = self.initial_test_loss
+        if initial is not None and math.isfinite(initial) and test_loss > initial:
+            return f"final test loss {test_loss:.4g} above the initial {initial:.4g}"
+        chance = self.chance_accuracy()
+        if test_acc is not None and chance is not None:
+            p, n = chance
+            limit = p + 2.0 * math.sqrt(p * (1.0 - p) / n)
+            if test_acc <= limit:
+                return (
+                    f"test accuracy {test_acc:.3f} at chance (<= {limit:.3f}: majority class {p:.3f} plus 2 "
+                    f"standard errors over {n} test labels)"
+                )
+        return None
 
     def probed_layers(self) -> list[str]:
         """Suffixes of the probe columns the summary lists as ``phi``/``align``: ``_1``, ``_2``, ... (hidden layers)."""

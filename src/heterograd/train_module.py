@@ -1,9 +1,9 @@
-"""The training loop for converted ``torch.nn`` models: :class:`ModuleTrainer` (``heterograd train --model``).
+"""The training loop for converted ``torch.nn`` models: `ModuleTrainer` (``heterograd train --model``).
 
-It runs the same loop as the circuit :class:`~heterograd.train.Trainer` (epochs, logged rows with probes on
+It runs the same loop as the circuit `Trainer` (epochs, logged rows with probes on
 a fixed probe batch, test evaluation each epoch, divergence handling, checkpoints with exact resume,
-SIGINT/SIGTERM, TensorBoard, the same run folder) on a model of :mod:`heterograd.models` or a user's
-factory, converted by :func:`heterograd.nn.convert` so that every plastic layer learns by the chosen rule.
+SIGINT/SIGTERM, TensorBoard, the same run folder) on a model of `heterograd.models` or a user's
+factory, converted by `heterograd.nn.convert` so that every plastic layer learns by the chosen rule.
 The update is applied by a ``torch.optim`` optimiser (``--optimizer``), optionally under a cosine learning-rate
 schedule, on augmented image batches (random crop with zero padding and horizontal flip, seeded; on an
 ``imagefolder:`` dataset random resized crop and flip).
@@ -12,6 +12,12 @@ schedule, on augmented image batches (random crop with zero padding and horizont
 ``FACTORY(in_shape, num_classes, **model_options)``, which must return an ``nn.Module`` mapping
 ``(B, *in_shape)`` to ``(B, num_classes)``. The global torch RNG is seeded with ``--seed`` for the call (and
 restored afterwards), so a factory that draws its weights from it is reproducible.
+
+Random draws of a run: the data order (``generator``) and the augmentation (``augment_generator``) come from
+seeded generators; the model's own draws (``nn.Dropout``, any ``torch.rand`` in its forward) come from torch's
+global RNG, which each training step seeds with a number drawn from ``model_generator`` (and restores
+afterwards). All three are seeded by ``--seed`` and saved in checkpoints, so a model with dropout reruns bit for
+bit and resumes exactly.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from .nn import convert, plastic_layers, probe
 from .results import atomic_write_text, write_json
 from .rules import RULES, Rule
 from .runtime import DTYPES, key_values
-from .train import RunResult, Trainer, _first_n
+from .train import RunResult, Trainer, _first_n, record_dataset_name
 
 #: ``--optimizer`` -> ``(torch.optim class, options it takes, defaults set by heterograd)``.
 TORCH_OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], tuple[str, ...], dict[str, Any]]] = {
@@ -152,7 +158,7 @@ class TextData:
 
     ``x_train``, ``y_train`` ``(N, block)``: the training part's non-overlapping windows and their targets (the
     probe batch, the data fingerprint of checkpoints and the epoch length come from them; training batches are
-    random windows, :func:`heterograd.data.text.random_windows`). ``x_val``/``y_val`` and ``x_test``/``y_test``:
+    random windows, `heterograd.data.text.random_windows`). ``x_val``/``y_val`` and ``x_test``/``y_test``:
     the validation and test parts' windows (``--n-test`` keeps the first N of each).
     """
 
@@ -179,7 +185,7 @@ GPT_DEFAULTS: dict[str, int] = {"block": 128, "layers": 4, "heads": 4, "dim": 12
 
 
 def text_block(c: TrainConfig) -> int:
-    """Characters per window of a text run: the model option ``block`` (default :data:`GPT_DEFAULTS`)."""
+    """Characters per window of a text run: the model option ``block`` (default `GPT_DEFAULTS`)."""
     block = c.model_options.get("block", GPT_DEFAULTS["block"])
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise HeterogradError(f"--model-options block must be a positive integer, got {block!r}; e.g. block=128")
@@ -187,7 +193,7 @@ def text_block(c: TrainConfig) -> int:
 
 
 def load_text_data(c: TrainConfig) -> TextData:
-    """The corpus of ``c.data`` cut into windows of :func:`text_block` characters."""
+    """The corpus of ``c.data`` cut into windows of `text_block` characters."""
     block = text_block(c)
     corpus = load_text(c.data, block=block)
     x, y = windows(corpus.train, block)
@@ -218,6 +224,7 @@ def load_module_data(c: TrainConfig, dataset: Dataset | None) -> Dataset | Seque
         raise HeterogradError(f"dataset must be a heterograd Dataset, got {type(dataset).__name__}; use load_dataset")
     else:
         ds = _first_n(dataset, c.n_train, c.n_test)
+        record_dataset_name(c, dataset)
     if ds.n_classes is None:
         raise HeterogradError(f"--model trains classifiers; {c.data!r} is a regression dataset")
     if ds.image_shape is not None and c.model != "mlp":
@@ -232,23 +239,7 @@ def build_model(c: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> 
     assert c.model is not None
     opts = dict(c.model_options)
     if c.model in ("transformer", "gpt"):
-        fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab", "block"}
-        if c.model == "gpt":  # block is the window length, read with the data (text_block)
-            fields.add("block")
-            opts = {**GPT_DEFAULTS, **opts, "block": in_shape[0]}
-        bad = sorted(set(opts) - fields)
-        if bad:
-            raise HeterogradError(
-                f"model {c.model!r} has no option {', '.join(bad)}; it takes {', '.join(sorted(fields))}"
-            )
-        opts.pop("block", None)
-        try:
-            gcfg = GPTConfig(vocab=num_classes, block=in_shape[0], **opts)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(c.seed)
-                return GPT(gcfg)
-        except (TypeError, ValueError) as exc:
-            raise HeterogradError(f"--model {c.model}: {exc}; fix --model-options") from None
+        return _transformer(c, opts, in_shape, num_classes)
     if is_text_data(c.data):
         opts.pop("block", None)  # the window length: in_shape[0]
     if c.model == "mlp":
@@ -267,6 +258,44 @@ def build_model(c: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> 
     if not isinstance(model, nn.Module):
         raise HeterogradError(f"--model {c.model}: the factory returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _transformer(c: TrainConfig, opts: dict[str, Any], in_shape: tuple[int, ...], vocab: int) -> nn.Module:
+    """The GPT of ``--model transformer`` / ``gpt`` with ``--model-options`` checked: names, types, ``dim % heads``."""
+    fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab", "block"}
+    if c.model == "gpt":  # block is the window length, read with the data (text_block)
+        fields.add("block")
+        opts = {**GPT_DEFAULTS, **opts, "block": in_shape[0]}
+    bad = sorted(set(opts) - fields)
+    if bad:
+        raise HeterogradError(f"model {c.model!r} has no option {', '.join(bad)}; it takes {', '.join(sorted(fields))}")
+    opts.pop("block", None)
+    defaults = GPTConfig(vocab=vocab, block=in_shape[0])
+    for k, v in opts.items():
+        default = getattr(defaults, k)
+        number = not isinstance(v, bool) and isinstance(v, int | float)
+        if isinstance(default, int) and not isinstance(default, bool):
+            ok, what = number and isinstance(v, int) and v >= 1, "an integer >= 1"
+        elif isinstance(default, float):
+            ok, what = number, "a number"
+        else:
+            ok, what = isinstance(v, type(default)), type(default).__name__
+        if not ok:
+            raise HeterogradError(
+                f"--model-options {k}={v!r}: the {c.model}'s {k} must be {what}; e.g. --model-options {k}={default}"
+            )
+    cfg = GPTConfig(vocab=vocab, block=in_shape[0], **opts)
+    if cfg.dim % cfg.heads:
+        raise HeterogradError(
+            f"--model-options dim={cfg.dim},heads={cfg.heads}: dim must be a multiple of heads (each head gets "
+            f"dim/heads features); e.g. dim={cfg.heads * max(1, round(cfg.dim / cfg.heads))},heads={cfg.heads}"
+        )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            return GPT(cfg)
+    except (TypeError, ValueError) as exc:
+        raise HeterogradError(f"--model {c.model}: {exc}; fix --model-options") from None
 
 
 def convert_for(c: TrainConfig, model: nn.Module, example: Tensor) -> nn.Module:
@@ -314,7 +343,7 @@ SAMPLE_CHARS = 300
 
 
 def write_samples(model: nn.Module, corpus: TextCorpus, block: int, path: Path, *, seed: int) -> None:
-    """Write ``samples.txt``: :data:`SAMPLE_CHARS` characters per temperature of :data:`SAMPLE_TEMPERATURES`,
+    """Write ``samples.txt``: `SAMPLE_CHARS` characters per temperature of `SAMPLE_TEMPERATURES`,
     each continuing the first ``min(32, block)`` characters of the validation part, seeded by ``seed``."""
     prompt = corpus.val[: min(32, block)].to(next(model.parameters()).device)
     parts = []
@@ -381,7 +410,7 @@ def sample_text(
 def rule_options(c: TrainConfig) -> dict[str, Any]:
     """The rule's hyperparameters from a validated config (``None``: not set, or not a hyperparameter of the rule).
 
-    :meth:`TrainConfig.validate` has already refused an option the rule would ignore and filled in the defaults
+    `TrainConfig.validate` has already refused an option the rule would ignore and filled in the defaults
     of those it takes.
     """
     opts: dict[str, Any] = {}
@@ -395,10 +424,10 @@ def rule_options(c: TrainConfig) -> dict[str, Any]:
 
 
 class ModuleTrainer(Trainer):
-    """Runs a :class:`TrainConfig` with ``model`` set: a converted ``nn.Module`` trained by ``torch.optim``.
+    """Runs a `TrainConfig` with ``model`` set: a converted ``nn.Module`` trained by ``torch.optim``.
 
-    The loop, logging, run folder, checkpoints and resume are :class:`~heterograd.train.Trainer`'s; this class
-    supplies the step, probes (:func:`heterograd.nn.probe` per plastic layer: ``phi/<layer>``, ``align/<layer>``,
+    The loop, logging, run folder, checkpoints and resume are `Trainer`'s; this class
+    supplies the step, probes (`heterograd.nn.probe` per plastic layer: ``phi/<layer>``, ``align/<layer>``,
     ...), evaluation, divergence check and the model's part of a checkpoint. ``self.model`` (also
     ``self.circuit``, the name the shared loop uses) is the converted model.
 
@@ -407,7 +436,7 @@ class ModuleTrainer(Trainer):
 
     Args:
         config: the run's configuration (``config.model`` must be set).
-        dataset: optionally a preloaded :class:`Dataset`.
+        dataset: optionally a preloaded `Dataset`.
     """
 
     #: whether this trainer runs one rank of a data-parallel run (``--sync-batchnorm`` applies only then).
@@ -438,6 +467,8 @@ class ModuleTrainer(Trainer):
             check_vocab_width(model, example[:1], int(self.data.n_classes), c.model)
         convert_for(c, model, example)
         self.model = self.circuit = model  # type: ignore[assignment]
+        self.model_generator = torch.Generator().manual_seed(c.seed + 104729)  # the model's own draws (dropout)
+        self._preflight(example)
         self.model.train()
         layers = [m for _, m in plastic_layers(model)]
         self.rule: Rule = layers[0].plasticity.rule if layers else RULES[c.rule]()  # type: ignore[union-attr]
@@ -477,8 +508,64 @@ class ModuleTrainer(Trainer):
         """Steps of the whole run (the cosine schedule reaches 0 there)."""
         return self.config.epochs * self.steps_per_epoch
 
+    def _preflight(self, x: Tensor) -> None:
+        """Before anything is written: the model runs on a few training inputs, its output width fits the data, and
+        one forward + backward raises the `heterograd.nn.layers.GradientGuard` error of a plastic weight
+        used outside its module. Nothing is changed: buffers (BatchNorm statistics), the global RNG, the layers'
+        generators and ``.grad`` are restored."""
+        c, model = self.config, self.model
+        n_out = int(self.data.n_classes)
+        what = "token vocabulary" if self.sequence else "classes"
+        saved = [(b, b.detach().clone()) for b in model.buffers()]
+        gens = [
+            (m.plasticity.generator, m.plasticity.generator.get_state())  # type: ignore[union-attr]
+            for _, m in plastic_layers(model)
+            if m.plasticity.generator is not None  # type: ignore[union-attr]
+        ]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                model.eval()
+                try:
+                    with torch.no_grad():
+                        out = model(x)
+                except HeterogradError:
+                    raise
+                except Exception as exc:  # the user's forward does not fit the data
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    raise HeterogradError(
+                        f"--model {c.model}: the model's forward failed on inputs of shape {tuple(x.shape)} from "
+                        f"--data {c.data} ({type(exc).__name__}: {first}); make it accept that shape"
+                    ) from None
+                finally:
+                    model.train()
+                if not isinstance(out, Tensor):
+                    raise HeterogradError(
+                        f"--model {c.model}: the model returned {type(out).__name__}; it must return one tensor of "
+                        f"logits (batch, {n_out})"
+                    )
+                want = 3 if self.sequence else 2
+                if out.dim() != want or out.shape[-1] != n_out:
+                    shape = "(batch, positions, vocabulary)" if self.sequence else "(batch, classes)"
+                    raise HeterogradError(
+                        f"--model {c.model} outputs {out.shape[-1] if out.dim() else 1} logits per "
+                        f"{'position' if self.sequence else 'example'} (output shape {tuple(out.shape)}) but --data "
+                        f"{c.data} has {n_out} {what}; its output must be {shape} with {n_out} there"
+                    )
+                self.loss_of(model(x), self.data.y_train[: x.shape[0]]).backward()  # GradientGuard checks here
+        finally:
+            model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, v in saved:
+                    b.copy_(v)
+            for g, state in gens:
+                g.set_state(state)
+
     def train_step(self, x: Tensor, y: Tensor) -> Tensor:
-        """One step: (augment,) forward, ``loss.backward()`` (the rule's t' sweep fills ``.grad``), optimiser step."""
+        """One step: (augment,) forward, ``loss.backward()`` (the rule's t' sweep fills ``.grad``), optimiser step.
+
+        The forward and backward run with torch's global RNG seeded from ``model_generator`` (restored after), so
+        dropout draws the same masks on every rerun and after a resume.
+        """
         c = self.config
         if self.augment is not None:
             x = self.augment(x, self.augment_generator)
@@ -487,8 +574,11 @@ class ModuleTrainer(Trainer):
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss, value = self.batch_loss(x, y)
-        loss.backward()
+        step_seed = int(torch.randint(0, 2**62, (), generator=self.model_generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(step_seed)  # also seeds CUDA's generators: the model's draws on any device
+            loss, value = self.batch_loss(x, y)
+            loss.backward()
         self.optimizer.step()
         self.step_count += 1
         return value
@@ -504,7 +594,7 @@ class ModuleTrainer(Trainer):
         return loss, loss.detach()
 
     def probe(self) -> dict[str, float]:
-        """Per-layer probes (:func:`heterograd.nn.probe`) on the fixed probe batch; nothing is changed."""
+        """Per-layer probes (`heterograd.nn.probe`) on the fixed probe batch; nothing is changed."""
         return probe(self.model, self.probe_x, self.probe_y, self.loss_of, seed=self.config.seed).as_dict()
 
     def epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -573,17 +663,23 @@ class ModuleTrainer(Trainer):
         return {
             "circuit": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "motif_state": self.optimizer.state_dict(),
-            "rule_state": {"augment_generator": self.augment_generator.get_state(), "rule_generators": gens},
+            "rule_state": {
+                "augment_generator": self.augment_generator.get_state(),
+                "model_generator": self.model_generator.get_state(),
+                "rule_generators": gens,
+            },
             **self._position_state(),
         }
 
     def load_state_dict(self, ck: dict[str, Any], source: str = "checkpoint") -> None:
-        """Restore what :meth:`state_dict` wrote (config compatibility is checked by :meth:`resume`)."""
+        """Restore what `state_dict` wrote (config compatibility is checked by `resume`)."""
         self._check_data(ck, source)
         try:
             self.model.load_state_dict(ck["circuit"])
             self.optimizer.load_state_dict(ck["motif_state"])
             self.augment_generator.set_state(ck["rule_state"]["augment_generator"])
+            if "model_generator" in ck["rule_state"]:  # absent in checkpoints of heterograd <= 0.2.0
+                self.model_generator.set_state(ck["rule_state"]["model_generator"])
             layers = dict(plastic_layers(self.model))
             for name, state in ck["rule_state"]["rule_generators"].items():
                 layers[name].plasticity.generator.set_state(state)  # type: ignore[union-attr]
@@ -629,8 +725,8 @@ class ModuleTrainer(Trainer):
             write_json(out / "vocab.json", vocab_record(self.data.corpus))
 
     def fit(self, out_dir: str | Path | None = None, **kwargs: Any) -> RunResult:
-        """:meth:`Trainer.fit`; a text run then keeps its weights (``checkpoint.pt``, which ``heterograd sample``
-        reads) and writes ``samples.txt`` (:data:`SAMPLE_TEMPERATURES`, :data:`SAMPLE_CHARS` characters each,
+        """`Trainer.fit`; a text run then keeps its weights (``checkpoint.pt``, which ``heterograd sample``
+        reads) and writes ``samples.txt`` (`SAMPLE_TEMPERATURES`, `SAMPLE_CHARS` characters each,
         seeded), unless ``self.text_outputs`` was set to ``False`` (runs that only choose a step size)."""
         result = super().fit(out_dir, **kwargs)
         if self.text and self.text_outputs and result.out_dir is not None and not result.summary["diverged"]:
@@ -642,7 +738,7 @@ class ModuleTrainer(Trainer):
 
 
 def make_trainer(config: TrainConfig, dataset: Dataset | None = None) -> Trainer:
-    """:class:`ModuleTrainer` when ``config.model`` is set, else the circuit :class:`~heterograd.train.Trainer`."""
+    """`ModuleTrainer` when ``config.model`` is set, else the circuit `Trainer`."""
     return ModuleTrainer(config, dataset) if config.model is not None else Trainer(config, dataset)
 
 

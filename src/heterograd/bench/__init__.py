@@ -1,11 +1,11 @@
 """Benchmarks, in one place: the training-step runner and its cases, and the evolution back-end benchmark.
 
-* :mod:`heterograd.bench.runner`: ``heterograd bench`` (or ``python -m heterograd.bench``), one training step of
+* `heterograd.bench.runner`: ``heterograd bench`` (or ``python -m heterograd.bench``), one training step of
   heterograd's rules against autograd backprop and autograd feedback alignment, timed side by side; with
-  ``--models``, one step of a model of :mod:`heterograd.models` converted by each rule against autograd;
-* :mod:`heterograd.bench.evolve`: ``python -m heterograd.bench.evolve --out DIR``, a batched population of
+  ``--models``, one step of a model of `heterograd.models` converted by each rule against autograd;
+* `heterograd.bench.evolve`: ``python -m heterograd.bench.evolve --out DIR``, a batched population of
   circuits against a Python loop over circuits;
-* :mod:`heterograd.bench.cli`: the ``bench`` command of the ``heterograd`` app.
+* `heterograd.bench.cli`: the ``bench`` command of the ``heterograd`` app.
 """
 
 from .runner import (

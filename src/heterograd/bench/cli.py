@@ -1,4 +1,4 @@
-"""``heterograd bench``: time the training step next to autograd baselines (see :mod:`heterograd.bench.runner`)."""
+"""``heterograd bench``: time the training step next to autograd baselines (see `heterograd.bench.runner`)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def bench(
     max_seconds: Annotated[float, typer.Option(help="time budget of the timed rounds (at least 3 rounds run)")] = 120.0,
     threads: Annotated[int | None, typer.Option(help="torch.set_num_threads for the run")] = None,
     memory: Annotated[bool, typer.Option(help="measure peak step memory")] = True,
+    case: Annotated[
+        str | None,
+        typer.Option(
+            help="cli-epoch: one epoch of the `heterograd train` loop (784-1024-1024-10 hsp, batch 128, "
+            "Fashion-MNIST, no probes) against a hand-written autograd loop, --repeats interleaved rounds "
+            "(default 5; --quick: digits)"
+        ),
+    ] = None,
 ) -> None:
     """Time training steps of hsp/fa/poly against autograd backprop and autograd feedback alignment.
 
@@ -71,6 +79,10 @@ def bench(
     """
     from ..errors import HeterogradError
     from .runner import IMPLS, MODEL_IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
+
+    if case is not None:
+        _cli_epoch(ctx, case, out, stem, quick, repeats, threads)
+        return
 
     kw: dict[str, Any] = {"device": device, "compile": compile_step, "threads": threads, "memory": memory}
     if autocast:
@@ -111,6 +123,35 @@ def bench(
     result = run_benchmark(cfg, progress=lambda msg: typer.echo(msg, err=True))
     jp, mp = write_results(result, out, stem)
     typer.echo(markdown(result))
+    typer.echo(f"written {jp} and {mp} ({result['wall_seconds']} s)")
+
+
+def _cli_epoch(
+    ctx: typer.Context, case: str, out: Path, stem: str, quick: bool, repeats: int | None, threads: int | None
+) -> None:
+    """``bench --case cli-epoch``: see `heterograd.bench.epoch`."""
+    from ..errors import HeterogradError
+    from ..results import write_json
+    from .epoch import EpochBenchConfig, epoch_markdown, run_cli_epoch
+
+    if case != "cli-epoch":
+        raise HeterogradError(f"unknown --case {case!r}; valid choices: cli-epoch")
+    allowed = {"case", "out", "stem", "quick", "repeats", "threads"}
+    extra = [p.name for p in ctx.command.params if p.name not in allowed and p.name and _given(ctx, p.name)]
+    if extra:
+        names = ", ".join("--" + n.replace("_", "-") for n in extra)
+        raise HeterogradError(f"{names} do not apply to --case cli-epoch (it takes --repeats, --threads, --quick)")
+    kw: dict[str, Any] = {"threads": threads if threads is not None else 1}
+    if repeats is not None:
+        kw["rounds"] = repeats
+    cfg = EpochBenchConfig.quick(**kw) if quick else EpochBenchConfig(**kw)
+    result = run_cli_epoch(cfg, progress=lambda msg: typer.echo(msg, err=True))
+    stem = stem if _given(ctx, "stem") else "cli-epoch"
+    out.mkdir(parents=True, exist_ok=True)
+    jp, mp = out / f"{stem}.json", out / f"{stem}.md"
+    write_json(jp, result)
+    mp.write_text(epoch_markdown(result), encoding="utf-8")
+    typer.echo(epoch_markdown(result))
     typer.echo(f"written {jp} and {mp} ({result['wall_seconds']} s)")
 
 

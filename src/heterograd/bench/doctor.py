@@ -10,7 +10,7 @@ Checks and what passes:
   float32, TF32 off on CUDA) on LeNet-5 and ResNet-20;
 - ``learn-<rule>``: kp and hsp (and kp under bf16 autocast) train LeNet-5 for a few hundred steps: their test
   accuracy is at least the readout-only baseline's (every layer but the last frozen, at the best of
-  :data:`READOUT_LRS`) plus 0.05 on Fashion-MNIST, plus :data:`DIGITS_LEARN_MARGIN` on the digits fallback;
+  `READOUT_LRS`) plus 0.05 on Fashion-MNIST, plus `DIGITS_LEARN_MARGIN` on the digits fallback;
   ``--quick``: a smoke run (the train loss falls, nothing diverges);
 - ``bench-models``: the converted-model bench (LeNet-5, ResNet-20: bp-autograd, bp, kp, hsp) in float32 and
   bf16 autocast runs, every time finite; step-time and memory ratios in the table;
@@ -89,7 +89,7 @@ class Check:
 
 @dataclass
 class DoctorConfig:
-    """What :func:`run_doctor` checks.
+    """What `run_doctor` checks.
 
     Attributes:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -141,7 +141,7 @@ def synthetic_images(n_train: int, n_test: int, seed: int, shape: tuple[int, int
     """A learnable image set with no file to read: 10 fixed smooth random templates plus noise (std 0.5 of a
     template's), one per class, scaled to unit variance.
 
-    Returns a :class:`heterograd.data.Dataset` in the image layout, ``x`` ``(n, *shape)``, labels ``(n,)``.
+    Returns a `heterograd.data.Dataset` in the image layout, ``x`` ``(n, *shape)``, labels ``(n,)``.
     """
     from ..data import Dataset
 
@@ -258,11 +258,12 @@ def _train(cfg: Any, ds: Any, freeze_all_but: str | None = None) -> dict[str, An
 
 
 def readout_baseline(cfg: Any, ds: Any) -> tuple[float, float]:
-    """``(test accuracy, lr)`` of the readout-only baseline at its best lr of :data:`READOUT_LRS`: ``cfg``'s
+    """``(test accuracy, lr)`` of the readout-only baseline at its best lr of `READOUT_LRS`: ``cfg``'s
     LeNet-5 (float32, no autocast) with every layer but ``fc3`` frozen. A diverged run counts as accuracy 0."""
     best = (-1.0, READOUT_LRS[0])
     for lr in READOUT_LRS:
-        run = _train(dataclasses.replace(cfg, rule="kp", amp="none", lr=lr), ds, freeze_all_but="fc3")
+        readout = dataclasses.replace(cfg, rule="kp", amp="none", lr=lr, feedback_gain=None)
+        run = _train(readout, ds, freeze_all_but="fc3")
         acc = 0.0 if run["diverged"] else float(run["test_accuracy"])
         best = max(best, (acc, lr))
     return best
@@ -291,7 +292,7 @@ def make_learn_check(
             margin = LEARN_MARGIN
         cfg = TrainConfig(
             data=ds.name, model="lenet5", rule=rule, probes=False, seed=seed, device=str(device), amp=amp,
-            log_every=4, **recipe,
+            log_every=4, feedback_gain=1.0 if rule == "hsp" else None, **recipe,  # hsp: c = 1 (its default is 0.5)
         )  # fmt: skip
         run = _train(cfg, ds)
         steps = run["steps"]

@@ -4,7 +4,7 @@ Same work on both sides: ``P`` circuits (teacher task, 20-32-5 tanh, minibatch 3
 init and its own ``poly`` rule genome (bilinear plus N(0, 0.1²) noise, so none diverges), trained for
 ``T`` steps on the same minibatches. Compared:
 
-* ``batched``: :func:`heterograd.evolve.train_population` (population = leading tensor dim), with the
+* ``batched``: `heterograd.evolve.train_population` (population = leading tensor dim), with the
   default block of 64 circuits and with the whole population in one block;
 * ``loop (library)``: for each circuit, ``Circuit`` + ``Poly`` rule + ``local_step`` + ``apply_steps``
   (what one would write without the evolve module);

@@ -4,30 +4,30 @@ One run times, round-robin and repeated (median over rounds), full training step
 signal, feedback, deltas, weight update) of:
 
 * ``hsp``, ``fa``, ``poly`` (and ``hsp-sparse``: sparse feedback at density 0.2): heterograd's own step,
-  exactly what :meth:`heterograd.train.Trainer.train_step` does (``local_step`` -> SGD motif -> ``apply_steps``;
-  for ``hsp`` :func:`heterograd.train.layerwise_sgd_step`, the same update with each layer's deltas applied
+  exactly what `heterograd.train.Trainer.train_step` does (``local_step`` -> SGD motif -> ``apply_steps``;
+  for ``hsp`` `heterograd.train.layerwise_sgd_step`, the same update with each layer's deltas applied
   as soon as they exist);
 * ``bp-autograd``: a plain PyTorch MLP (``nn.Sequential`` of ``nn.Linear`` + ``tanh``,
   ``CrossEntropyLoss``, ``torch.optim.SGD``) of identical shapes, weights and weight decay;
 * ``fa-autograd``: feedback alignment as autograd-based libraries implement it (biotorch style): a
   custom ``torch.autograd.Function`` whose backward sends the error through a fixed ``B``.
 
-With ``models`` (e.g. ``lenet5``, ``resnet20`` of :mod:`heterograd.models`) the run times one training step
+With ``models`` (e.g. ``lenet5``, ``resnet20`` of `heterograd.models`) the run times one training step
 of that model instead, with ``torch.optim.SGD`` (momentum) and ``CrossEntropyLoss``:
 
 * ``bp-autograd``: the plain model trained by autograd (weight decay in the optimiser);
-* ``bp``, ``hsp``, ``kp``, ``fa``, ``usf`` (any rule of :data:`MODEL_IMPLS`): the same model, same initial
-  weights, converted by :func:`heterograd.nn.convert.convert` (weight decay in the rule, as the converted
+* ``bp``, ``hsp``, ``kp``, ``fa``, ``usf`` (any rule of `MODEL_IMPLS`): the same model, same initial
+  weights, converted by `heterograd.nn.convert.convert` (weight decay in the rule, as the converted
   layers compute it; ``λW`` + momentum is the same update as the optimiser's ``weight_decay``);
 * ``hsp-fused`` and ``bp-autograd-fused``: the optimiser step runs inside the backward sweep, one parameter
   at a time as soon as its ``.grad`` is complete (a post-accumulate-grad hook with a per-parameter SGD), so
-  the gradients of all layers are never alive at once (see :func:`fuse_optimizer`).
+  the gradients of all layers are never alive at once (see `fuse_optimizer`).
 
 Every case uses the same random batch (``x ~ N(0, 1)``, random labels) at every step, so the times are
 the step's own cost with no data loading. Optional variants: ``bfloat16`` compute and ``torch.compile``
 (heterograd compiles its pure local step; the baseline compiles its model); for ``models``, bfloat16
 ``torch.autocast`` (float32 weights, ``autocast``) and ``torch.compile`` of the model (converted or not) for
-:data:`MODEL_VARIANT_IMPLS`.
+`MODEL_VARIANT_IMPLS`.
 
 Peak memory of a step, reported as bytes allocated above what was live when the step started
 (parameters and the batch are excluded; activations, gradients/deltas and temporaries are included):
@@ -36,7 +36,7 @@ of the allocator's alloc/free events recorded by ``torch.profiler`` (``profile_m
 step, whose maximum is the peak. The autograd baselines free their gradients at the end of each step
 (``zero_grad(set_to_none=True)``), so their peak includes the gradients, as ours includes the deltas.
 
-Total memory of a training step adds what stays resident between steps to that peak (:func:`resident_bytes`,
+Total memory of a training step adds what stays resident between steps to that peak (`resident_bytes`,
 measured after the warm-up steps): the parameters and buffers (``W``, ``b``, ``B`` whether a parameter or a
 frozen buffer, BatchNorm statistics) and the optimiser's state (momentum buffers, ``B``'s included; a circuit's
 rule and motif state). ``total_bytes = resident_bytes + peak_bytes``; ``total_memory_ratio_to_bp`` beside the
@@ -97,22 +97,24 @@ class BenchConfig:
 
     Attributes:
         sizes: ``((n_0, ..., n_L), batch)`` pairs.
-        impls: implementations, a subset of :data:`IMPLS` (``bp-autograd`` is always added: ratios need it).
-        dtypes: compute dtypes; the first is the main one (all impls), the others time :data:`VARIANT_IMPLS`.
-        compile: also time :data:`VARIANT_IMPLS` (models: :data:`MODEL_VARIANT_IMPLS`) under ``torch.compile``
+        impls: implementations, a subset of `IMPLS` (``bp-autograd`` is always added: ratios need it).
+        dtypes: compute dtypes; the first is the main one (all impls), the others time `VARIANT_IMPLS`.
+        compile: also time `VARIANT_IMPLS` (models: `MODEL_VARIANT_IMPLS`) under ``torch.compile``
             (main dtype).
-        autocast: models only: also time :data:`MODEL_VARIANT_IMPLS` under ``torch.autocast`` to bfloat16 (the
+        autocast: models only: also time `MODEL_VARIANT_IMPLS` under ``torch.autocast`` to bfloat16 (the
             main dtype must be float32: weights stay float32).
         repeats: round-robin rounds; each case's time is the median over rounds.
         block_seconds: target duration of one timed block (steps per block are calibrated to it).
         max_seconds: time budget of the timed rounds; rounds stop early (at least 3) once it is spent.
         warmup_steps: untimed steps per case before calibration.
+        min_block_steps: at least this many steps per timed block: on a loaded machine ``block_seconds`` alone
+            shrinks blocks to one step, whose times scatter far more than the ratio being measured.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
         lr, weight_decay: SGD learning rate and weight decay λ (same for every implementation).
         memory: measure each case's peak step memory.
-        models: registered model names (:data:`heterograd.models.MODELS`); when given, the run times one
-            training step of each model (``sizes`` must then be empty; ``impls`` from :data:`MODEL_IMPLS`).
+        models: registered model names (`heterograd.models.MODELS`); when given, the run times one
+            training step of each model (``sizes`` must then be empty; ``impls`` from `MODEL_IMPLS`).
         input_shape: one input's shape for ``models`` (default Fashion-MNIST's ``(1, 28, 28)``).
         batch: batch size of ``models``' step.
         num_classes: outputs of ``models``.
@@ -128,6 +130,7 @@ class BenchConfig:
     block_seconds: float = 0.04
     max_seconds: float = 120.0
     warmup_steps: int = 3
+    min_block_steps: int = 5
     device: str = "cpu"
     threads: int | None = None
     lr: float = 0.01
@@ -144,15 +147,17 @@ class BenchConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
         """A smoke-test configuration that runs in a few seconds."""
-        base = dict(sizes=QUICK_SIZES, dtypes=("float32",), repeats=3, block_seconds=0.005, warmup_steps=1)
+        base = dict(
+            sizes=QUICK_SIZES, dtypes=("float32",), repeats=3, block_seconds=0.005, warmup_steps=1, min_block_steps=1
+        )
         return cls(**{**base, **overrides})
 
     @classmethod
     def for_models(cls, models: Sequence[str] = DEFAULT_MODELS, quick: bool = False, **overrides: Any) -> BenchConfig:
-        """A model benchmark: ``models`` under :data:`MODEL_IMPLS` (quick: batch 8, a few seconds)."""
+        """A model benchmark: ``models`` under `MODEL_IMPLS` (quick: batch 8, a few seconds)."""
         base: dict[str, Any] = dict(models=tuple(models), sizes=(), impls=MODEL_IMPLS, dtypes=("float32",))
         if quick:
-            base.update(batch=8, repeats=3, block_seconds=0.005, warmup_steps=1)
+            base.update(batch=8, repeats=3, block_seconds=0.005, warmup_steps=1, min_block_steps=1)
         return cls(**{**base, **overrides})
 
     def validate(self) -> BenchConfig:
@@ -191,8 +196,8 @@ class BenchConfig:
         bad = [d for d in self.dtypes if d not in DTYPES]
         if bad or not self.dtypes:
             raise HeterogradError(f"unknown dtype(s) {bad or self.dtypes}; valid choices: {', '.join(DTYPES)}")
-        if self.repeats < 1 or self.warmup_steps < 1 or not self.block_seconds > 0:
-            raise HeterogradError("--repeats and warmup steps must be >= 1 and the block time > 0")
+        if self.repeats < 1 or self.warmup_steps < 1 or self.min_block_steps < 1 or not self.block_seconds > 0:
+            raise HeterogradError("--repeats, warmup and block steps must be >= 1 and the block time > 0")
         for sizes, batch in self.sizes:
             if len(sizes) < 2 or min(sizes) < 1 or batch < 1:
                 raise HeterogradError(f"bad benchmark size {sizes} at batch {batch}; e.g. 784,1024,1024,10@128")
@@ -253,7 +258,7 @@ class FALinear(nn.Linear):
 
 
 def autograd_mlp(circuit: Circuit, feedback_alignment: bool = False) -> nn.Sequential:
-    """``nn.Sequential`` of ``nn.Linear`` (or :class:`FALinear`, ``B_w = Bᵀ``) + ``tanh`` with ``circuit``'s weights."""
+    """``nn.Sequential`` of ``nn.Linear`` (or `FALinear`, ``B_w = Bᵀ``) + ``tanh`` with ``circuit``'s weights."""
     layers: list[nn.Module] = []
     L = circuit.depth
     Bs = {e.src: circuit.B[k] for k, e in enumerate(circuit.edges) if e.adjacent}
@@ -342,7 +347,7 @@ class Resident:
 
 
 def resident_bytes(step: Callable[[], None]) -> Resident | None:
-    """The resident memory of a step made by :func:`make_step` (``None`` for a callable it did not make)."""
+    """The resident memory of a step made by `make_step` (``None`` for a callable it did not make)."""
     fn = getattr(step, "resident", None)
     return fn() if callable(fn) else None
 
@@ -397,13 +402,13 @@ class ModelStep:
             self.optimizer.zero_grad(set_to_none=True)
 
     def resident(self) -> Resident:
-        """Parameters + buffers of the model and its optimiser state(s) (see :class:`Resident`)."""
+        """Parameters + buffers of the model and its optimiser state(s) (see `Resident`)."""
         opts = [self.optimizer] if self.optimizer is not None else getattr(self.model, "fused_optimizers", [])
         return Resident(tensor_bytes([*self.model.parameters(), *self.model.buffers()]), tensor_bytes(opts))
 
 
 class _Step:
-    """A step callable with its :class:`Resident` accounting (for the MLP cases)."""
+    """A step callable with its `Resident` accounting (for the MLP cases)."""
 
     def __init__(self, fn: Callable[[], None], resident: Callable[[], Resident]) -> None:
         self.fn, self.resident = fn, resident
@@ -413,7 +418,7 @@ class _Step:
 
 
 def make_model_step(case: Case, cfg: BenchConfig, x: Tensor, y: Tensor) -> ModelStep:
-    """One training step of ``case.model`` on ``(x, y)`` (see :class:`ModelStep` and :func:`model_for`)."""
+    """One training step of ``case.model`` on ``(x, y)`` (see `ModelStep` and `model_for`)."""
     model, opt = model_for(case, cfg)
     model.train()
     forward = torch.compile(model) if case.compiled else None
@@ -608,7 +613,7 @@ def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
     per_block: dict[Case, int] = {}
     for case, step in steps.items():
         n, t0 = 0, time.perf_counter()
-        while n < 10_000 and (n == 0 or time.perf_counter() - t0 < cfg.block_seconds):
+        while n < 10_000 and (n < cfg.min_block_steps or time.perf_counter() - t0 < cfg.block_seconds):
             step()
             _sync(device)
             n += 1

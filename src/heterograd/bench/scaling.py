@@ -97,7 +97,7 @@ def scaling_table(bench_json: str | Path) -> str:
 
 
 def write_into(doc: str | Path, table: str) -> None:
-    """Replace the text between :data:`START` and :data:`END` in ``doc`` with ``table``."""
+    """Replace the text between `START` and `END` in ``doc`` with ``table``."""
     p = Path(doc)
     text = p.read_text(encoding="utf-8")
     if START not in text or END not in text:

@@ -6,7 +6,7 @@ masks). It computes the two signals of docs/theory.md section 1:
 * time t (forward): ``p_l = h_{l-1} W_lᵀ + b_l``, ``h_l = σ_l(p_l)``;
 * time t' (feedback): ``u_L = e`` and ``u_l = σ_l'(p_l) ⊙ Σ_{src} u_src B_{src→l}ᵀ``.
 
-It never changes its own weights: the training step (:mod:`heterograd.train`)
+It never changes its own weights: the training step (`heterograd.train`)
 is the one place that does. All tensors are batch-first: ``x`` is ``(n, n_0)``.
 """
 
@@ -78,12 +78,12 @@ class Circuit(nn.Module):
         sizes: widths ``(n_0, n_1, ..., n_L)``; ``n_0`` input, ``n_L`` output.
         activation: hidden nonlinearity (``tanh``, ``relu``, ``sigmoid``, ``identity``).
         output_activation: nonlinearity of layer ``L`` (``identity`` gives logits).
-        topology: feedback wiring, see :data:`heterograd.circuits.topology.TOPOLOGIES`.
+        topology: feedback wiring, see `heterograd.circuits.topology.TOPOLOGIES`.
         density: mask density for ``sparse`` / ``amorphous`` feedback.
-        feedback_init: ``random``, ``transpose`` or ``anti`` (see :data:`FEEDBACK_INITS`).
+        feedback_init: ``random``, ``transpose`` or ``anti`` (see `FEEDBACK_INITS`).
         bias: give every forward layer a bias ``b_l`` ``(n_l,)``.
         forward_masks: optional fixed 0/1 connectivity of the forward weights, ``{l: mask}`` with
-            ``mask`` ``(n_l, n_{l-1})`` (e.g. :func:`block_mask`: separate populations, each fed by
+            ``mask`` ``(n_l, n_{l-1})`` (e.g. `block_mask`: separate populations, each fed by
             its own input bundle). ``W_l`` starts zero off the mask and the training step masks
             ``ΔW_l``, so the wiring is kept under plasticity.
         seed: randomness for weights and masks (default 0); or pass ``generator`` instead.
@@ -252,7 +252,7 @@ class Circuit(nn.Module):
             x: ``(n, n_0)`` input batch.
 
         Returns:
-            A :class:`Trace` with ``h[l]`` and ``p[l]`` for every layer.
+            A `Trace` with ``h[l]`` and ``p[l]`` for every layer.
         """
         if x.dim() != 2 or x.shape[1] != self.sizes[0]:
             raise HeterogradError(

@@ -63,7 +63,7 @@ def build_edges(
     """Construct the feedback edges of a topology.
 
     Args:
-        topology: one of :data:`TOPOLOGIES`.
+        topology: one of `TOPOLOGIES`.
         sizes: layer widths ``(n_0, n_1, ..., n_L)``.
         density: connection probability for ``sparse`` / ``amorphous`` masks, in ``(0, 1]``.
         generator: source of randomness for the masks.

@@ -6,8 +6,8 @@
 
 Names: ``digits``, ``mnist1d``, ``teacher`` (regression), ``fashion-mnist``, ``idx:<dir>`` (any
 folder with the four MNIST-style IDX files), ``cifar10:<dir>`` and ``cifar100:<dir>`` (the official
-binary or Python files). See :func:`load_dataset` for what each one holds; ``image=True`` gives image
-datasets as ``(N, C, H, W)`` for convolutional models, and :mod:`heterograd.data.images` holds the
+binary or Python files). See `load_dataset` for what each one holds; ``image=True`` gives image
+datasets as ``(N, C, H, W)`` for convolutional models, and `heterograd.data.images` holds the
 per-channel normalisation and the seeded crop/flip augmentation.
 """
 

@@ -10,7 +10,7 @@ Both official distributions are read, and nothing is ever downloaded:
 - the **Python version** (``cifar-10-batches-py``: ``data_batch_1`` .. ``data_batch_5`` and ``test_batch``;
   ``cifar-100-python``: ``train`` and ``test``): pickled dicts with ``data`` (a ``(N, 3072)`` uint8 array
   in the same pixel order) and ``labels`` (CIFAR-10) or ``fine_labels``/``coarse_labels`` (CIFAR-100).
-  They are read by :class:`RestrictedUnpickler`, which builds only numpy arrays, dtypes and the builtin
+  They are read by `RestrictedUnpickler`, which builds only numpy arrays, dtypes and the builtin
   containers and refuses every other object a pickle asks for, so a hostile file cannot run code.
 
 CIFAR-100 is loaded with its 100 **fine** labels (the usual benchmark); the 20 coarse labels are checked
@@ -34,7 +34,7 @@ import torch
 from heterograd.data.dataset import Dataset
 from heterograd.errors import HeterogradError
 
-#: Prefixes of the dataset names :func:`load_cifar` accepts (``cifar10:<dir>``, ``cifar100:<dir>``).
+#: Prefixes of the dataset names `load_cifar` accepts (``cifar10:<dir>``, ``cifar100:<dir>``).
 CIFAR_PREFIXES: tuple[str, ...] = ("cifar10:", "cifar100:")
 #: ``(C, H, W)`` of one CIFAR image.
 IMAGE_SHAPE: tuple[int, int, int] = (3, 32, 32)
@@ -163,7 +163,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that builds numpy arrays, dtypes, lists, dicts, tuples, bytes, str, ints and floats only.
 
     Any other global a pickle names (a class to instantiate, a function to call, such as ``os.system``)
-    raises :class:`RefusedPickle` before it is looked up, so no code from the file runs. Persistent IDs are
+    raises `RefusedPickle` before it is looked up, so no code from the file runs. Persistent IDs are
     refused too. Object arrays that might result are rejected later by the CIFAR checks (pixels must be uint8).
     """
 
@@ -178,7 +178,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_load(path: Path) -> Any:
-    """Unpickle ``path`` with :class:`RestrictedUnpickler` (bytes kept as bytes, as CIFAR's Python 2 files need).
+    """Unpickle ``path`` with `RestrictedUnpickler` (bytes kept as bytes, as CIFAR's Python 2 files need).
 
     Raises:
         HeterogradError: the file is missing, truncated or corrupt, or asks for a disallowed object.
@@ -379,7 +379,7 @@ def load_cifar(name: str, *, n_train: int | None = None, n_test: int | None = No
         n_test: keep the first ``n_test`` test images.
 
     Returns:
-        A :class:`Dataset` with x ``(N, 3072)`` float32 (flat layout, channel-major), y ``(N,)`` int64 in
+        A `Dataset` with x ``(N, 3072)`` float32 (flat layout, channel-major), y ``(N,)`` int64 in
         ``[0, 10)`` or ``[0, 100)`` (fine labels), ``image_shape=(3, 32, 32)``.
 
     Raises:

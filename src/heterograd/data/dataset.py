@@ -1,4 +1,4 @@
-"""The :class:`Dataset` container and a seeded minibatch iterator."""
+"""The `Dataset` container and a seeded minibatch iterator."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Dataset:
         n_classes: number of classes, or ``None`` for regression.
         image_shape: ``(C, H, W)`` when every input is an image (channels first), else ``None``. In the flat
             layout a row holds the image's ``C*H*W`` values in channel-major, row-major order, so
-            ``x.reshape(N, C, H, W)`` recovers the images; :meth:`images` and :meth:`flat` switch layouts
+            ``x.reshape(N, C, H, W)`` recovers the images; `images` and `flat` switch layouts
             without copying.
 
     The shapes and dtypes are checked on construction. Instances compare by identity (tensors have no
@@ -194,8 +194,9 @@ class Dataset:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Dataset:
         """Return a copy on ``device`` with inputs (and regression targets) cast to ``dtype``.
 
-        Class labels move to ``device`` but stay int64. With both arguments ``None`` the dataset is
-        returned unchanged.
+        Class labels move to ``device`` but stay int64. With both arguments ``None``, or when every tensor is
+        already on ``device`` in ``dtype``, the dataset itself is returned (it was validated when it was made;
+        validating 60,000 images again cost a CLI epoch 0.3-0.5 s).
         """
         if device is None and dtype is None:
             return self
@@ -210,13 +211,11 @@ class Dataset:
         def move_y(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
 
-        return dataclasses.replace(
-            self,
-            x_train=move_x(self.x_train),
-            y_train=move_y(self.y_train),
-            x_test=move_x(self.x_test),
-            y_test=move_y(self.y_test),
-        )
+        old = (self.x_train, self.y_train, self.x_test, self.y_test)
+        new = (move_x(self.x_train), move_y(self.y_train), move_x(self.x_test), move_y(self.y_test))
+        if all(a is b for a, b in zip(old, new, strict=True)):  # already there: no copy, no second validation
+            return self
+        return dataclasses.replace(self, x_train=new[0], y_train=new[1], x_test=new[2], y_test=new[3])
 
     def __repr__(self) -> str:
         return (

@@ -123,7 +123,7 @@ def _candidate_names(base: str) -> list[str]:
 def find_idx_files(directory: str | os.PathLike[str]) -> dict[str, Path]:
     """Locate the four MNIST-style IDX files in ``directory``.
 
-    File names are matched case-insensitively against the conventional names (see :data:`IDX_FILES`),
+    File names are matched case-insensitively against the conventional names (see `IDX_FILES`),
     with or without ``.gz`` and with ``-idx`` or ``.idx`` (``train-images.idx3-ubyte``). When a file is
     present both raw and gzipped, the raw one is used.
 

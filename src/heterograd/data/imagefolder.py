@@ -9,7 +9,7 @@ Class names are the subfolder names, sorted; label ``k`` is the ``k``-th. Every 
 resized so that its shorter side is ``size`` and centre-cropped to ``size x size`` (``imagefolder:<dir>@SIZE``,
 default 32), and held in memory; the training set is normalised per channel with its own mean and std (the
 test set with the same). The training transforms are seeded tensor operations on each minibatch
-(:class:`ResizedCropFlip`: random resized crop, then horizontal flip), run by the trainer with ``--augment``.
+(`ResizedCropFlip`: random resized crop, then horizontal flip), run by the trainer with ``--augment``.
 
 Memory: ``N x 3 x size²`` float32 values, e.g. 50000 images at 32 = 0.6 GB; ImageNet's 1.28 M images fit at
 ``@64`` (63 GB) but not at 224: full-resolution ImageNet needs a streaming loader, which this reader is not.
@@ -118,12 +118,12 @@ def _take(files: list[Path], labels: list[int], n: int | None) -> tuple[list[Pat
 
 
 def load_imagefolder(name: str, *, n_train: int | None = None, n_test: int | None = None) -> Dataset:
-    """Load ``imagefolder:<dir>[@SIZE]`` (see the module docstring) as a :class:`Dataset`.
+    """Load ``imagefolder:<dir>[@SIZE]`` (see the module docstring) as a `Dataset`.
 
     Returns:
         Inputs ``(N, 3·size²)`` float32 (flat layout; ``image_shape`` ``(3, size, size)``), normalised per
         channel with the training set's statistics; labels ``(N,)`` int64. ``n_train``/``n_test`` take that many
-        images of each split after a fixed shuffle (seed :data:`ORDER_SEED`), so a subset mixes the classes.
+        images of each split after a fixed shuffle (seed `ORDER_SEED`), so a subset mixes the classes.
 
     Raises:
         HeterogradError: missing folder or split, no class folders, an empty class, different classes in the
@@ -198,7 +198,7 @@ def random_resized_crop(
 
 @dataclass(frozen=True)
 class ResizedCropFlip:
-    """The ImageNet training augmentation as tensor operations: :func:`random_resized_crop`, then a horizontal flip.
+    """The ImageNet training augmentation as tensor operations: `random_resized_crop`, then a horizontal flip.
 
     Attributes:
         scale: area fraction range of the crop box; ``(0.08, 1.0)`` as in the usual ImageNet recipe.

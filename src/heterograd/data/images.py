@@ -65,7 +65,7 @@ def normalize_channels(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -
 
     Args:
         x: images ``(N, C, H, W)``.
-        mean: ``(C,)`` per-channel mean, e.g. from :func:`channel_stats` of the training set.
+        mean: ``(C,)`` per-channel mean, e.g. from `channel_stats` of the training set.
         std: ``(C,)`` per-channel standard deviation, likewise.
 
     Returns:
@@ -150,7 +150,7 @@ class Augment:
 
     Attributes:
         padding: crop padding (0 disables the crop); 4 is the usual value for 32x32 images.
-        flip: apply :func:`random_hflip` with probability 0.5.
+        flip: apply `random_hflip` with probability 0.5.
 
     Call it on each training minibatch ``(B, C, H, W)`` with a generator dedicated to augmentation; never
     on test data.

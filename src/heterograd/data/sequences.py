@@ -16,7 +16,7 @@ def sorting_task(n: int, length: int = 6, vocab: int = 8, seed: int = 0) -> tupl
 
     A sequence is ``d_1 .. d_L s_1 .. s_L`` (``s`` = ``d`` sorted, digits in ``[0, vocab)``); the model reads all
     but the last token and predicts the next one. Only predictions of the sorted half count: targets of the
-    first ``length - 1`` positions are :data:`IGNORE`. Chance accuracy is about ``1 / vocab``.
+    first ``length - 1`` positions are `IGNORE`. Chance accuracy is about ``1 / vocab``.
     """
     if n <= 0 or length < 2 or vocab < 2:
         raise HeterogradError(f"sorting_task needs n > 0, length >= 2, vocab >= 2; got {n}, {length}, {vocab}")

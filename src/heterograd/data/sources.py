@@ -28,7 +28,7 @@ from heterograd.data.idx import find_idx_files, read_idx
 from heterograd.data.imagefolder import IMAGEFOLDER_PREFIX, load_imagefolder
 from heterograd.errors import HeterogradError, unknown_choice
 
-#: Names accepted by :func:`load_dataset`, besides ``idx:<dir>``.
+#: Names accepted by `load_dataset`, besides ``idx:<dir>``.
 DATASETS: tuple[str, ...] = ("digits", "mnist1d", "teacher", "fashion-mnist")
 #: Prefix of the ``idx:<dir>`` form, which loads the four MNIST-style IDX files found in ``<dir>``.
 IDX_PREFIX = "idx:"
@@ -61,17 +61,17 @@ def load_dataset(
     """Load a dataset by name.
 
     Args:
-        name: one of :data:`DATASETS` (case-insensitive, ``_`` accepted for ``-``), ``idx:<dir>``,
+        name: one of `DATASETS` (case-insensitive, ``_`` accepted for ``-``), ``idx:<dir>``,
             ``cifar10:<dir>`` or ``cifar100:<dir>``.
 
             - ``digits``: scikit-learn's 8x8 digits, 1797 images -> 1437 train / 360 test, D=64,
               10 classes. Pixels are divided by 16, split 80/20 stratified with the fixed seed
-              :data:`DIGITS_SPLIT_SEED` (independent of ``seed``, so every training seed sees the same
+              `DIGITS_SPLIT_SEED` (independent of ``seed``, so every training seed sees the same
               split), then standardised per feature with the training mean/std (constant features
               keep std 1).
             - ``mnist1d``: the MNIST-1D default set generated locally (no download), 4000 train /
               1000 test, D=40, 10 classes; already standardised by the generator. Generated once per
-              process and cached on disk (see :func:`cache_dir`).
+              process and cached on disk (see `cache_dir`).
             - ``teacher``: regression on a random tanh teacher ``20 -> 30 (tanh) -> 5 (linear)``,
               weights ``N(0, 1/fan_in)``, no biases, inputs ``N(0, I)``, targets plus ``N(0, 0.01^2)``
               noise on both splits; 2000 train / 500 test unless ``n_train``/``n_test`` say otherwise.
@@ -87,19 +87,19 @@ def load_dataset(
             - ``cifar10:<dir>`` / ``cifar100:<dir>``: CIFAR from the files a user has on disk (binary or
               Python version), 50000 train / 10000 test, D=3072, ``image_shape`` ``(3, 32, 32)``,
               normalised per channel with the training mean/std; CIFAR-100 uses the 100 fine labels.
-              See :func:`heterograd.data.cifar.load_cifar`.
+              See `heterograd.data.cifar.load_cifar`.
             - ``imagefolder:<dir>[@SIZE]``: an ImageNet-style folder, ``<dir>/train/<class>/*`` and
               ``<dir>/val/<class>/*`` images read with Pillow at ``SIZE x SIZE`` (default 32), normalised per
-              channel. See :mod:`heterograd.data.imagefolder`.
+              channel. See `heterograd.data.imagefolder`.
         seed: random seed; only ``teacher`` is random, the other datasets are fixed.
         n_train: keep only the first ``n_train`` training examples (``teacher``: generate that many).
         n_test: keep only the first ``n_test`` test examples (``teacher``: generate that many).
         image: return the inputs in the image layout ``(N, C, H, W)`` for convolutional models (see
-            :meth:`Dataset.images`); the default is the flat layout ``(N, D)``. Image datasets carry their
+            `Dataset.images`); the default is the flat layout ``(N, D)``. Image datasets carry their
             ``image_shape`` in both layouts (``digits``: ``(1, 8, 8)``).
 
     Returns:
-        A :class:`Dataset` with float32 inputs ``(N, D)`` (``(N, C, H, W)`` with ``image=True``) and int64
+        A `Dataset` with float32 inputs ``(N, D)`` (``(N, C, H, W)`` with ``image=True``) and int64
         labels ``(N,)`` (classification) or float32 targets ``(N, 5)`` (``teacher``). Feature statistics
         are computed on the training examples actually returned.
 
@@ -114,7 +114,7 @@ def load_dataset(
 
 
 def _load(name: str, seed: object, n_train: object, n_test: object) -> Dataset:
-    """:func:`load_dataset` without the layout choice: inputs ``(N, D)``."""
+    """`load_dataset` without the layout choice: inputs ``(N, D)``."""
     if not isinstance(name, str) or not name.strip():
         raise HeterogradError(f"dataset name must be a non-empty string, got {name!r}; pass e.g. 'digits'")
     seed = _check_seed(seed)
@@ -122,6 +122,12 @@ def _load(name: str, seed: object, n_train: object, n_test: object) -> Dataset:
     n_test = _check_count(n_test, "n_test")
 
     stripped = name.strip()
+    if stripped.lower().startswith("python:"):  # recorded by a run on a Dataset passed in Python
+        raise HeterogradError(
+            f"data {stripped!r} was a Dataset passed in Python, not a built-in set or a folder, so it cannot be "
+            "loaded by name (e.g. by --config); rerun it in Python with the same data: "
+            "heterograd.train(config, dataset=...), Trainer(config, dataset) or ModuleTrainer(config, dataset)"
+        )
     if stripped.lower().startswith(IDX_PREFIX):
         directory = stripped[len(IDX_PREFIX) :].strip()
         if not directory:

@@ -11,21 +11,21 @@
   are read in sorted order of their paths relative to the folder and concatenated as they are.
 - ``pystdlib`` or ``pystdlib:MB``: the running Python's standard-library sources, the ``.py`` files under
   ``sysconfig.get_paths()["stdlib"]`` (``site-packages`` and ``dist-packages`` left out) in sorted order of
-  their relative paths, concatenated and cut after the first ``MB`` MiB (default :data:`PYSTDLIB_MB`; the cut
+  their relative paths, concatenated and cut after the first ``MB`` MiB (default `PYSTDLIB_MB`; the cut
   falls back to the last whole character). Files that are not UTF-8 (the standard library's test suite holds a
   few on purpose) are skipped and counted. The corpus differs between Python versions, so its SHA-256 and
-  the Python version are recorded (:attr:`TextCorpus.source`).
+  the Python version are recorded (`TextCorpus.source`).
 
-The text is split by position into contiguous parts: the first :data:`SPLITS` ``[0]`` = 90 % of the characters
+The text is split by position into contiguous parts: the first `SPLITS` ``[0]`` = 90 % of the characters
 train, the next 5 % validate, the last 5 % test. The vocabulary is the sorted set of characters of the
 training part, after token 0, ``<unk>``: a validation or test character that never occurs in the training part
-becomes token 0 (counted in :attr:`TextCorpus.unknown`); as an input it reads as ``<unk>``, as a target it is
-left out of the loss (:data:`~heterograd.data.sequences.IGNORE`), so bits per character are over the known
+becomes token 0 (counted in `TextCorpus.unknown`); as an input it reads as ``<unk>``, as a target it is
+left out of the loss (`IGNORE`), so bits per character are over the known
 characters and the count of the others is reported beside them.
 
-Training batches are random windows (:func:`random_windows`): ``block`` characters starting at offsets drawn
+Training batches are random windows (`random_windows`): ``block`` characters starting at offsets drawn
 uniformly from a seeded ``torch.Generator``, with the next ``block`` characters as targets. Evaluation reads
-the non-overlapping windows of a part in order (:func:`windows`).
+the non-overlapping windows of a part in order (`windows`).
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def _read_pystdlib(megabytes: float) -> tuple[str, dict[str, Any]]:
 
 
 def read_text_source(name: str) -> tuple[str, dict[str, Any]]:
-    """The raw text of a data name and a record of what was read (see :class:`TextCorpus`.source)."""
+    """The raw text of a data name and a record of what was read (see `TextCorpus`.source)."""
     if name.startswith(TEXT_PREFIX):
         spec = name[len(TEXT_PREFIX) :]
         if not spec:
@@ -242,7 +242,7 @@ def load_text(name: str, *, block: int) -> TextCorpus:
         block: characters per window; every part must hold at least ``block + 1`` characters.
 
     Returns:
-        A :class:`TextCorpus`.
+        A `TextCorpus`.
 
     Raises:
         HeterogradError: missing path, empty / binary / non-UTF-8 input, a block longer than a part.
@@ -278,7 +278,7 @@ def load_text(name: str, *, block: int) -> TextCorpus:
 
 # ------------------------------------------------------------------------------------------------- batches
 def targets_of(ids: Tensor) -> Tensor:
-    """Next-token targets: ``ids`` with ``<unk>`` (token 0) replaced by :data:`IGNORE` (no loss there)."""
+    """Next-token targets: ``ids`` with ``<unk>`` (token 0) replaced by `IGNORE` (no loss there)."""
     return ids.masked_fill(ids == 0, IGNORE)
 
 

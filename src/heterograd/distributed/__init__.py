@@ -110,7 +110,7 @@ def distributed_local_step(
     world_size: int,
     step_fn: StepFn = local_step,
 ) -> StepOutput:
-    """:func:`heterograd.train.local_step` on this rank's shard of a global batch, deltas all-reduced.
+    """`heterograd.train.local_step` on this rank's shard of a global batch, deltas all-reduced.
 
     Args:
         x: ``(n, n_0)`` the *global* batch (identical on every rank); y: ``(n,)`` or ``(n, K)``.
@@ -130,7 +130,7 @@ def distributed_local_step(
 class RankMixin:
     """What every data-parallel trainer of a rank shares: joining the group, one stop for all, rank 0 writes.
 
-    Mixed in before a trainer class (``class X(RankMixin, Trainer)``); :meth:`join` runs before the trainer's
+    Mixed in before a trainer class (``class X(RankMixin, Trainer)``); `join` runs before the trainer's
     own ``__init__`` so that a CUDA device becomes this rank's GPU (``cuda:LOCAL_RANK``).
     """
 
@@ -168,14 +168,14 @@ class RankMixin:
         return signum != 0
 
     def fit(self, out_dir: str | Path | None = None, *, progress: bool = True, **kwargs: Any) -> RunResult:
-        """As :meth:`Trainer.fit`; ranks other than 0 write nothing and show no progress."""
+        """As `Trainer.fit`; ranks other than 0 write nothing and show no progress."""
         lead = self.rank == 0
         return super().fit(out_dir if lead else None, progress=progress and lead, **kwargs)  # type: ignore[misc]
 
     def close(self) -> None:
         """Leave the process group together: a barrier (rank 0 has written its files), then destroy the group.
 
-        Call once, after the last :meth:`fit`, from every rank. A rank that exits while the others still hold
+        Call once, after the last `fit`, from every rank. A rank that exits while the others still hold
         the group can abort in gloo's teardown ("terminate called without an active exception").
         """
         dist = _dist()
@@ -185,10 +185,10 @@ class RankMixin:
 
 
 class DistributedTrainer(RankMixin, Trainer):
-    """:class:`heterograd.train.Trainer` for one rank of a data-parallel run (start it under ``torchrun``).
+    """`heterograd.train.Trainer` for one rank of a data-parallel run (start it under ``torchrun``).
 
     Every rank runs the whole loop on the same global batches; only its local step differs
-    (:func:`distributed_local_step`). Rank 0 writes the run directory and shows progress.
+    (`distributed_local_step`). Rank 0 writes the run directory and shows progress.
     """
 
     def __init__(self, config: TrainConfig, dataset: Dataset | None = None) -> None:

@@ -1,6 +1,6 @@
 """``python -m heterograd.distributed [train options]`` = ``heterograd train --distributed [options]`` (under torchrun).
 
-An entry point, so it sits with the command line: the trainer in :mod:`heterograd.distributed` knows nothing of it.
+An entry point, so it sits with the command line: the trainer in `heterograd.distributed` knows nothing of it.
 """
 
 from __future__ import annotations

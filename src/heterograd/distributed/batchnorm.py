@@ -2,7 +2,7 @@
 
 Under DDP a BatchNorm layer normalises each rank's shard with that shard's own mean and variance (per-rank
 statistics, torch's default), so a data-parallel run is *not* the single-process run on the combined batch
-once a model has BatchNorm. :func:`convert_sync_batchnorm` swaps every plastic BatchNorm of a converted model
+once a model has BatchNorm. `convert_sync_batchnorm` swaps every plastic BatchNorm of a converted model
 for a synchronised one: in training the mean and variance are those of the whole global batch (all-reduced
 over the process group), so the normalisation, its local derivative and the running statistics are the
 single-process ones; the affine parameters keep their local rule ``Δγ = -(Σ u ⊙ x̂ + λγ)``,
@@ -11,7 +11,7 @@ like every other ``.grad``.
 
 Unlike ``torch.nn.SyncBatchNorm`` this works on CPU (gloo) as well as CUDA (nccl): a few per-channel sums
 are all-reduced in the forward (mean, then variance: two passes, exact in float64) and two in the backward.
-The normalisation is :class:`heterograd.nn.reduced_batchnorm.ReducedBatchNormFunction` with an all-reduce over
+The normalisation is `heterograd.nn.reduced_batchnorm.ReducedBatchNormFunction` with an all-reduce over
 the process group as its ``reduce``: converted layers know nothing about ranks.
 """
 
@@ -56,15 +56,15 @@ class _SyncPlasticBatchNorm:
 
 
 class SyncPlasticBatchNorm1d(_SyncPlasticBatchNorm, PlasticBatchNorm1d):
-    """:class:`~heterograd.nn.layers.PlasticBatchNorm1d` with global-batch statistics in training."""
+    """`PlasticBatchNorm1d` with global-batch statistics in training."""
 
 
 class SyncPlasticBatchNorm2d(_SyncPlasticBatchNorm, PlasticBatchNorm2d):
-    """:class:`~heterograd.nn.layers.PlasticBatchNorm2d` with global-batch statistics in training."""
+    """`PlasticBatchNorm2d` with global-batch statistics in training."""
 
 
 class SyncPlasticBatchNorm3d(_SyncPlasticBatchNorm, PlasticBatchNorm3d):
-    """:class:`~heterograd.nn.layers.PlasticBatchNorm3d` with global-batch statistics in training."""
+    """`PlasticBatchNorm3d` with global-batch statistics in training."""
 
 
 _SYNC: dict[type[nn.Module], type[nn.Module]] = {
@@ -77,7 +77,7 @@ _SYNC: dict[type[nn.Module], type[nn.Module]] = {
 def convert_sync_batchnorm(model: nn.Module, what: str = "the model") -> int:
     """In place: every plastic BatchNorm of a converted ``model`` normalises over the global batch in training.
 
-    The same module objects, parameters, buffers and rule (the class is swapped, as :func:`heterograd.nn.convert`
+    The same module objects, parameters, buffers and rule (the class is swapped, as `heterograd.nn.convert`
     does), so an optimiser built on ``model.parameters()`` stays valid. Returns the number of layers swapped.
 
     Raises:

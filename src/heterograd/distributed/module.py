@@ -1,12 +1,12 @@
-"""Data-parallel converted models: :class:`DistributedModuleTrainer` (``heterograd train --model M --distributed``).
+"""Data-parallel converted models: `DistributedModuleTrainer` (``heterograd train --model M --distributed``).
 
-The same :class:`~heterograd.train_module.ModuleTrainer` (loop, probes, run folder, checkpoints) with its model
+The same `ModuleTrainer` (loop, probes, run folder, checkpoints) with its model
 wrapped in ``torch.nn.parallel.DistributedDataParallel``. A converted layer's backward puts its local update
-``-Δ/η`` into ``.grad`` (:mod:`heterograd.nn.layers`), so DDP's all-reduce averages the updates of ``W``, ``B``
-and the norm parameters alike; nothing in :mod:`heterograd.nn` knows about ranks.
+``-Δ/η`` into ``.grad`` (`heterograd.nn.layers`), so DDP's all-reduce averages the updates of ``W``, ``B``
+and the norm parameters alike; nothing in `heterograd.nn` knows about ranks.
 
 Data: every rank holds the data, draws the same global batches (same data-order seed), augments the whole
-global batch with the same seeded generator and takes its contiguous shard (:func:`~heterograd.distributed.
+global batch with the same seeded generator and takes its contiguous shard (`
 shard_bounds`). Its loss is scaled by ``n_r · world / n`` so that DDP's mean over ranks is the global batch's
 mean, also when shards differ in size: the update is the single-process update on the combined batch for every
 rule whose update is linear in the feedback ``u`` plus per-synapse terms (all built-in rules of the module
@@ -15,11 +15,11 @@ engine), up to floating-point rounding.
 BatchNorm: by default each rank normalises its shard with the shard's own statistics (per-rank statistics, as
 torch's BatchNorm under DDP) and DDP broadcasts rank 0's running statistics at every forward, so a model with
 BatchNorm trains like a single process with ``batch / world``-sized BatchNorm groups. ``--sync-batchnorm``
-(:func:`~heterograd.distributed.batchnorm.convert_sync_batchnorm`) normalises over the global batch instead,
+(`convert_sync_batchnorm`) normalises over the global batch instead,
 and the affine parameters keep their local rule.
 
 Rank 0 writes the run folder and checkpoints; ``--resume`` starts every rank from that checkpoint; a stop signal
-on any rank stops every rank at the same step (:class:`~heterograd.distributed.RankMixin`).
+on any rank stops every rank at the same step (`RankMixin`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .batchnorm import convert_sync_batchnorm
 
 
 class DistributedModuleTrainer(RankMixin, ModuleTrainer):
-    """:class:`~heterograd.train_module.ModuleTrainer` for one rank of a data-parallel run (under ``torchrun``).
+    """`ModuleTrainer` for one rank of a data-parallel run (under ``torchrun``).
 
     ``self.model`` is the converted module (probes, evaluation and checkpoints use it, as in one process);
     ``self.ddp`` is its ``DistributedDataParallel`` wrapper, which runs the training forward and backward.
@@ -77,7 +77,7 @@ class DistributedModuleTrainer(RankMixin, ModuleTrainer):
 
 
 def make_distributed_trainer(config: TrainConfig, dataset: Dataset | None = None) -> Any:
-    """This rank's trainer: :class:`DistributedModuleTrainer` with ``config.model``, else the circuit one."""
+    """This rank's trainer: `DistributedModuleTrainer` with ``config.model``, else the circuit one."""
     from . import DistributedTrainer
 
     if config.model is not None:

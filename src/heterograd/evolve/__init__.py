@@ -1,8 +1,8 @@
 """Evolution of plasticity rules (docs/theory.md section 7): gradient learning from rules that compute no gradient.
 
 A population of circuits, each with a random polynomial rule genome, is trained as one batched
-computation (:mod:`.population`) or in shards on Ray (:mod:`.backends`), selected on final loss and
-mutated (:mod:`.run`). ``heterograd evolve --help`` is the command line.
+computation (`.population`) or in shards on Ray (`.backends`), selected on final loss and
+mutated (`.run`). ``heterograd evolve --help`` is the command line.
 """
 
 from .backends import BACKENDS, BatchedBackend, Job, RayBackend, make_backend

@@ -1,6 +1,6 @@
 """Back ends that evaluate populations: one batched computation here, or shards on Ray.
 
-Both back ends run :func:`heterograd.evolve.population.evaluate_population`; because every circuit's
+Both back ends run `heterograd.evolve.population.evaluate_population`; because every circuit's
 init and data derive from ``(seed, generation, index)`` and the batched computation treats circuits
 independently, splitting a population into shards does not change any number: the Ray back end
 returns exactly what the batched back end returns (tested).
@@ -43,7 +43,7 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, problem: Problem, jobs: Sequence[Job]) -> list[EvalResult]:
-        """One :class:`EvalResult` per job, in order."""
+        """One `EvalResult` per job, in order."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (default: nothing)."""

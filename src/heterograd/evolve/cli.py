@@ -23,7 +23,7 @@ _NOT_CONFIG = frozenset({"ctx", "config", "out", "resume", "progress"})
 
 
 def _from_config_file(ctx: typer.Context, path: Path, cli_cfg: Any) -> Any:
-    """The file's :class:`EvolveConfig` with the options given on the command line on top."""
+    """The file's `EvolveConfig` with the options given on the command line on top."""
     from ..config import load_config_file
     from .run import EvolveConfig
 

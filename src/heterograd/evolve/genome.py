@@ -1,7 +1,7 @@
 """Rule genomes: the coefficients of the polynomial plasticity rule (docs/theory.md sections 2 and 7).
 
 A genome is a vector of the *active* coefficients of the ``poly`` rule
-(:mod:`heterograd.rules.poly`): ``ΔW = -η Σ_k θ_W,k f_k`` for the forward synapses and
+(`heterograd.rules.poly`): ``ΔW = -η Σ_k θ_W,k f_k`` for the forward synapses and
 ``ΔB = -η Σ_k θ_B,k g_k`` for the feedback synapses. By default the active terms are the
 five of the theory's sketch (docs/theory.md section 7)::
 
@@ -54,8 +54,8 @@ class GenomeSpec:
     """Which polynomial terms a genome holds and how they map to per-layer coefficient tensors.
 
     Attributes:
-        w_terms: active forward-rule features (names from :data:`W_FEATURES`).
-        b_terms: active feedback-rule features (names from :data:`B_FEATURES`).
+        w_terms: active forward-rule features (names from `W_FEATURES`).
+        b_terms: active feedback-rule features (names from `B_FEATURES`).
         n_layers: forward layers ``L`` of the circuits.
         n_edges: feedback edges ``K`` (``L - 1`` for the layered topology).
         per_layer: one coefficient row per layer / edge instead of one shared row.

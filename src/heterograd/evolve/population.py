@@ -1,13 +1,13 @@
 """A population of circuits trained as ONE batched computation (population = leading tensor dim).
 
 Every circuit ``i`` of generation ``g`` has its own initial weights, drawn from a seed derived from
-``(seed, g, i)`` only (:func:`circuit_seed`), and its own rule genome; all circuits of a generation
+``(seed, g, i)`` only (`circuit_seed`), and its own rule genome; all circuits of a generation
 see the same minibatches (drawn from ``(seed, g)``). Nothing here depends on which other circuits are
 in the batch, so a population split into shards (the Ray back end) gives the same numbers as the
 whole population at once.
 
-Training uses only the local signals of the ``poly`` rule (:func:`heterograd.rules.poly_delta` with
-a leading population dim): no autograd. After training, :func:`measure_population` compares each
+Training uses only the local signals of the ``poly`` rule (`heterograd.rules.poly_delta` with
+a leading population dim): no autograd. After training, `measure_population` compares each
 circuit's feedback potentials ``u`` with the exact gradient ``∇_p ℓ`` (chain rule through ``Wᵀ``,
 measurement only) to get per-neuron consistency scores ``φ`` and the DC score (docs/theory.md sections 3-4).
 
@@ -199,7 +199,7 @@ def _feedback_mats(wts: Weights, L: int) -> list[Tensor]:
 class _PolyCoeffs:
     """The ``poly`` rule of one synapse type for a population, computing only its non-zero terms.
 
-    Equal to ``-poly_delta`` (:func:`heterograd.rules.poly_delta`, tested) but skips the features whose
+    Equal to ``-poly_delta`` (`heterograd.rules.poly_delta`, tested) but skips the features whose
     coefficient is zero in every circuit, and folds the batch mean into the coefficients once.
 
     Args:
@@ -370,11 +370,11 @@ def evaluate_population(
     """Train and score circuits ``indices`` of generation ``generation``, batched in blocks of ``problem.block``.
 
     Args:
-        theta_w: ``(P, L, 8)``; theta_b: ``(P, L-1, 8)`` (from :meth:`GenomeSpec.expand`), ``P = len(indices)``.
+        theta_w: ``(P, L, 8)``; theta_b: ``(P, L-1, 8)`` (from `GenomeSpec.expand`), ``P = len(indices)``.
         indices: the individuals' positions in the population (their inits derive from them).
 
     Returns:
-        An :class:`EvalResult` (CPU tensors) in the order of ``indices``.
+        An `EvalResult` (CPU tensors) in the order of ``indices``.
     """
     if theta_w.shape[0] != len(indices) or theta_b.shape[0] != len(indices):
         raise HeterogradError(f"{len(indices)} indices but {theta_w.shape[0]} genomes; pass one genome per index")

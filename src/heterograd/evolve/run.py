@@ -4,7 +4,7 @@ Per generation ``g``:
 
 1. every genome ``θ`` (population ``(P, G)``) is expanded to ``poly`` coefficients and one circuit per
    genome is trained for ``T`` steps on the task, with an init drawn from ``(seed, g, index)`` and the
-   generation's minibatches (:mod:`heterograd.evolve.population`); nothing computes a gradient;
+   generation's minibatches (`heterograd.evolve.population`); nothing computes a gradient;
 2. fitness = mean minibatch loss over the last ``fitness_frac`` of the steps (default the last 10%);
    diverged circuits get ``+inf``;
 3. the bilinear rule (``ΔW = -η(u·h + λW)``, ``ΔB = -η(h·u + λB)``) is trained the same way on the
@@ -12,7 +12,7 @@ Per generation ``g``:
    reference loss;
 4. measurements (``generations.csv``): best / median / worst fitness, the fraction of genomes whose top
    layer learns by descent (``u·h`` coefficient of the top layer's ``θ_W`` ``> 0``), the DC fraction
-   (circuits whose measured DC score, :func:`measure_population`, is at least ``dc_threshold``), median
+   (circuits whose measured DC score, `measure_population`, is at least ``dc_threshold``), median
    ``φ`` and ``align`` of the hidden layers, the reference loss and the best rule in words;
 5. selection (truncation: parents drawn uniformly from the best ``select_frac``; or tournaments) with
    ``elites`` best genomes copied unchanged, and Gaussian mutation ``θ += N(0, σ²)`` (each gene with
@@ -88,7 +88,7 @@ class EvolveConfig:
     block: int = 64
 
     def validate(self) -> EvolveConfig:
-        """Check every field; raise :class:`HeterogradError` naming the first problem and the fix."""
+        """Check every field; raise `HeterogradError` naming the first problem and the fix."""
         if self.task not in TASKS:
             raise unknown_choice("task", self.task, TASKS)
         if self.selection not in SELECTIONS:
@@ -141,7 +141,7 @@ class EvolveConfig:
 
 @dataclass
 class EvolveResult:
-    """Outcome of :func:`evolve`: the per-generation rows, the summary and the final population ``(P, G)``."""
+    """Outcome of `evolve`: the per-generation rows, the summary and the final population ``(P, G)``."""
 
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
@@ -152,7 +152,7 @@ class EvolveResult:
 
 # ------------------------------------------------------------------------------------------- setup
 def build_problem(cfg: EvolveConfig) -> Problem:
-    """Load the task and describe one circuit's training (see :class:`Problem`)."""
+    """Load the task and describe one circuit's training (see `Problem`)."""
     from ..data import load_dataset
 
     ds = load_dataset(cfg.task, seed=cfg.seed, n_train=cfg.n_train, n_test=1 if cfg.task == "teacher" else None)
@@ -276,7 +276,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    """Load a checkpoint written by `save_checkpoint` (``weights_only=True``)."""
     try:
         state = torch.load(path, weights_only=True)
     except Exception as exc:

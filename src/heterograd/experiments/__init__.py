@@ -1,16 +1,14 @@
 """Reproductions of the theory's claims (docs/theory.md): ``heterograd repro NAME`` / ``heterograd repro all``.
 
-Each module in :data:`EXPERIMENT_MODULES` registers one or more experiments with
-:func:`heterograd.experiments.base.experiment`.
+Each module in `EXPERIMENT_MODULES` registers one or more experiments with
+`heterograd.experiments.base.experiment`.
 """
 
 from __future__ import annotations
 
-import importlib
+from .base import EXPERIMENT_MODULES, EXPERIMENTS, Context, Verdict, experiment, load_all, run_experiment
 
-from .base import EXPERIMENTS, Context, Verdict, experiment, run_experiment
-
-EXPERIMENT_MODULES: tuple[str, ...] = (
+EXPERIMENT_NAMES: tuple[str, ...] = (
     "hs",
     "dc",
     "metaplasticity",
@@ -21,21 +19,24 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "meta",
     "evolution",
     "hardware",
-    "hardware_lenet",
+    "hardware-lenet",
     "rewire",
     "dynamics",
-    "plasticity_curve",
+    "plasticity",
     "convnets",
     "language",
+    "rewire-ablation",
 )
-"""Modules (relative to this package) that register experiments, in report order."""
+"""The names `EXPERIMENT_MODULES` register, in report order, known without importing them (``repro --help``;
+a test keeps the two in step)."""
 
-
-def load_all() -> dict[str, object]:
-    """Import every experiment module so that :data:`EXPERIMENTS` is complete."""
-    for mod in EXPERIMENT_MODULES:
-        importlib.import_module(f"{__name__}.{mod}")
-    return dict(EXPERIMENTS)
-
-
-__all__ = ["EXPERIMENTS", "EXPERIMENT_MODULES", "Context", "Verdict", "experiment", "load_all", "run_experiment"]
+__all__ = [
+    "EXPERIMENTS",
+    "EXPERIMENT_MODULES",
+    "EXPERIMENT_NAMES",
+    "Context",
+    "Verdict",
+    "experiment",
+    "load_all",
+    "run_experiment",
+]

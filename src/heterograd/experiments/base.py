@@ -1,7 +1,7 @@
 """Reproduction experiments: one readable file per claim, each ``config -> run -> verdict``.
 
 An experiment is a function ``run(ctx: Context) -> Verdict`` registered under a
-fixed name with :func:`experiment`. The runner (:func:`run_experiment`) gives it
+fixed name with `experiment`. The runner (`run_experiment`) gives it
 its own folder, times it, and writes ``summary.json`` with ``claim``,
 ``measured``, ``threshold``, ``holds`` and the figures it made. Verdicts are
 computed from the measurements; an experiment never decides ``holds`` by hand.
@@ -10,6 +10,7 @@ computed from the measurements; an experiment never decides ``holds`` by hand.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import time
 import traceback
@@ -99,7 +100,7 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
 
     A missing or non-finite value (a diverged seed) makes both ``nan``: a run that diverged is never
     averaged away, and a ``nan`` fails every threshold comparison, so it counts against the claim.
-    Count such runs with :func:`diverged_count` and report them next to the mean.
+    Count such runs with `diverged_count` and report them next to the mean.
     """
     if not values or diverged_count(values):
         return math.nan, math.nan
@@ -147,9 +148,9 @@ def plot_band(
 
 
 def trainer_with(config: TrainConfig, dataset: Dataset | None = None, built: BuiltMotif | None = None) -> Trainer:
-    """A :class:`~heterograd.train.Trainer` for ``config``, optionally training a prebuilt circuit and rule.
+    """A `Trainer` for ``config``, optionally training a prebuilt circuit and rule.
 
-    ``built`` (from :mod:`heterograd.motifs`) replaces the circuit and rule the config
+    ``built`` (from `heterograd.motifs`) replaces the circuit and rule the config
     would build; data, loss, motif, logging and probes still come from ``config``.
     """
     from ..train import Trainer
@@ -179,8 +180,8 @@ def local_training(
 ) -> bool:
     """Train ``circuit`` in place with ``rule`` and plain SGD for ``steps`` random minibatches.
 
-    Uses the library's step (:func:`~heterograd.train.local_step`, the ``sgd`` motif and
-    :func:`~heterograd.train.apply_steps`). ``on_log(t)`` is called before step ``t`` for
+    Uses the library's step (`local_step`, the ``sgd`` motif and
+    `apply_steps`). ``on_log(t)`` is called before step ``t`` for
     ``t = 0, every, 2*every, ...`` and once after the last step (``t = steps``).
 
     Args:
@@ -227,6 +228,35 @@ def experiment(name: str) -> Callable[[ExperimentFn], ExperimentFn]:
     return deco
 
 
+EXPERIMENT_MODULES: tuple[str, ...] = (
+    "hs",
+    "dc",
+    "metaplasticity",
+    "hebbian",
+    "flexibility",
+    "benchmark",
+    "optimizers",
+    "meta",
+    "evolution",
+    "hardware",
+    "hardware_lenet",
+    "rewire",
+    "rewire_ablation",
+    "dynamics",
+    "plasticity_curve",
+    "convnets",
+    "language",
+)
+"""Modules (relative to ``heterograd.experiments``) that register experiments, in report order."""
+
+
+def load_all() -> dict[str, object]:
+    """Import every experiment module so that `EXPERIMENTS` is complete."""
+    for mod in EXPERIMENT_MODULES:
+        importlib.import_module(f"{__package__}.{mod}")
+    return dict(EXPERIMENTS)
+
+
 def run_experiment(
     name: str, out_root: str | Path, *, quick: bool = False, seed: int = 0, progress: bool = False
 ) -> dict[str, Any]:
@@ -235,8 +265,6 @@ def run_experiment(
     An experiment that crashes is recorded as ``holds: false`` with the error, so ``repro all``
     always finishes and reports every claim.
     """
-    from . import load_all
-
     load_all()
     if name not in EXPERIMENTS:
         raise unknown_choice("experiment", name, [*EXPERIMENTS, "all"])

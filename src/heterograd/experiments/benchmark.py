@@ -57,7 +57,7 @@ BP_TOLERANCE = 0.03  # hsp may trail bp by at most 3 accuracy points on every da
 
 def judge(gaps: dict[str, dict[str, float]]) -> bool:
     """The verdict from per-dataset gaps (``hsp_minus_fa``, ``bp_minus_hsp``, accuracies as fractions): hsp at least
-    as accurate as fa and within :data:`BP_TOLERANCE` of bp on every dataset. A NaN gap (diverged) fails."""
+    as accurate as fa and within `BP_TOLERANCE` of bp on every dataset. A NaN gap (diverged) fails."""
     return bool(gaps) and all(g["hsp_minus_fa"] >= 0 and g["bp_minus_hsp"] <= BP_TOLERANCE for g in gaps.values())
 
 
@@ -83,6 +83,7 @@ def run(ctx: Context) -> Verdict:
                     batch_size=st.batch_size,
                     lr=0.05,
                     weight_decay=1e-4,
+                    feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
                     seed=seed,
                     probes=False,
                     probe_size=256,

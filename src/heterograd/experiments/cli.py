@@ -1,5 +1,5 @@
 """``heterograd repro NAME|all --out DIR [--quick] [--seed S]``; ``heterograd repro report --out DIR``;
-``heterograd repro docs [--check] [--root DIR]`` (the generated blocks of the docs, :mod:`.docgen`).
+``heterograd repro docs [--check] [--root DIR]`` (the generated blocks of the docs, `.docgen`).
 
 Exit codes (so CI and scripts notice): 0 every claim run holds; 1 at least one claim does not hold;
 3 at least one experiment crashed (takes precedence over 1); 2 a usage error (bad name or option).
@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from ..errors import HeterogradError
+from . import EXPERIMENT_NAMES
 
 EXIT_HOLDS = 0
 EXIT_DOES_NOT_HOLD = 1
@@ -54,8 +55,9 @@ def register(app: typer.Typer) -> None:
         name: Annotated[
             str,
             typer.Argument(
-                help="experiment name, 'all', 'report' (rebuild OUT/report.md from OUT/*/summary.json) or 'docs' "
-                "(rewrite the generated blocks of README.md and docs/*.md from the committed JSON)"
+                help=f"experiment: {', '.join(EXPERIMENT_NAMES)}; or 'all', 'report' (rebuild OUT/report.md from "
+                "OUT/*/summary.json) or 'docs' (rewrite the generated blocks of README.md and docs/*.md from the "
+                "committed JSON)"
             ),
         ],
         out: Annotated[Path, typer.Option(help="results folder; each experiment writes out/NAME/")] = Path(
@@ -106,7 +108,12 @@ def register(app: typer.Typer) -> None:
             if code:
                 raise typer.Exit(code)
             return
-        names = list(load_all()) if name == "all" else [name]
+        known = load_all()
+        if name != "all" and name not in known:  # before anything is printed or written
+            from ..errors import unknown_choice
+
+            raise unknown_choice("experiment", name, [*known, "all", "report", "docs"])
+        names = list(known) if name == "all" else [name]
         summaries = []
         for n in names:
             typer.echo(f"[repro] {n} ...", err=True)

@@ -56,6 +56,7 @@ def run(ctx: Context) -> Verdict:
             base_cfg = TrainConfig(
                 data=data,
                 rule="hsp",
+                feedback_gain=1.0,  # c = 1 as committed (the hsp run default is 0.5)
                 hidden=hidden,
                 epochs=epochs,
                 seed=seed,
@@ -64,7 +65,7 @@ def run(ctx: Context) -> Verdict:
             )
             tr = trainer_with(base_cfg, ds)
             tr.log_every = tr.steps_per_epoch
-            tr.rule = Freeze(HSP(weight_decay=WEIGHT_DECAY), layers=tuple(range(1, depth + 1)))
+            tr.rule = Freeze(HSP(weight_decay=WEIGHT_DECAY, feedback_gain=1.0), layers=tuple(range(1, depth + 1)))
             tr.rule_state = tr.rule.init(tr.circuit)
             res = tr.fit(progress=ctx.progress)
             baseline = res.summary["test_accuracy"]

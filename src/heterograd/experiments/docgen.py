@@ -6,7 +6,7 @@ A markdown file marks a generated block with a pair of HTML comments (invisible 
     ...text written by the command...
     <!-- /generated: KEY -->
 
-``KEY`` names a generator registered here (:data:`GENERATORS`); the opening marker may carry arguments after the
+``KEY`` names a generator registered here (`GENERATORS`); the opening marker may carry arguments after the
 key (``<!-- generated: value reproduction/hs/summary.json measured.x .3f -->``), the closing one names the key
 only. ``heterograd repro docs`` rewrites the text between every pair of markers in ``README.md`` and every
 ``docs/**/*.md`` under the repository root from the committed JSON (``docs/reproduction/*/summary.json``,
@@ -45,7 +45,7 @@ class DocContext:
         return self.root / "docs"
 
     def link(self, target: Path) -> str:
-        """A relative link from :attr:`file` to ``target`` (forward slashes)."""
+        """A relative link from `file` to ``target`` (forward slashes)."""
         return relpath(target, self.file.parent).replace("\\", "/")
 
     def load(self, rel: str) -> Any:
@@ -60,7 +60,7 @@ class DocContext:
 
 
 Generator = Callable[[DocContext, list[str]], str]
-#: generator name -> function; :func:`generator` registers one.
+#: generator name -> function; `generator` registers one.
 GENERATORS: dict[str, Generator] = {}
 
 
@@ -355,7 +355,7 @@ _CODE = re.compile(r"^(```|~~~).*?^\1[^\n]*$|`[^`\n]+`", re.DOTALL | re.MULTILIN
 
 
 def render(text: str, file: Path, root: Path) -> tuple[str, list[BlockResult]]:
-    """``text`` with every generated block rewritten; and one :class:`BlockResult` per block.
+    """``text`` with every generated block rewritten; and one `BlockResult` per block.
 
     Markers inside code (fenced blocks, inline code spans) are examples, left as they are.
     """
@@ -400,7 +400,7 @@ def doc_files(root: Path) -> list[Path]:
 def generate_docs(root: Path, *, check: bool = False) -> list[BlockResult]:
     """Rewrite (or with ``check`` only compare) every generated block under ``root``; all blocks' results.
 
-    Raises :class:`HeterogradError` for an unknown generator, an unpaired marker or missing JSON (nothing is
+    Raises `HeterogradError` for an unknown generator, an unpaired marker or missing JSON (nothing is
     written then: every file is rendered before any is replaced).
     """
     if not (root / "docs").is_dir():
@@ -422,3 +422,17 @@ def generate_docs(root: Path, *, check: bool = False) -> list[BlockResult]:
 
 
 __all__ = ["GENERATORS", "BlockResult", "DocContext", "dig", "doc_files", "generate_docs", "generator", "render"]
+
+
+@generator("perf-reruns")
+def perf_reruns_block(ctx: DocContext, args: list[str]) -> str:
+    """The performance page's reruns: ``hsp``'s step ratio in ``bench.json`` and ``reruns/bench-rerun-*.json``, and
+    every ``cli-epoch*.json`` (see `heterograd.bench.epoch.rerun_spread_markdown`)."""
+    _no_args("perf-reruns", args)
+    from ..bench.epoch import rerun_spread_markdown
+
+    bench = ctx.root / "docs" / "benchmarks"
+    reruns = sorted((bench / "reruns").glob("bench-rerun-*.json"))
+    steps = [ctx.load("benchmarks/bench.json"), *(ctx.load(f"benchmarks/reruns/{p.name}") for p in reruns)]
+    epochs = [ctx.load(f"benchmarks/{p.name}") for p in sorted(bench.glob("cli-epoch*.json"))]
+    return "\n" + rerun_spread_markdown(steps, epochs)

@@ -21,7 +21,7 @@ RATIO_MAX = 1.5
 
 
 def judge(ratio_last: float, dc_last: float, ref_dc_last: float) -> bool:
-    """The verdict from the last generations' means: median loss within :data:`RATIO_MAX` of the reference's and
+    """The verdict from the last generations' means: median loss within `RATIO_MAX` of the reference's and
     median DC score at least the reference's. NaN (every rule diverged) fails both."""
     return bool(ratio_last <= RATIO_MAX and dc_last >= ref_dc_last)
 

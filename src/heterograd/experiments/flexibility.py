@@ -8,7 +8,7 @@ subsets of every higher layer, density 0.5, skip edges included). References: ba
 feedback alignment (``fa``) and the readout-only baseline (hidden layers frozen with ``Freeze``:
 what the output layer alone achieves on fixed random features).
 
-Two biological motifs (:mod:`heterograd.motifs`) run on the same data: the cerebellar
+Two biological motifs (`heterograd.motifs`) run on the same data: the cerebellar
 circuit (frozen random granule expansion of 1000 relu cells with 4 inputs each, Purkinje output
 taught by a climbing-fibre error) and the two-compartment pyramidal network (basal forward, apical
 feedback; the layered circuit read biologically).
@@ -59,7 +59,7 @@ def run(ctx: Context) -> Verdict:
         tr = trainer_with(cfg, ds, built)
         tr.log_every = tr.steps_per_epoch * max(1, epochs // 4)
         if freeze_hidden:
-            tr.rule = Freeze(HSP(weight_decay=WEIGHT_DECAY), layers=tuple(range(1, len(HIDDEN) + 1)))
+            tr.rule = Freeze(HSP(weight_decay=WEIGHT_DECAY, feedback_gain=1.0), layers=tuple(range(1, len(HIDDEN) + 1)))
             tr.rule_state = tr.rule.init(tr.circuit)
         s = tr.fit(progress=ctx.progress).summary
         results.setdefault(name, []).append(
@@ -75,14 +75,20 @@ def run(ctx: Context) -> Verdict:
     for seed in seeds:
         common = {"data": data, "epochs": epochs, "seed": seed, "hidden": HIDDEN, "weight_decay": WEIGHT_DECAY}
         for name, (rule, topology, density) in TOPOLOGY_RUNS.items():
-            fit(name, TrainConfig(rule=rule, topology=topology, density=density, probe_size=256, **common))
-        fit("readout only", TrainConfig(rule="hsp", probe_size=256, **common), freeze_hidden=True)
+            gain = 1.0 if rule == "hsp" else None  # hsp at c = 1, as committed (its run default is 0.5)
+            fit(
+                name,
+                TrainConfig(
+                    rule=rule, topology=topology, density=density, probe_size=256, feedback_gain=gain, **common
+                ),
+            )
+        fit("readout only", TrainConfig(rule="hsp", probe_size=256, feedback_gain=1.0, **common), freeze_hidden=True)
         fit(
             "pyramidal (2-compartment)",
-            TrainConfig(rule="hsp", probe_size=256, **common),
+            TrainConfig(rule="hsp", probe_size=256, feedback_gain=1.0, **common),
             pyramidal_circuit([n_in, *HIDDEN, n_out], weight_decay=WEIGHT_DECAY, seed=seed),
         )
-        cfg = TrainConfig(rule="hsp", probe_size=256, **{**common, "hidden": (granule,)})
+        cfg = TrainConfig(rule="hsp", probe_size=256, feedback_gain=1.0, **{**common, "hidden": (granule,)})
         fit("cerebellum (frozen granule)", cfg, cerebellar_circuit(n_in, n_out, n_granule=granule, seed=seed))
 
     names = list(results)

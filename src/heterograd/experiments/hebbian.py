@@ -5,7 +5,7 @@ Near stationarity of the bilinear rule, ``E[u hᵀ] = -λ W``, so the learning d
 more so the larger ``λ``. We train a ``20-64-64-5`` tanh circuit with the bilinear rule (``c = 1``)
 on the ``teacher`` regression task for a fixed number of steps at several ``λ``, then measure, on
 the whole training set, ``cos(-E[u hᵀ], E[p hᵀ])`` for every layer
-(:func:`heterograd.probes.hebbian_alignment`).
+(`heterograd.probes.hebbian_alignment`).
 
 The anti-Hebbian regime: the same circuit at ``λ = 0.01`` (where the clean task is clearly Hebbian)
 trained on targets with large label noise, ``y + 3·N(0, 1)`` (noise std 3 against a signal std of
@@ -74,7 +74,7 @@ def run(ctx: Context) -> Verdict:
 
 
 def _run(ctx: Context) -> Verdict:
-    """The experiment body (called by :func:`run` with one torch thread)."""
+    """The experiment body (called by `run` with one torch thread)."""
     seeds = seeds_for(ctx, 3)
     lambdas = [0.0, 1e-2, 3e-2, 1e-1] if ctx.quick else [0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
     steps = 1500 if ctx.quick else 4000
@@ -91,7 +91,7 @@ def _run(ctx: Context) -> Verdict:
         """Train a fresh circuit on ``(x, y)`` at weight decay ``lam``; its alignments, or NaN if it diverged."""
         nonlocal diverged
         c = Circuit(SIZES, "tanh", seed=seed)
-        ok = local_training(c, HSP(weight_decay=lam), loss, x, y, steps=steps, lr=LR, seed=seed)
+        ok = local_training(c, HSP(weight_decay=lam, feedback_gain=1.0), loss, x, y, steps=steps, lr=LR, seed=seed)
         diverged += not ok
         return _alignments(c, x, y) if ok else [math.nan] * L
 

@@ -13,7 +13,7 @@ fixed probe batch against ``c²`` and ``c``.
 The relative convergence ``φ_l → Π c`` needs a circuit that keeps learning: if ``W`` itself decays
 to zero (weight decay wins), ``B - cWᵀ`` shrinks no faster than ``W``. The rule, fixed before any
 result is read: a circuit *keeps learning* when it stays finite and its loss on the probe batch
-at the end is at most half its loss at step 0 (:data:`LEARNING_LOSS_RATIO`). Every circuit with
+at the end is at most half its loss at step 0 (`LEARNING_LOSS_RATIO`). Every circuit with
 ``c > 0`` is counted; one that stops learning or diverges is reported and fails the claim. ``c = -0.5``
 is the built-in failing case: it violates DC (``φ_2 = c < 0`` while the output layer has ``φ = 1``),
 so theory predicts it stops learning; the verdict requires the criterion to flag it in every seed
@@ -78,7 +78,7 @@ def run(ctx: Context) -> Verdict:
 
 
 def _run(ctx: Context) -> Verdict:
-    """The experiment body (called by :func:`run` with one torch thread)."""
+    """The experiment body (called by `run` with one torch thread)."""
     quick = ctx.quick
     seeds = seeds_for(ctx, 3)
     lambdas = [1e-3, 1e-2, 5e-2] if quick else [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]

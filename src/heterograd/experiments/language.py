@@ -2,19 +2,19 @@
 
 The model is the zoo's transformer as a causal language model (``heterograd train --model gpt``): token and
 position embeddings, pre-norm blocks of causal self-attention and a GELU MLP, a final LayerNorm and a linear
-head over the characters. :data:`FULL` is 4 blocks of 4 heads, width 128, windows of 128 characters (0.8 M
+head over the characters. `FULL` is 4 blocks of 4 heads, width 128, windows of 128 characters (0.8 M
 weights), on the first 2 MiB of the running Python's standard library (``--data pystdlib:2``: 90 % train, 5 %
 validation, 5 % test by position). Every rule trains with Adam (betas 0.9, 0.999), a cosine step-size schedule,
 batch 16 and the rule's own weight decay ``λ = 1e-4`` (on ``W``, ``b``, ``B`` and the LayerNorm parameters);
-``hsp`` runs with feedback gain ``c = 0.5`` (:data:`HSP_GAIN`; at ``c = 1`` it is ``kp``). Under Adam the
+``hsp`` runs with feedback gain ``c = 0.5`` (`HSP_GAIN`; at ``c = 1`` it is ``kp``). Under Adam the
 per-synapse normalisation divides a constant gain out of ``B``'s steps, so ``hsp`` is expected to follow ``kp``
 closely (up to Adam's ``ε`` and the weight decay); the report says so.
 
-**Step size, an equal budget per rule.** Every rule gets the same grid of Adam step sizes (:attr:`Scale.lrs`),
-one run of :attr:`Scale.tune_steps` steps per grid point on seed ``s``, and the step size with the lowest
+**Step size, an equal budget per rule.** Every rule gets the same grid of Adam step sizes (`Scale.lrs`),
+one run of `Scale.tune_steps` steps per grid point on seed ``s``, and the step size with the lowest
 validation bits per character is kept (a diverged run counts as infinitely bad; the test part is never read
-for the choice). The final runs train :attr:`Scale.final_steps` steps on seeds ``s+1, s+2`` at that step size.
-The grid is a stand-in for ``heterograd tune`` (the choice is :func:`select_lr`, one function, so a study can
+for the choice). The final runs train `Scale.final_steps` steps on seeds ``s+1, s+2`` at that step size.
+The grid is a stand-in for ``heterograd tune`` (the choice is `select_lr`, one function, so a study can
 replace it with the same budget per rule).
 
 **Where attention's feedback goes.** Every weight (embeddings, the ``qkv`` and output projections, the MLP, the
@@ -69,7 +69,7 @@ class Scale:
     """The size of the experiment.
 
     Attributes:
-        data: the corpus (``None``: the generated text of :func:`quick_corpus`).
+        data: the corpus (``None``: the generated text of `quick_corpus`).
         layers, heads, dim, block: the GPT's sizes.
         batch_size: windows per step.
         lrs: the grid of Adam step sizes every rule gets.

@@ -4,7 +4,7 @@ Under HS the feedback potential is ``u = φ H ∇_p ℓ``; because ``B`` is plas
 are set by the circuit's own experience. We train a tanh circuit with random feedback under
 ``hsp`` (plastic ``B``, ``c = 1``) and, for comparison, ``fa`` (frozen ``B``) and ``bp``, and at
 regular steps estimate ``A = φH`` of every hidden layer on a fixed probe batch with
-:func:`heterograd.probes.preconditioner` (least squares of ``u`` on the true gradient in the
+`heterograd.probes.preconditioner` (least squares of ``u`` on the true gradient in the
 gradients' 99%-energy principal subspace). We record ``φ``, the spectrum of the symmetric
 part of ``A``, the fraction of negative eigenvalues (directions the layer ascends) and the
 distance from a scalar learning rate ``|A - φI|_F/(|φ|√k)``.
@@ -47,7 +47,7 @@ def run(ctx: Context) -> Verdict:
 
 
 def _run(ctx: Context) -> Verdict:
-    """The experiment body (called by :func:`run` with one torch thread)."""
+    """The experiment body (called by `run` with one torch thread)."""
     s = _settings(ctx.quick)
     ds = load_dataset(s["data"], seed=ctx.seed)
     rows: list[dict[str, Any]] = []
@@ -60,6 +60,7 @@ def _run(ctx: Context) -> Verdict:
             hidden=s["hidden"],
             lr=0.05,
             weight_decay=1e-4,
+            feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
             feedback_init="random",
             seed=ctx.seed,
             probes=False,

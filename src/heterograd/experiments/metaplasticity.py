@@ -81,7 +81,7 @@ def run(ctx: Context) -> Verdict:
 
 
 def _run(ctx: Context) -> Verdict:
-    """The experiment body (called by :func:`run` with one torch thread)."""
+    """The experiment body (called by `run` with one torch thread)."""
     seeds = seeds_for(ctx, 3)
     steps = 800 if ctx.quick else 3000
     every = 10  # logs every 10 steps up to step 300, then every 50

@@ -55,8 +55,8 @@ def markdown_table(acc: dict[str, dict[str, float]], chance: float) -> str:
 
 
 def judge(acc: dict[str, dict[str, float]], chance: float) -> bool:
-    """The verdict from test accuracies ``acc[motif][rule]``: fa and hsp above ``chance`` + :data:`CHANCE_MARGIN`
-    under every motif, and hsp within :data:`HSP_GAP` of bp under each. A NaN accuracy (diverged) fails."""
+    """The verdict from test accuracies ``acc[motif][rule]``: fa and hsp above ``chance`` + `CHANCE_MARGIN`
+    under every motif, and hsp within `HSP_GAP` of bp under each. A NaN accuracy (diverged) fails."""
     local_min = min(acc[m][r] for m in MOTIF_SETTINGS for r in ("fa", "hsp"))
     gaps = [acc[m]["hsp"] - acc[m]["bp"] for m in MOTIF_SETTINGS]
     return bool(local_min >= chance + CHANCE_MARGIN and all(g >= -HSP_GAP for g in gaps))
@@ -70,7 +70,7 @@ def run(ctx: Context) -> Verdict:
 
 
 def _run(ctx: Context) -> Verdict:
-    """The experiment body (called by :func:`run` with one torch thread)."""
+    """The experiment body (called by `run` with one torch thread)."""
     s = _settings(ctx.quick)
     ds = load_dataset(s["data"], seed=ctx.seed)
     n_classes = ds.n_classes or 1
@@ -87,6 +87,7 @@ def _run(ctx: Context) -> Verdict:
                 epochs=s["epochs"],
                 lr=lr,
                 weight_decay=1e-4,
+                feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
                 optimizer=motif,
                 optimizer_options=dict(opts),
                 feedback_init="random",

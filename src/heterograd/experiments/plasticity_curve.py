@@ -23,16 +23,23 @@ bilinear rule ``c = 1``, ``λ = WEIGHT_DECAY``), over several seeds.
 
 **Verdict** (fixed before the full run):
 
-1. *learning moves the threshold*: over the curves (neuron, sample, seed) that have a threshold
-   both at init and after learning (at least ``MIN_NEURONS`` of them), the median
-   ``|θ_learned − θ_init|`` ≥ ``MOVE_MIN``;
-2. *the learned curve is the gradient's curve*: after learning, the rule's ``ΔW_ij`` has the sign
-   of the gradient curve at ≥ ``SIGN_MIN`` of all (curve, h) grid points: depression and
-   potentiation switch where the gradient switches. The built-in failing case is the same test at
-   initialisation, where ``B`` is random and the rule's sign is unrelated to the gradient's
-   (expected ≈ 0.5): it must fail there (``init_fails``). The median gap ``|θ − θ_grad|`` is
-   reported beside it (not thresholded: where both curves cross zero with a shallow slope, a small
-   difference between ``u`` and the gradient moves the crossing far).
+1. *learning moves the threshold* (reported, **not counted as evidence**): over the curves (neuron, sample,
+   seed) that have a threshold both at init and after learning (at least ``MIN_NEURONS`` of them), the
+   median ``|θ_learned − θ_init|`` ≥ ``MOVE_MIN``. ``W``'s own learning moves the curve whatever ``B`` does,
+   and the frozen-B control passes it too, so it cannot speak for plastic feedback; it is shown for both.
+2. *the learned curve is the gradient's curve* (the verdict): after learning, the rule's ``ΔW_ij`` has the
+   sign of the gradient curve at ≥ ``SIGN_MIN`` of all (curve, h) grid points: depression and potentiation
+   switch where the gradient switches. Two controls must fail the same test, stated before the run:
+   * *initialisation*: the same test before learning, where ``B`` is random and the rule's sign is unrelated
+     to the gradient's (expected ≈ 0.5) (``init_fails``);
+   * *frozen B*: the same circuits, seeds and samples trained under ``fa`` (``B`` fixed at ``B(0)``). Theory:
+     only a plastic ``B`` reaches ``B → Wᵀ``, where ``u`` is the gradient and the signs agree by construction;
+     with ``B`` frozen, ``W`` aligns with ``B`` only in part. The frozen control must fail condition 2 and may
+     pass condition 1. A frozen control with a diverged seed is reported as diverged and supports nothing
+     (the verdict then does not hold).
+
+   The median gap ``|θ − θ_grad|`` is reported beside it (not thresholded: where both curves cross zero with
+   a shallow slope, a small difference between ``u`` and the gradient moves the crossing far).
 """
 
 from __future__ import annotations
@@ -162,42 +169,92 @@ def _match(s: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
+def _train_and_curves(
+    rule: str, seed: int, ds: Any, epochs: int, n_samples: int
+) -> tuple[dict[str, list[dict[str, np.ndarray]]], float | None, bool]:
+    """Curves at initialisation and after ``epochs`` of ``rule`` for one seed; the test accuracy; diverged."""
+    cfg = TrainConfig(
+        data=DATA,
+        rule=rule,
+        feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
+        hidden=HIDDEN,
+        activation=ACTIVATION,
+        epochs=epochs,
+        seed=seed,
+        weight_decay=WEIGHT_DECAY,
+        probes=False,
+    )
+    tr = trainer_with(cfg, ds)
+    xs, ys = tr.data.x_train[:n_samples], tr.data.y_train[:n_samples]
+    raw: dict[str, list[dict[str, np.ndarray]]] = {}
+    raw["init"] = [curves(tr.circuit, xs[k : k + 1], ys[k : k + 1], WEIGHT_DECAY) for k in range(n_samples)]
+    res = tr.fit(progress=False)
+    raw["learned"] = [curves(tr.circuit, xs[k : k + 1], ys[k : k + 1], WEIGHT_DECAY) for k in range(n_samples)]
+    return raw, res.summary["test_accuracy"], bool(res.summary["diverged"])
+
+
+def threshold_shift(cat: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Condition 1: the median ``|θ_learned − θ_init|`` over curves with both thresholds, and whether it passes.
+
+    ``cat[k]["theta"]`` ``(C,)`` for ``k`` in ``init``, ``learned`` (NaN: no threshold on that curve).
+    """
+    both = np.isfinite(cat["init"]["theta"]) & np.isfinite(cat["learned"]["theta"])
+    move = (
+        float(np.median(np.abs(cat["learned"]["theta"][both] - cat["init"]["theta"][both]))) if both.any() else math.nan
+    )
+    return {
+        "median_abs_threshold_shift": move,
+        "neurons_with_threshold_before_and_after": int(both.sum()),
+        "thresholds_move": bool(int(both.sum()) >= MIN_NEURONS and move >= MOVE_MIN),
+    }
+
+
+def frozen_control_verdict(shift: dict[str, Any], match: dict[str, Any], diverged: int) -> dict[str, Any]:
+    """The frozen-B control per condition (``fails`` / ``passes`` / ``diverged``): it must fail condition 2."""
+    if diverged:
+        per = {"thresholds_move": "diverged", "learned_matches_gradient": "diverged"}
+    else:
+        per = {
+            "thresholds_move": "passes" if shift["thresholds_move"] else "fails",
+            "learned_matches_gradient": "passes" if match["holds"] else "fails",
+        }
+    return {
+        "verdict_per_condition": per,
+        "must_fail": ["learned_matches_gradient"],
+        "may_pass": ["thresholds_move"],
+        "control_fails_as_required": per["learned_matches_gradient"] == "fails",
+    }
+
+
 @experiment("plasticity")
 def run(ctx: Context) -> Verdict:
     """A hidden neuron's ΔW against its activity has a threshold that learning moves to where the gradient puts it."""
     seeds = seeds_for(ctx, N_SEEDS)
     epochs = QUICK_EPOCHS if ctx.quick else EPOCHS
+    n_samples = QUICK_SAMPLES if ctx.quick else N_SAMPLES
     ds = load_dataset(DATA)
-    raw: dict[str, list[dict[str, np.ndarray]]] = {"init": [], "learned": []}
-    accs = []
+    raws: dict[str, dict[str, list[dict[str, np.ndarray]]]] = {r: {"init": [], "learned": []} for r in ("hsp", "fa")}
+    accs: dict[str, list[float | None]] = {"hsp": [], "fa": []}
+    diverged = {"hsp": 0, "fa": 0}
     with torch_threads(1):
-        for seed in seeds:
-            cfg = TrainConfig(
-                data=DATA,
-                rule="hsp",
-                hidden=HIDDEN,
-                activation=ACTIVATION,
-                epochs=epochs,
-                seed=seed,
-                weight_decay=WEIGHT_DECAY,
-                probes=False,
-            )
-            tr = trainer_with(cfg, ds)
-            n_samples = QUICK_SAMPLES if ctx.quick else N_SAMPLES
-            xs, ys = tr.data.x_train[:n_samples], tr.data.y_train[:n_samples]
-            raw["init"] += [curves(tr.circuit, xs[k : k + 1], ys[k : k + 1], WEIGHT_DECAY) for k in range(n_samples)]
-            res = tr.fit(progress=False)
-            accs.append(res.summary["test_accuracy"])
-            raw["learned"] += [curves(tr.circuit, xs[k : k + 1], ys[k : k + 1], WEIGHT_DECAY) for k in range(n_samples)]
-    summ = {k: [_summarise(c) for c in v] for k, v in raw.items()}
-    cat = {k: {f: np.concatenate([s[f] for s in v]) for f in v[0]} for k, v in summ.items()}
-
-    both = np.isfinite(cat["init"]["theta"]) & np.isfinite(cat["learned"]["theta"])
-    move = (
-        float(np.median(np.abs(cat["learned"]["theta"][both] - cat["init"]["theta"][both]))) if both.any() else math.nan
-    )
-    moves = bool(int(both.sum()) >= MIN_NEURONS and move >= MOVE_MIN)
+        for rule in ("hsp", "fa"):
+            for seed in seeds:
+                raw, acc, div = _train_and_curves(rule, seed, ds, epochs, n_samples)
+                for k in raw:
+                    raws[rule][k] += raw[k]
+                accs[rule].append(acc)
+                diverged[rule] += int(div)
+    cats = {
+        rule: {
+            k: {f: np.concatenate([s[f] for s in map(_summarise, v)]) for f in _summarise(v[0])} for k, v in r.items()
+        }
+        for rule, r in raws.items()
+    }
+    cat = cats["hsp"]
+    shift = threshold_shift(cat)
     match_learned, match_init = _match(cat["learned"]), _match(cat["init"])
+    fa_shift, fa_match = threshold_shift(cats["fa"]), _match(cats["fa"]["learned"])
+    frozen = frozen_control_verdict(fa_shift, fa_match, diverged["fa"])
 
     def dist(k: str) -> dict[str, Any]:
         t = cat[k]["theta"]
@@ -211,40 +268,88 @@ def run(ctx: Context) -> Verdict:
         }
 
     measured = {
-        "median_abs_threshold_shift": move,
-        "neurons_with_threshold_before_and_after": int(both.sum()),
-        "thresholds_move": moves,
+        **shift,
+        "thresholds_move_counted": False,
         "learned_matches_gradient": match_learned,
         "init_matches_gradient": match_init,
         "init_fails": not match_init["holds"],
+        "frozen_B_control": {
+            **frozen,
+            **fa_shift,
+            "learned_matches_gradient": fa_match,
+            "test_accuracy": accs["fa"],
+            "runs": len(seeds),
+            "diverged": diverged["fa"],
+        },
         "init": dist("init"),
         "learned": dist("learned"),
-        "test_accuracy": accs,
+        "test_accuracy": accs["hsp"],
+        "runs": len(seeds),
+        "diverged": diverged["hsp"],
     }
-    figures = [_figure(ctx, raw, cat, seeds)]
+    holds = bool(
+        match_learned["holds"]
+        and not match_init["holds"]
+        and frozen["control_fails_as_required"]
+        and diverged["hsp"] == 0
+    )
+    figures = [_figure(ctx, raws["hsp"], cat, seeds)]
+    table = table_markdown({"measured": measured, "holds": holds, "quick": ctx.quick})
+    (ctx.out / "plasticity.md").write_text(table, encoding="utf-8")
     return Verdict(
         claim=(
-            "The update of a hidden neuron's synapse against the neuron's activity changes sign at a threshold; "
-            "learning moves the thresholds, to where the gradient puts them (the rule itself is learned)."
+            "After learning with plastic feedback, the update of a hidden neuron's synapse against the neuron's "
+            "activity changes sign where the gradient's does (the rule itself is learned); neither the random "
+            "initial feedback nor the same circuit with its feedback frozen (fa) gets there."
         ),
         measured=measured,
         threshold=(
-            f"median |θ_learned - θ_init| >= {MOVE_MIN} over >= {MIN_NEURONS} curves with a threshold "
-            "before and after; "
-            f"after learning the rule's ΔW has the gradient curve's sign at >= {SIGN_MIN} of all (neuron, h) points; "
-            "the same sign test must fail at initialisation"
+            f"after learning (hsp) the rule's ΔW has the gradient curve's sign at >= {SIGN_MIN} of all (neuron, h) "
+            "points, with no diverged seed; the same sign test must fail at initialisation and for the frozen-B "
+            "control (fa, same seeds; a diverged control supports nothing). Reported, not counted: median "
+            f"|θ_learned - θ_init| >= {MOVE_MIN} over >= {MIN_NEURONS} curves (the frozen control may pass it)"
         ),
-        holds=bool(moves and match_learned["holds"] and not match_init["holds"]),
+        holds=holds,
         figures=figures,
         notes=(
             f"{DATA}, 40-{'-'.join(map(str, HIDDEN))}-10 {ACTIVATION}, bilinear rule c=1, random B(0), "
             f"λ={WEIGHT_DECAY}, "
             f"η=0.05, batch 32, {epochs} epochs, seeds {seeds}; all {HIDDEN[0]} layer-1 neurons x the first "
-            f"{QUICK_SAMPLES if ctx.quick else N_SAMPLES} training samples per seed; h swept over [{H_MIN}, {H_MAX}] "
+            f"{n_samples} training samples per seed; h swept over [{H_MIN}, {H_MAX}] "
             f"({GRID} points) by an extra current into the neuron; ΔW per unit learning rate. BCM orientation "
-            "(depression at low h, potentiation at high h) is counted per curve (fraction_bcm / fraction_anti_bcm)."
+            "(depression at low h, potentiation at high h) is counted per curve (fraction_bcm / fraction_anti_bcm). "
+            "Frozen-B control: the same seeds and samples under fa (B fixed at B(0))."
         ),
     )
+
+
+def table_markdown(summary: dict[str, Any]) -> str:
+    """``plasticity.md``: both conditions for hsp, its initialisation and its frozen-B control (from summary.json)."""
+    m = summary["measured"]
+    f = m["frozen_B_control"]
+    lr, li, fl = m["learned_matches_gradient"], m["init_matches_gradient"], f["learned_matches_gradient"]
+    per = f["verdict_per_condition"]
+    lines = [
+        f"Made by `heterograd repro plasticity{' --quick' if summary.get('quick') else ''}`; verdict: "
+        f"**{'holds' if summary['holds'] else 'does not hold'}**. hsp: {m['runs']} seed(s), {m['diverged']} "
+        f"diverged; frozen-B control (fa, same seeds): {f['runs']} seed(s), {f['diverged']} diverged.",
+        "",
+        "| | hsp at initialisation | hsp after learning | frozen B (fa) after learning |",
+        "|---|---|---|---|",
+        f"| 2. sign agreement with the gradient curve (verdict: >= {SIGN_MIN} after learning, both controls must "
+        f"fail) | {li['sign_agreement']:.3f} ({'passes' if li['holds'] else 'fails'}) | "
+        f"{lr['sign_agreement']:.3f} ({'passes' if lr['holds'] else 'fails'}) | {fl['sign_agreement']:.3f} "
+        f"({per['learned_matches_gradient']}) |",
+        f"| median \\|θ − θ_grad\\| (curves with both) | {li['median_abs_theta_minus_theta_grad']:.2f} "
+        f"({li['neurons_with_both_thresholds']}) | {lr['median_abs_theta_minus_theta_grad']:.2f} "
+        f"({lr['neurons_with_both_thresholds']}) | {fl['median_abs_theta_minus_theta_grad']:.2f} "
+        f"({fl['neurons_with_both_thresholds']}) |",
+        f"| 1. median \\|θ_learned − θ_init\\| (curves with both; reported, not counted) | | "
+        f"{m['median_abs_threshold_shift']:.2f} ({m['neurons_with_threshold_before_and_after']}) | "
+        f"{f['median_abs_threshold_shift']:.2f} ({f['neurons_with_threshold_before_and_after']}; "
+        f"{per['thresholds_move']}) |",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _figure(

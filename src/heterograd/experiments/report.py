@@ -38,7 +38,7 @@ def _short(measured: dict[str, Any], limit: int = 6) -> str:
 def collect_summaries(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
     """The ``summary.json`` of each experiment in ``names`` found under ``out`` (in that order).
 
-    Raises :class:`HeterogradError` when none is there.
+    Raises `HeterogradError` when none is there.
     """
     found = []
     for n in names:

@@ -3,7 +3,7 @@
 **Setup.** Two input streams of the same size enter the circuit: the MNIST-1D signal (40 features,
 standardised) and white Gaussian noise (40 features, unit variance, redrawn for every presentation:
 the highest-frequency noise there is). Each stream feeds its own first-layer population of
-``POP`` tanh units: ``W_1`` is block-diagonal (:func:`~heterograd.circuits.block_mask`), the mask is
+``POP`` tanh units: ``W_1`` is block-diagonal (`block_mask`), the mask is
 kept under plasticity, so population A only ever sees bundle 1 and population B bundle 2. Both
 populations feed a shared tanh layer and a 10-way readout: ``80 -> (POP | POP) -> HIDDEN -> 10``.
 
@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +94,7 @@ def _two_streams(signal: Tensor, noise: Tensor, swapped: bool) -> Tensor:
 def _new_learner(rule_name: str, d: int, seed: int) -> _Learner:
     mask = block_mask([d, d], [POP, POP])
     circuit = Circuit([2 * d, 2 * POP, HIDDEN, 10], "tanh", forward_masks={1: mask}, seed=seed)
-    rule = make_rule(rule_name, weight_decay=WEIGHT_DECAY)
+    rule = make_rule(rule_name, weight_decay=WEIGHT_DECAY, feedback_gain=1.0 if rule_name == "hsp" else None)
     motif = make_motif("sgd", lr=LR)
     return _Learner(
         circuit,
@@ -112,9 +114,24 @@ def _accuracy(lr: _Learner, x_test: Tensor, noise_test: Tensor, y_test: Tensor, 
 
 
 def _train(
-    lr: _Learner, data: Any, noise_test: Tensor, swapped: bool, epochs: int, t0: float, within: tuple[float, ...] = ()
+    lr: _Learner,
+    data: Any,
+    noise_test: Tensor,
+    swapped: bool,
+    epochs: int,
+    t0: float,
+    within: tuple[float, ...] = (),
+    *,
+    fixed_noise: Tensor | None = None,
+    schedule: Callable[[int], float] | None = None,
 ) -> list[tuple[float, float]]:
-    """Train ``epochs`` epochs; returns ``(epoch, test accuracy)`` at each epoch end and at ``within`` (epoch 1)."""
+    """Train ``epochs`` epochs; returns ``(epoch, test accuracy)`` at each epoch end and at ``within`` (epoch 1).
+
+    Args:
+        fixed_noise: ``(N_train, D)`` one fixed noise pattern per training image (used in place of a fresh
+            draw at every presentation); ``None``: white noise redrawn for every presentation.
+        schedule: the step size of absolute epoch ``t`` (``t0 + e``); ``None``: the constant ``LR``.
+    """
     loss = get_loss("ce")
     x, y = data.x_train, data.y_train
     n = x.shape[0]
@@ -122,6 +139,8 @@ def _train(
     at = {round(f * spe): f for f in within}
     curve: list[tuple[float, float]] = []
     for e in range(epochs):
+        if schedule is not None:
+            lr.motif = make_motif("sgd", lr=schedule(int(t0) + e))
         order = torch.randperm(n, generator=lr.gen)
         for i in range(spe):
             if e == 0 and i in at:
@@ -129,7 +148,7 @@ def _train(
             if lr.diverged:
                 continue
             idx = order[i * BATCH : (i + 1) * BATCH]
-            noise = torch.randn(len(idx), x.shape[1], generator=lr.gen)
+            noise = torch.randn(len(idx), x.shape[1], generator=lr.gen) if fixed_noise is None else fixed_noise[idx]
             out = local_step(lr.circuit, lr.rule, lr.rule_state, loss, _two_streams(x[idx], noise, swapped), y[idx])
             lr.rule_state = out.rule_state
             if not math.isfinite(float(out.loss)):
@@ -199,6 +218,109 @@ def _run_metrics(
     }
 
 
+def seed_runs(
+    rule_name: str,
+    seed: int,
+    ds: Any,
+    epochs: int,
+    rts: tuple[int, ...],
+    *,
+    fixed_noise: Tensor | None = None,
+    schedule: Callable[[int], float] | None = None,
+) -> tuple[list[dict[str, Any]], dict[int | str, list[tuple[float, float]]]]:
+    """The original run of one (rule, seed) and its branches rewired at each RT in ``rts``.
+
+    Returns one metrics dict per run (the original: ``rt`` ``None``) and the ``(epoch, accuracy)`` curves keyed
+    by RT (``"none"``: the original). ``fixed_noise`` / ``schedule``: see `_train` (the ablation's conditions).
+    """
+    d = ds.x_train.shape[1]
+    noise_test = torch.randn(ds.x_test.shape, generator=torch.Generator().manual_seed(20_000 + seed))
+    kw: dict[str, Any] = {"fixed_noise": fixed_noise, "schedule": schedule}
+    lr = _new_learner(rule_name, d, seed)
+    orig: list[tuple[float, float]] = [(0.0, _accuracy(lr, ds.x_test, noise_test, ds.y_test, False))]
+    snaps: dict[int, _Learner] = {}
+    for e in range(epochs + 1):
+        if e in rts:
+            snaps[e] = copy.deepcopy(lr)
+        if e < epochs:
+            orig += _train(lr, ds, noise_test, False, 1, float(e), **kw)
+    curves: dict[int | str, list[tuple[float, float]]] = {"none": orig}
+    runs: list[dict[str, Any]] = [
+        {"rule": rule_name, "seed": seed, "rt": None, "final": orig[-1][1], "diverged": lr.diverged}
+    ]
+    for rt, snap in snaps.items():
+        post = _train(snap, ds, noise_test, True, epochs, float(rt), WITHIN_FIRST, **kw)
+        curves[rt] = orig[: rt + 1] + post
+        runs.append({"rule": rule_name, "seed": seed, **_run_metrics(rt, orig, post, snap.diverged)})
+    return runs, curves
+
+
+def counts(values: list[float], diverged: list[bool]) -> dict[str, int]:
+    """``{"runs": n, "diverged": k}``: how many runs an aggregate covers and how many of them diverged."""
+    return {
+        "runs": len(values),
+        "diverged": sum(bool(d) or not math.isfinite(v) for v, d in zip(values, diverged, strict=True)),
+    }
+
+
+def _nanmedian(values: list[float]) -> float:
+    """Median over the finite values (NaN if none); always reported beside `counts`."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.median(v)) if v else math.nan
+
+
+def rule_statistics(rr_all: list[dict[str, Any]], rts: tuple[int, ...], n_perm: int, seed: int) -> dict[str, Any]:
+    """The verdict's numbers for one rule's runs (as `seed_runs` returns them, every seed together).
+
+    Medians are over the runs that stayed finite, each with ``runs`` / ``diverged`` beside it; the rank test
+    counts a diverged run as accuracy 0.
+    """
+    rr = [r for r in rr_all if r["rt"] is not None]
+    xs = np.array([r["rt"] for r in rr], float)
+    ys = np.array([0.0 if r["diverged"] or not math.isfinite(r["final"]) else r["final"] for r in rr])
+    rho = spearman(xs, ys)
+    p = permutation_p_negative(xs, ys, n_perm, seed=seed)
+    late = [r for r in rr if r["rt"] >= 1]
+    recovered = [
+        (not r["diverged"]) and r["epochs_to_recover_90"] is not None and r["final"] >= RECOVER_FRACTION * r["pre_swap"]
+        for r in late
+    ]
+    table: dict[str, Any] = {}
+    none = [r for r in rr_all if r["rt"] is None]
+    none_final = [r["final"] for r in none]
+    table["none"] = {
+        "median_final": _nanmedian(none_final),
+        "mean_std": mean_std(none_final),
+        **counts(none_final, [r["diverged"] for r in none]),
+    }
+    for rt in rts:
+        sel = [r for r in rr if r["rt"] == rt]
+        finals = [r["final"] for r in sel]
+        rec = [r["epochs_to_recover_90"] for r in sel if r["epochs_to_recover_90"] is not None]
+        table[str(rt)] = {
+            "median_final": _nanmedian(finals),
+            "mean_std": mean_std(finals),
+            **counts(finals, [r["diverged"] for r in sel]),
+            "median_pre_swap": _nanmedian([r["pre_swap"] for r in sel]),
+            "median_at_swap": _nanmedian([r["at_swap"] for r in sel]),
+            "median_first_epoch_min": _nanmedian([r["first_epoch_min"] for r in sel]),
+            "median_first_eval": _nanmedian([r["first_eval"] for r in sel]),
+            "median_epochs_to_recover_90": float(np.median(rec)) if rec else None,
+            "recovered_runs": len(rec),
+            "median_scratch_epochs_to_same_level": _median_or_none([r["scratch_epochs_to_same_level"] for r in sel]),
+        }
+    return {
+        "spearman_rt_final": rho,
+        "permutation_p": p,
+        "late_costs_more": bool(math.isfinite(rho) and rho <= RHO_MAX and p <= P_MAX),
+        "rank_test_pairs": len(rr),
+        "rank_test_diverged_as_0": int(sum(r["diverged"] or not math.isfinite(r["final"]) for r in rr)),
+        "recovered": f"{sum(recovered)}/{len(recovered)}",
+        "all_recover": bool(recovered) and all(recovered),
+        "by_rt": table,
+    }
+
+
 @experiment("rewire")
 def run(ctx: Context) -> Verdict:
     """After the input bundles are swapped, accuracy recovers; the later the swap, the lower the final accuracy."""
@@ -212,67 +334,17 @@ def run(ctx: Context) -> Verdict:
     with torch_threads(1):
         for rule_name in RULES:
             for seed in seeds:
-                noise_test = torch.randn(ds.x_test.shape, generator=torch.Generator().manual_seed(20_000 + seed))
-                lr = _new_learner(rule_name, d, seed)
-                orig: list[tuple[float, float]] = [(0.0, _accuracy(lr, ds.x_test, noise_test, ds.y_test, False))]
-                snaps: dict[int, _Learner] = {}
-                for e in range(epochs + 1):
-                    if e in rts:
-                        snaps[e] = copy.deepcopy(lr)
-                    if e < epochs:
-                        orig += _train(lr, ds, noise_test, False, 1, float(e))
-                curves[(rule_name, "none", seed)] = orig
-                runs.append(
-                    {"rule": rule_name, "seed": seed, "rt": None, "final": orig[-1][1], "diverged": lr.diverged}
-                )
-                for rt, snap in snaps.items():
-                    post = _train(snap, ds, noise_test, True, epochs, float(rt), WITHIN_FIRST)
-                    curves[(rule_name, rt, seed)] = orig[: rt + 1] + post
-                    runs.append({"rule": rule_name, "seed": seed, **_run_metrics(rt, orig, post, snap.diverged)})
+                rs, cs = seed_runs(rule_name, seed, ds, epochs, rts)
+                runs += rs
+                curves.update({(rule_name, k, seed): c for k, c in cs.items()})
 
     # ---------------------------------------------------------------- statistics
-    by_rule: dict[str, Any] = {}
-    for rule_name in RULES:
-        rr = [r for r in runs if r["rule"] == rule_name and r["rt"] is not None]
-        xs = np.array([r["rt"] for r in rr], float)
-        ys = np.array([0.0 if r["diverged"] or not math.isfinite(r["final"]) else r["final"] for r in rr])
-        rho = spearman(xs, ys)
-        p = permutation_p_negative(xs, ys, N_PERM if not ctx.quick else 1000, seed=ctx.seed)
-        late = [r for r in rr if r["rt"] >= 1]
-        recovered = [
-            (not r["diverged"])
-            and r["epochs_to_recover_90"] is not None
-            and r["final"] >= RECOVER_FRACTION * r["pre_swap"]
-            for r in late
-        ]
-        table: dict[str, Any] = {}
-        none_final = [r["final"] for r in runs if r["rule"] == rule_name and r["rt"] is None]
-        table["none"] = {"median_final": float(np.nanmedian(none_final)), "mean_std": mean_std(none_final)}
-        for rt in rts:
-            sel = [r for r in rr if r["rt"] == rt]
-            finals = [r["final"] for r in sel]
-            rec = [r["epochs_to_recover_90"] for r in sel if r["epochs_to_recover_90"] is not None]
-            table[str(rt)] = {
-                "median_final": float(np.nanmedian(finals)),
-                "mean_std": mean_std(finals),
-                "median_pre_swap": float(np.nanmedian([r["pre_swap"] for r in sel])),
-                "median_at_swap": float(np.nanmedian([r["at_swap"] for r in sel])),
-                "median_first_epoch_min": float(np.nanmedian([r["first_epoch_min"] for r in sel])),
-                "median_first_eval": float(np.nanmedian([r["first_eval"] for r in sel])),
-                "median_epochs_to_recover_90": float(np.median(rec)) if rec else None,
-                "median_scratch_epochs_to_same_level": _median_or_none(
-                    [r["scratch_epochs_to_same_level"] for r in sel]
-                ),
-                "diverged": sum(r["diverged"] for r in sel),
-            }
-        by_rule[rule_name] = {
-            "spearman_rt_final": rho,
-            "permutation_p": p,
-            "late_costs_more": bool(math.isfinite(rho) and rho <= RHO_MAX and p <= P_MAX),
-            "recovered": f"{sum(recovered)}/{len(recovered)}",
-            "all_recover": bool(recovered) and all(recovered),
-            "by_rt": table,
-        }
+    by_rule = {
+        rule_name: rule_statistics(
+            [r for r in runs if r["rule"] == rule_name], rts, N_PERM if not ctx.quick else 1000, ctx.seed
+        )
+        for rule_name in RULES
+    }
 
     # ---------------------------------------------------------------- raw curves and figures
     write_csv(
@@ -315,43 +387,79 @@ def run(ctx: Context) -> Verdict:
     )
 
 
-def _box_figure(ctx: Context, runs: list[dict[str, Any]], rts: tuple[int, ...], seeds: list[int]) -> str:
-    fig, axes = plt.subplots(1, len(RULES), figsize=(4.2 * len(RULES), 3.8), sharey=True)
-    for ax, rule_name in zip(axes, RULES, strict=True):
-        groups = [[r["final"] for r in runs if r["rule"] == rule_name and r["rt"] is None]]
-        groups += [[r["final"] for r in runs if r["rule"] == rule_name and r["rt"] == rt] for rt in rts]
-        groups = [[100 * v for v in g if math.isfinite(v)] for g in groups]
-        ax.boxplot(groups, tick_labels=["none", *map(str, rts)])
-        ax.axhline(float(np.median(groups[0])), color="gray", ls="--", lw=0.8)
+def _n_label(rs: list[dict[str, Any]]) -> str:
+    """``n=6`` or ``n=6, 1 div.``: the runs an aggregate covers and how many diverged."""
+    k = sum(bool(r["diverged"]) or not math.isfinite(r["final"]) for r in rs)
+    return f"n={len(rs)}" + (f", {k} div." if k else "")
+
+
+def _box_figure(
+    ctx: Context,
+    runs: list[dict[str, Any]],
+    rts: tuple[int, ...],
+    seeds: list[int],
+    rules: tuple[str, ...] = RULES,
+    name: str = "rewire_final_box.png",
+) -> str:
+    fig, axes = plt.subplots(1, len(rules), figsize=(4.6 * len(rules), 4.0), sharey=True)
+    for ax, rule_name in zip(np.atleast_1d(axes), rules, strict=True):
+        sel = [[r for r in runs if r["rule"] == rule_name and r["rt"] is None]]
+        sel += [[r for r in runs if r["rule"] == rule_name and r["rt"] == rt] for rt in rts]
+        groups = [[100 * r["final"] for r in g if math.isfinite(r["final"])] or [math.nan] for g in sel]
+        ticks = [f"{t}\n{_n_label(g)}" for t, g in zip(["none", *map(str, rts)], sel, strict=True)]
+        ax.boxplot(groups, tick_labels=ticks)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.axhline(float(np.nanmedian(groups[0])), color="gray", ls="--", lw=0.8)
         ax.set_xlabel("rewire time RT (epochs)")
         ax.set_title(rule_name)
-    axes[0].set_ylabel("final test accuracy (%)")
-    fig.suptitle(f"Final accuracy against rewire time ({len(seeds)} seeds; dashed: median without rewiring)")
-    return save_figure(fig, ctx.out, "rewire_final_box.png")
+    np.atleast_1d(axes)[0].set_ylabel("final test accuracy (%)")
+    fig.suptitle(
+        f"Final accuracy against rewire time ({len(seeds)} seeds; n = runs per box, div. = diverged runs, left out of "
+        "the box; dashed: median without rewiring)"
+    )
+    fig.tight_layout()
+    return save_figure(fig, ctx.out, name)
 
 
-def _mean_curve(cs: list[list[tuple[float, float]]]) -> tuple[list[float], list[float]]:
+def _mean_curve(cs: list[list[tuple[float, float]]]) -> tuple[list[float], list[float], int]:
+    """Mean accuracy curve over runs (finite values only) and how many runs ended non-finite (diverged)."""
     ts = [t for t, _ in cs[0]]
     vals = np.array([[a for _, a in c] for c in cs], float)
-    return ts, list(np.nanmean(vals, 0) if len(cs) else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(vals, 0)
+    return ts, list(mean), int((~np.isfinite(vals[:, -1])).sum())
+
+
+def _curve_label(label: str, n: int, k: int) -> str:
+    return f"{label} (n={n}" + (f", {k} div." if k else "") + ")"
 
 
 def _curve_figure(
-    ctx: Context, curves: dict[Any, list[tuple[float, float]]], rts: tuple[int, ...], seeds: list[int], epochs: int
+    ctx: Context,
+    curves: dict[Any, list[tuple[float, float]]],
+    rts: tuple[int, ...],
+    seeds: list[int],
+    epochs: int,
+    rules: tuple[str, ...] = RULES,
+    name: str = "rewire_curves.png",
 ) -> str:
-    fig, axes = plt.subplots(1, len(RULES), figsize=(4.6 * len(RULES), 3.8), sharey=True)
-    for ax, rule_name in zip(axes, RULES, strict=True):
-        ts, m = _mean_curve([curves[(rule_name, "none", s)] for s in seeds])
-        ax.plot(ts, [100 * v for v in m], "k--", lw=1.2, label="original")
+    fig, axes = plt.subplots(1, len(rules), figsize=(4.6 * len(rules), 3.8), sharey=True)
+    for ax, rule_name in zip(np.atleast_1d(axes), rules, strict=True):
+        ts, m, k = _mean_curve([curves[(rule_name, "none", s)] for s in seeds])
+        ax.plot(ts, [100 * v for v in m], "k--", lw=1.2, label=_curve_label("original", len(seeds), k))
         for i, rt in enumerate(rts):
-            ts, m = _mean_curve([curves[(rule_name, rt, s)] for s in seeds])
-            ax.plot(ts, [100 * v for v in m], color=f"C{i}", lw=1, label=f"RT={rt}")
+            ts, m, k = _mean_curve([curves[(rule_name, rt, s)] for s in seeds])
+            ax.plot(ts, [100 * v for v in m], color=f"C{i}", lw=1, label=_curve_label(f"RT={rt}", len(seeds), k))
         ax.set_xlabel("epoch")
         ax.set_title(rule_name)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Test accuracy against epoch, mean over {len(seeds)} seeds ({epochs} epochs after each swap)")
-    return save_figure(fig, ctx.out, "rewire_curves.png")
+        ax.legend(fontsize=6)
+    np.atleast_1d(axes)[0].set_ylabel("test accuracy (%)")
+    fig.suptitle(
+        f"Test accuracy against epoch, mean over the finite runs of {len(seeds)} seeds (n = runs, div. = diverged; "
+        f"{epochs} epochs after each swap)"
+    )
+    return save_figure(fig, ctx.out, name)
 
 
 def _dip_figure(
@@ -362,13 +470,14 @@ def _dip_figure(
         for i, rt in enumerate(rts):
             if rt == 0:
                 continue
-            ts, m = _mean_curve([curves[(rule_name, rt, s)] for s in seeds])
+            ts, m, k = _mean_curve([curves[(rule_name, rt, s)] for s in seeds])
             pts = [(t - rt, 100 * v) for t, v in zip(ts, m, strict=True) if -2 <= t - rt <= 4]
-            ax.plot(*zip(*pts, strict=True), marker=".", color=f"C{i}", lw=1, label=f"RT={rt}")
+            label = _curve_label(f"RT={rt}", len(seeds), k)
+            ax.plot(*zip(*pts, strict=True), marker=".", color=f"C{i}", lw=1, label=label)
         ax.axvline(0, color="gray", lw=0.8)
         ax.set_xlabel("epochs since the swap")
         ax.set_title(rule_name)
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend(fontsize=7)
-    fig.suptitle("The dip at the swap, with evaluations inside the first epoch (mean over seeds)")
+    fig.suptitle("The dip at the swap, with evaluations inside the first epoch (mean over the finite runs)")
     return save_figure(fig, ctx.out, "rewire_dip.png")

@@ -1,13 +1,13 @@
 """Physically learnable hardware: circuits whose synapses are imperfect devices.
 
-* :mod:`.devices`: :class:`DeviceModel` (one device technology: read noise, bounds, finite states,
+* `.devices`: `DeviceModel` (one device technology: read noise, bounds, finite states,
   asymmetric soft-bounded pulses, cycle-to-cycle and device-to-device variation, stuck devices),
-  :class:`DeviceArray` (one physical array; ``read`` / ``apply_update`` / ``program`` on tensors) and the
-  named :data:`PRESETS` ``ideal``, ``moderate``, ``harsh``.
-* :mod:`.session`: :class:`HardwareCircuit` puts a whole circuit on devices (the circuit reads through
-  it, :func:`heterograd.train.apply_steps` writes through it); ``bp`` on a device uses transposed
-  reads of ``W`` as its feedback (:class:`TransposedReadBP`).
-* :mod:`.modules`: :func:`attach` puts a model converted by :func:`heterograd.nn.convert` on devices
+  `DeviceArray` (one physical array; ``read`` / ``apply_update`` / ``program`` on tensors) and the
+  named `PRESETS` ``ideal``, ``moderate``, ``harsh``.
+* `.session`: `HardwareCircuit` puts a whole circuit on devices (the circuit reads through
+  it, `heterograd.train.apply_steps` writes through it); ``bp`` on a device uses transposed
+  reads of ``W`` as its feedback (`TransposedReadBP`).
+* `.modules`: `attach` puts a model converted by `heterograd.nn.convert` on devices
   (``handle = attach(model, "harsh", seed=0)``, then ``handle.step(optimizer)`` in the standard loop).
 
 ``heterograd train --device-model harsh --device-model-options read_noise=0.1`` uses them.

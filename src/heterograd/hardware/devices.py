@@ -1,7 +1,7 @@
 """Device models: what a physical synapse array does to the weights it stores, reads and updates.
 
-Pure torch, functional on tensors, seeded. A :class:`DeviceModel` is a frozen set of parameters
-(one device technology); a :class:`DeviceArray` is one physical array of such devices holding one
+Pure torch, functional on tensors, seeded. A `DeviceModel` is a frozen set of parameters
+(one device technology); a `DeviceArray` is one physical array of such devices holding one
 weight tensor, with its device-to-device variation and stuck devices drawn once, at construction,
 from a generator. Two operations act on the stored tensor ``W``:
 

@@ -1,9 +1,9 @@
-"""Converted ``torch.nn`` models on devices: :func:`attach` puts every plastic synapse on device arrays.
+"""Converted ``torch.nn`` models on devices: `attach` puts every plastic synapse on device arrays.
 
-A model converted by :func:`heterograd.nn.convert` trains with the standard loop (``loss.backward()`` runs
+A model converted by `heterograd.nn.convert` trains with the standard loop (``loss.backward()`` runs
 the feedback sweep and writes the rule's update into ``.grad``; ``optimizer.step()`` applies it).
-:func:`attach` puts each plastic ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` on separate
-:class:`~heterograd.hardware.devices.DeviceArray` s: one for the weight ``W``, one for the bias ``b``, one
+`attach` puts each plastic ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` on separate
+`DeviceArray` s: one for the weight ``W``, one for the bias ``b``, one
 for the feedback ``B`` (when the rule keeps one). Then
 
 * **forward**: while training (grad enabled), every forward pass multiplies with a read of ``W`` and ``b``
@@ -12,18 +12,18 @@ for the feedback ``B`` (when the rule keeps one). Then
   without ``B`` (``bp``, and the sign-symmetry rules ``usf``, ``brsf`` that build their transport from ``W``)
   transport with a second, *transposed read of the forward array* with its own read noise: for ``bp`` the
   hardware backprop baseline;
-* **update**: :meth:`DeviceHandle.step` lets the optimiser compute its step, then programs the devices:
+* **update**: `DeviceHandle.step` lets the optimiser compute its step, then programs the devices:
   ``W_new = apply_update(W_old, W_after - W_old)`` (pulses, asymmetric soft bounds, cycle-to-cycle noise,
   bounds, states, stuck devices). ``B``'s array likewise where ``B`` is plastic; a frozen ``B`` is written
-  once (programmed at :func:`attach`).
+  once (programmed at `attach`).
 
 Evaluation under ``torch.no_grad()`` reads the stored conductances without noise (what was learned), and so
-do probes (:func:`heterograd.nn.probe`: reads are exact while a layer records); :meth:`DeviceHandle.noiseless`
+do probes (`heterograd.nn.probe`: reads are exact while a layer records); `DeviceHandle.noiseless`
 turns read noise off for any other grad-enabled pass. Normalisation layers' affine parameters and embeddings stay
-digital (exact). The ``ideal`` device changes nothing: :func:`attach` then installs no hook and
-:meth:`DeviceHandle.step` is ``optimizer.step()``, the plain run bit for bit.
+digital (exact). The ``ideal`` device changes nothing: `attach` then installs no hook and
+`DeviceHandle.step` is ``optimizer.step()``, the plain run bit for bit.
 
-Array scales ``s`` (the unit of a :class:`DeviceModel`'s magnitudes): ``1/sqrt(fan_in)`` of the layer
+Array scales ``s`` (the unit of a `DeviceModel`'s magnitudes): ``1/sqrt(fan_in)`` of the layer
 (``in_features``; ``C_in/groups · prod(kernel)`` for a conv), for ``W``, ``b`` and ``B`` alike: the bound of
 torch's default initialisation and of ``convert``'s random ``B``.
 """
@@ -54,7 +54,7 @@ class LayerDevices:
         name: the module path; module: the plastic layer.
         W, b, B: the arrays of ``weight``, ``bias`` (``None`` without bias) and ``feedback`` (``None`` when the
             rule keeps no ``B``: the transport is then a transposed read of ``W``'s array).
-        handle: the :class:`DeviceHandle` holding the random streams.
+        handle: the `DeviceHandle` holding the random streams.
     """
 
     name: str
@@ -85,13 +85,13 @@ class LayerDevices:
 
 
 class DeviceHandle:
-    """A converted model on devices (made by :func:`attach`).
+    """A converted model on devices (made by `attach`).
 
     Attributes:
         model: the forward arrays' device model; feedback_model: the feedback arrays' (``B``) model.
         seed: seeds three independent streams: per-device parameters, reads, updates.
-        layers: one :class:`LayerDevices` per plastic synapse layer, in module order (empty when ideal).
-        noisy: reads carry read noise (``True``; see :meth:`noiseless`).
+        layers: one `LayerDevices` per plastic synapse layer, in module order (empty when ideal).
+        noisy: reads carry read noise (``True``; see `noiseless`).
     """
 
     def __init__(
@@ -195,7 +195,7 @@ class DeviceHandle:
     def state_dict(self) -> dict[str, Any]:
         """The random streams' states (the stored conductances are the model's own ``state_dict``).
 
-        Per-device parameters (variation, stuck devices) are redrawn from ``seed`` by :func:`attach`; to resume,
+        Per-device parameters (variation, stuck devices) are redrawn from ``seed`` by `attach`; to resume,
         convert and attach a fresh model with the same arguments, load the model's, the optimiser's and this
         state.
         """
@@ -208,7 +208,7 @@ class DeviceHandle:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the seed and device models must be the ones this handle was attached with."""
+        """Restore `state_dict`; the seed and device models must be the ones this handle was attached with."""
         if int(state["seed"]) != self.seed:
             raise HeterogradError(
                 f"device state was saved with seed {state['seed']}, this handle has seed {self.seed}; attach with "
@@ -255,12 +255,12 @@ def attach(
     feedback: str | DeviceModel | None = None,
     **options: Any,
 ) -> DeviceHandle:
-    """Put every plastic synapse of a converted ``model`` on device arrays; returns the :class:`DeviceHandle`.
+    """Put every plastic synapse of a converted ``model`` on device arrays; returns the `DeviceHandle`.
 
     Args:
-        model: a model converted by :func:`heterograd.nn.convert` (its initial weights are programmed into the
+        model: a model converted by `heterograd.nn.convert` (its initial weights are programmed into the
             arrays: changed in place).
-        device_model: a preset name (``ideal``, ``moderate``, ``harsh``) or a :class:`DeviceModel`.
+        device_model: a preset name (``ideal``, ``moderate``, ``harsh``) or a `DeviceModel`.
         seed: seeds the per-device parameters, the reads and the updates (independent streams).
         feedback: the device model of the ``B`` arrays (default: the same as ``W``'s); ``"ideal"`` gives an exact
             feedback pathway. Rules without ``B`` read their feedback from ``W``'s array.

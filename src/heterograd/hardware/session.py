@@ -1,17 +1,17 @@
-"""A circuit on devices: every plastic tensor in its own :class:`DeviceArray`, read and written through it.
+"""A circuit on devices: every plastic tensor in its own `DeviceArray`, read and written through it.
 
-:class:`HardwareCircuit` attaches to a :class:`~heterograd.circuits.Circuit` as its ``reader`` (the
+`HardwareCircuit` attaches to a `Circuit` as its ``reader`` (the
 circuit asks it for the weights it multiplies with) and is the update path of
-:func:`heterograd.train.apply_steps`. Forward weights ``W_l`` with biases ``b_l`` and every feedback
+`heterograd.train.apply_steps`. Forward weights ``W_l`` with biases ``b_l`` and every feedback
 matrix ``B_k`` sit on separate arrays with their own device-to-device variation and stuck devices.
 
-Reads are noisy only inside :meth:`HardwareCircuit.noisy_reads` (the training step): the forward
+Reads are noisy only inside `HardwareCircuit.noisy_reads` (the training step): the forward
 pass reads ``W``/``b`` and the feedback pass reads ``B``, with independent draws. Evaluation and
 probes read the stored conductances without noise: they measure what was learned.
 
 **Backprop on a device.** ``bp`` has no ``B`` arrays: its feedback pathway is a second, transposed
 read of the forward array, ``B_k := read(W_src)ᵀ`` with its own read noise, and its teaching signal
-is the circuit's feedback pass through those reads (:class:`TransposedReadBP`). Without noise this is
+is the circuit's feedback pass through those reads (`TransposedReadBP`). Without noise this is
 backprop exactly (``u_l = σ'(p_l) ⊙ u_{l+1} W_{l+1}``); with noise it is the hardware backprop baseline.
 """
 
@@ -46,7 +46,7 @@ class TransposedReadBP(Rule):
     """Backprop on a device: ``bp``'s deltas, teaching signal from transposed reads of ``W``.
 
     ``teaching`` returns ``None`` so the circuit's feedback pass runs; the attached
-    :class:`HardwareCircuit` serves ``B_k = read(W_src)ᵀ`` to it. Needs a layered circuit.
+    `HardwareCircuit` serves ``B_k = read(W_src)ᵀ`` to it. Needs a layered circuit.
     """
 
     name: ClassVar[str] = "bp-on-device"
@@ -74,7 +74,7 @@ class HardwareCircuit:
         seed: seeds three independent streams: fixed per-device parameters, reads, updates.
         transposed_feedback: ``bp`` mode, the feedback pathway is ``read(W)ᵀ`` (no ``B`` arrays).
 
-    Array scales ``s`` (see :mod:`heterograd.hardware.devices`): ``W_l`` and ``b_l``: ``1/sqrt(n_{l-1})``;
+    Array scales ``s`` (see `heterograd.hardware.devices`): ``W_l`` and ``b_l``: ``1/sqrt(n_{l-1})``;
     ``B_k`` ``(n_dst, n_src)``: ``1/sqrt(n_dst)`` (the circuit's initialisation bounds).
     """
 
@@ -145,7 +145,7 @@ class HardwareCircuit:
     def apply(self, tensors: Sequence[Tensor], steps: Sequence[Tensor | None]) -> None:
         """Write ``steps`` (canonical order; ``None``: unchanged) through the arrays, in place.
 
-        ``steps`` may be an :class:`heterograd.optim.ScaledSteps` (``alpha * s`` requested).
+        ``steps`` may be an `heterograd.optim.ScaledSteps` (``alpha * s`` requested).
         """
         alpha = float(getattr(steps, "alpha", 1.0))
         g = self.update_generator
@@ -173,7 +173,7 @@ def attach_hardware(
     """Put ``circuit`` on the device model ``name`` (+ ``options``); returns ``(hardware, rule to train with)``.
 
     An ideal model attaches nothing: ``(None, rule)``, the plain circuit bit for bit. ``bp`` becomes
-    :class:`TransposedReadBP`.
+    `TransposedReadBP`.
     """
     model = make_device_model(name, options)
     if model.is_ideal:

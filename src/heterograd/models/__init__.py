@@ -4,7 +4,7 @@
 >>> model = make_model("resnet20", (3, 32, 32), 10, seed=0)
 
 Every parametrised layer of the image models is ``nn.Linear``, ``nn.Conv2d`` or ``nn.BatchNorm2d``; the rest are
-activations, pooling, flattening and residual sums. The minGPT-style :class:`GPT` adds ``nn.Embedding`` and
+activations, pooling, flattening and residual sums. The minGPT-style `GPT` adds ``nn.Embedding`` and
 ``nn.LayerNorm``. Construction is seeded (``seed=`` or ``generator=``) and leaves the global RNG alone.
 """
 

@@ -1,4 +1,4 @@
-"""The model registry: :data:`MODELS` and :func:`make_model`."""
+"""The model registry: `MODELS` and `make_model`."""
 
 from __future__ import annotations
 
@@ -85,13 +85,13 @@ def make_model(
     torch.Size([2, 10])
 
     Args:
-        name: a key of :data:`MODELS` (case-insensitive).
+        name: a key of `MODELS` (case-insensitive).
         in_shape: shape of one input, e.g. ``dataset.input_shape``: ``(C, H, W)`` for the convolutional
             models, anything for ``mlp`` (it flattens).
         num_classes: number of outputs.
         seed: seed of the initial weights (``None``: 0); the same seed gives the same weights.
         generator: draw the initial weights from this ``torch.Generator`` instead (not with ``seed``).
-        **options: the model's own options (see :data:`MODELS`); one that the model does not take is an error.
+        **options: the model's own options (see `MODELS`); one that the model does not take is an error.
 
     Returns:
         A plain ``nn.Module`` (float32 on CPU; move it with ``.to(device, dtype)``) mapping

@@ -40,7 +40,7 @@ class BasicBlock(nn.Module):
 
     ``out = relu2(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))``, shapes ``(B, C_in, H, W)`` ->
     ``(B, C_out, H/stride, W/stride)``. ``conv1`` carries the stride; convolutions have no bias (BatchNorm
-    follows). The shortcut is ``nn.Identity`` when shape is kept, else :class:`ZeroPadShortcut` (option A)
+    follows). The shortcut is ``nn.Identity`` when shape is kept, else `ZeroPadShortcut` (option A)
     or ``nn.Sequential(Conv2d 1x1 stride s, BatchNorm2d)`` (option B).
     """
 
@@ -82,8 +82,8 @@ class ResNet(nn.Module):
         pool: global average (AdaptiveAvgPool2d(1)), flatten           -> (B, 64)
         fc: Linear(64, num_classes)                                    -> (B, num_classes)
 
-    Any image size works (28x28 gives 28 -> 14 -> 7 before pooling). Build it with :func:`resnet`,
-    :func:`resnet20` or :func:`resnet56` for the seeded Kaiming initialisation; the bare constructor keeps
+    Any image size works (28x28 gives 28 -> 14 -> 7 before pooling). Build it with `resnet`,
+    `resnet20` or `resnet56` for the seeded Kaiming initialisation; the bare constructor keeps
     PyTorch's default initialisation.
     """
 
@@ -121,13 +121,13 @@ def resnet(
     seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> ResNet:
-    """CIFAR ResNet of any depth ``6n + 2`` (20, 32, 44, 56, 110, ...); see :class:`ResNet` for the layout.
+    """CIFAR ResNet of any depth ``6n + 2`` (20, 32, 44, 56, 110, ...); see `ResNet` for the layout.
 
     Shortcuts (only the two blocks that double the width and halve the resolution differ; every other
     shortcut is the identity):
 
     - ``"A"`` (the paper's CIFAR choice): parameter-free; subsample the input by 2 and zero-pad the
-      missing channels (:class:`ZeroPadShortcut`).
+      missing channels (`ZeroPadShortcut`).
     - ``"B"``: projection, a 1x1 stride-2 ``Conv2d`` (no bias) followed by ``BatchNorm2d`` (adds
       ``16*32 + 2*32 + 32*64 + 2*64 = 2,752`` parameters).
 
@@ -144,7 +144,7 @@ def resnet(
         generator: a ``torch.Generator`` for the initial weights, instead of ``seed``.
 
     Returns:
-        A :class:`ResNet` mapping ``(B, C, H, W)`` to ``(B, num_classes)``.
+        A `ResNet` mapping ``(B, C, H, W)`` to ``(B, num_classes)``.
     """
     depth = check_int(depth, "depth", 8)
     if (depth - 2) % 6:
@@ -175,7 +175,7 @@ def resnet20(
     generator: torch.Generator | None = None,
 ) -> ResNet:
     """ResNet-20 (n = 3 blocks per stage). Parameters with 10 classes and 3 input channels: 269,722 with
-    option A, 272,474 with option B (1 input channel: 269,434 / 272,186). See :func:`resnet`."""
+    option A, 272,474 with option B (1 input channel: 269,434 / 272,186). See `resnet`."""
     return resnet(20, in_shape, num_classes, shortcut=shortcut, seed=seed, generator=generator)
 
 
@@ -188,5 +188,5 @@ def resnet56(
     generator: torch.Generator | None = None,
 ) -> ResNet:
     """ResNet-56 (n = 9 blocks per stage). Parameters with 10 classes and 3 input channels: 853,018 with
-    option A, 855,770 with option B (1 input channel: 852,730 / 855,482). See :func:`resnet`."""
+    option A, 855,770 with option B (1 input channel: 852,730 / 855,482). See `resnet`."""
     return resnet(56, in_shape, num_classes, shortcut=shortcut, seed=seed, generator=generator)

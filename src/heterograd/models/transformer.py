@@ -2,7 +2,7 @@
 
 Token and position embeddings, pre-norm blocks of causal multi-head self-attention (``q, k, v`` from one
 ``nn.Linear``, softmax over earlier positions) and a GELU MLP, a final LayerNorm and a linear head. A plain
-``nn.Module``: every parameter sits in a module that :func:`heterograd.nn.convert` turns plastic.
+``nn.Module``: every parameter sits in a module that `heterograd.nn.convert` turns plastic.
 """
 
 from __future__ import annotations

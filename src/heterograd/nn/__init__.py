@@ -1,4 +1,4 @@
-"""Any ``torch.nn`` model learns by local plasticity: :func:`convert`, the plastic layers and :func:`probe`."""
+"""Any ``torch.nn`` model learns by local plasticity: `convert`, the plastic layers and `probe`."""
 
 from .convert import FEEDBACK_INITS, NORM_FEEDBACK, convert, plastic_layers
 from .layers import (

@@ -4,7 +4,7 @@ Every ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Embedding`` becomes a
 module object and parameters; its class is swapped) that carries its own feedback weights ``B``;
 BatchNorm / LayerNorm / GroupNorm affine parameters learn by the local rule ``Δγ = -mean(u ⊙ x̂)``,
 ``Δβ = -mean(u)``; the feedback crosses them exactly (through the batch statistics: backprop's derivative,
-under every rule) or, with ``norm_feedback="local"``, by ``γ/σ`` per channel (:data:`NORM_FEEDBACK`).
+under every rule) or, with ``norm_feedback="local"``, by ``γ/σ`` per channel (`NORM_FEEDBACK`).
 Parameter-free modules need nothing. A module with trainable parameters that no synapse
 type covers is an error (all of them named at once): nothing is silently trained by autograd.
 """
@@ -19,11 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import HeterogradError, unknown_choice
-from ..rules import RULES, Rule, make_rule
+from ..rules import RULES, Rule, make_rule, run_defaults
 from ..synapses import DENSE, Conv, Embedding, Synapse
 from .layers import (
     NORM_FEEDBACK,
     DirectContext,
+    GradientGuard,
     PlasticBatchNorm1d,
     PlasticBatchNorm2d,
     PlasticBatchNorm3d,
@@ -38,7 +39,7 @@ from .layers import (
 )
 
 FEEDBACK_INITS: tuple[str, ...] = ("random", "transpose", "anti")
-"""``random``: Xavier (Glorot) uniform on ``±√(6/(fan_in + fan_out))`` of ``W``'s shape (:func:`xavier_bound`),
+"""``random``: Xavier (Glorot) uniform on ``±√(6/(fan_in + fan_out))`` of ``W``'s shape (`xavier_bound`),
 the published implementation's draw (biotorch, Sanfiz & Akrout 2021); ``transpose``: ``B = W`` as transport
 (backprop's start); ``anti``: ``B = -W`` as transport."""
 
@@ -72,7 +73,7 @@ def _build_rule(rule: str | Rule, options: dict[str, Any]) -> Rule:
             raise HeterogradError(
                 f"rule {rule!r} has no option {', '.join(bad)}; its options: {', '.join(sorted(fields)) or 'none'}"
             )
-        r = make_rule(rule, **options)
+        r = make_rule(rule, **{**options, **run_defaults(rule, options)})
     if not r.nn_engine:
         raise HeterogradError(
             f"rule {r.name!r} applies to the Circuit engine only; in a converted model freeze a layer with "
@@ -125,7 +126,7 @@ def xavier_bound(shape: tuple[int, ...] | torch.Size) -> float:
 def _initial_feedback(W: Tensor, syn: Synapse, init: str, gen: torch.Generator) -> Tensor:
     """``B`` laid out like the synapse wants (dense: ``(in, out)`` stored in ``W``'s memory order).
 
-    ``random``: Xavier uniform on ``±`` :func:`xavier_bound` of ``W``'s shape ``(out, in[, *k])``.
+    ``random``: Xavier uniform on ``±`` `xavier_bound` of ``W``'s shape ``(out, in[, *k])``.
     """
     if init == "random":
         bound = xavier_bound(W.shape)
@@ -162,7 +163,7 @@ def convert(
             groups) and ``nn.Embedding`` become plastic synapses; BatchNorm/LayerNorm/GroupNorm affine
             parameters learn by the local rule; modules without parameters are left as they are.
         rule: a registered rule name (``bp``, ``fa``, ``dfa``, ``hsp``, ``kp``, ``poly``, ``usf``, ``brsf``,
-            ``frsf``) or a :class:`~heterograd.rules.Rule`.
+            ``frsf``) or a `Rule`.
         feedback_init: ``random`` (default), ``transpose`` (``B = W`` as transport) or ``anti``; only for rules
             that carry a ``B`` (plastic or frozen).
         seed: seeds every random feedback matrix (and the per-layer generators of ``brsf``).
@@ -173,7 +174,10 @@ def convert(
             (``u ⊙ γ/σ`` per channel, statistics held fixed: BatchNorm's batch ``σ`` in training mode, its
             running ``σ`` in eval mode; LayerNorm's and GroupNorm's per-sample ``σ``). ``"local"`` on a model
             without a normalisation layer to convert is an error.
-        **rule_options: the rule's hyperparameters, e.g. ``weight_decay=1e-4``, ``feedback_gain=0.5``.
+        **rule_options: the rule's hyperparameters, e.g. ``weight_decay=0.0``, ``feedback_gain=1.0``. A rule given
+            by name gets the same defaults as ``heterograd train`` where it takes them: ``weight_decay=1e-4``,
+            ``feedback_gain=0.5`` for ``hsp`` (``1.0`` for ``poly``); a `heterograd.rules.Rule` object
+            keeps its own values.
 
     The loop is the standard one: ``loss.backward()`` is the t' sweep, after which each plastic parameter's
     ``.grad`` holds ``-Δ/η`` of the rule (``B``'s too where it is plastic), so any ``torch.optim`` optimiser
@@ -265,16 +269,17 @@ def convert(
         out_size = out[0].numel()
     direct = DirectContext() if r.feedback == "direct" else None
 
+    guard = GradientGuard()
     for k, (name, m, base, is_syn) in enumerate(plan):
         if not is_syn:
             m.__class__ = _NORM_TYPES[base]
-            m.plasticity = Plasticity(r, None, name, norm_feedback=norm_feedback)  # type: ignore[assignment]
+            m.plasticity = Plasticity(r, None, name, norm_feedback=norm_feedback, guard=guard)  # type: ignore[assignment]
             continue
         syn = _synapse_of(name, m, base)
         W: Tensor = m.weight  # type: ignore[assignment]
         layer_gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + k) if r.name == "brsf" else None
         m.__class__ = _SYNAPSE_TYPES[base]
-        m.plasticity = Plasticity(r, syn, name, generator=layer_gen, direct=direct)  # type: ignore[assignment]
+        m.plasticity = Plasticity(r, syn, name, generator=layer_gen, direct=direct, guard=guard)  # type: ignore[assignment]
         if not syn.has_transport or (not has_B and r.feedback != "direct"):
             m.register_buffer("feedback", None)
         elif r.feedback == "direct":
@@ -298,6 +303,8 @@ def convert(
                 m.register_buffer("feedback", B)
     if direct is not None:
         model.register_forward_hook(CaptureOutputError(direct))
+    guard.layers = [(name, m) for name, m, _, _ in plan]  # a gradient that bypassed its layer is an error
+    guard.install_hooks()
     return model
 
 
@@ -312,7 +319,7 @@ def _direct_feedback(W: Tensor, syn: Synapse, in_shape: tuple[int, ...], K: int,
       output ``(n, T, K)`` per position) is passed ``in_shape = (n, d)`` and ``K`` per position: ``D`` ``(K, d)``,
       shared by the positions.
 
-    Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (:func:`xavier_bound`), i.e.
+    Scale: Xavier uniform on ``±√(6/(fan_in + fan_out))`` of ``D``'s shape (`xavier_bound`), i.e.
     normalised by the mean of ``D``'s forward fan-in (``C_in·∏k``, dense ``∏F``) and its feedback fan-in
     ``K·∏k`` (dense ``K``): the number of (class, kernel tap) terms summed into one input unit at stride 1.
     """

@@ -2,7 +2,7 @@
 
 Autograd is only the scheduler here: it orders the feedback sweep through the parameter-free operations
 (nonlinearities, pooling, residual sums, reshapes, softmax carry the feedback by their local derivative)
-and, at every plastic connection, calls :class:`PlasticFunction.backward`, which
+and, at every plastic connection, calls `PlasticFunction.backward`, which
 
 * sends the feedback to the presynaptic side by transport with the layer's ``B`` (or what the rule says:
   ``W`` for ``bp``, ``sign(W)``-built matrices for sign symmetry, ``D e`` for direct feedback), and only
@@ -36,6 +36,96 @@ class DirectContext:
     e: Tensor | None = None
 
 
+class GradientGuard:
+    """Catches a plastic parameter whose gradient did not come from its own plastic layer (one per converted model).
+
+    ``F.linear(x, model.fc1.weight)`` instead of ``model.fc1(x)`` would let autograd's ``∇W`` into ``.grad`` and
+    bypass the rule in silence. An eager forward of a plastic layer arms the guard; each plastic layer's backward
+    records the parameters it delivered a gradient to; a hook on every plastic parameter (`GuardHook`)
+    raises `HeterogradError` naming a parameter whose gradient arrived without that record. The state is
+    reset at the end of every backward pass. Under ``torch.compile`` the layers run compiled and nothing is
+    armed (no check). The hooks are (re)installed when the guard arms, so copies of the model are guarded too.
+
+    Attributes:
+        layers: ``(path, module)`` of the model's plastic modules (set by `heterograd.nn.convert`).
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.delivered: set[int] = set()
+        self._reset_queued = False
+        self.layers: list[tuple[str, nn.Module]] = []
+
+    def arm(self) -> None:
+        """An eager forward of a plastic layer with gradients on: the next backward is checked."""
+        if not self.armed:
+            self.install_hooks()
+            self.armed = True
+
+    def install_hooks(self) -> None:
+        """A `GuardHook` on every trainable parameter of `layers` that has none of this guard."""
+        for name, m in self.layers:
+            for pname, p in m.named_parameters(recurse=False):
+                hooks = (getattr(p, "_backward_hooks", None) or {}).values()  # copies and loads lose them
+                if p.requires_grad and not any(isinstance(h, GuardHook) and h.guard is self for h in hooks):
+                    p.register_hook(GuardHook(self, f"{name}.{pname}" if name else pname, p))
+
+    def deliver(self, *ids: int | None) -> None:
+        """A plastic layer's backward returned the rule's update for the parameters of these ``id()``s."""
+        self.delivered.update(i for i in ids if i is not None)
+        self._queue_reset()
+
+    def _queue_reset(self) -> None:
+        if not self._reset_queued:
+            self._reset_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self.reset)
+
+    def reset(self) -> None:
+        """Forget this backward pass (queued to run when it ends)."""
+        self.armed, self._reset_queued = False, False
+        self.delivered.clear()
+
+    def check(self, param: Tensor, name: str) -> None:
+        """Raise when ``param``'s gradient arrives in an armed backward without its plastic layer's record."""
+        if not self.armed:
+            return
+        self._queue_reset()
+        if id(param) not in self.delivered:
+            self.reset()
+            raise HeterogradError(
+                f"plastic parameter {name!r} received a gradient that did not come from its plastic layer (the "
+                "model uses it outside its module, e.g. F.linear(x, self.fc1.weight)), so autograd's gradient would "
+                f"replace the rule's update; call the module itself (self.{name.rpartition('.')[0] or name}(x))"
+            )
+
+
+class GuardHook:
+    """The gradient hook of one plastic parameter: ``guard.check(param, name)`` (a picklable object, not a closure)."""
+
+    def __init__(self, guard: GradientGuard, name: str, param: Tensor) -> None:
+        self.guard, self.name, self.param = guard, name, param
+
+    def __call__(self, grad: Tensor | None) -> None:
+        if grad is not None:  # autograd.grad calls hooks with None for an input that got no gradient
+            self.guard.check(self.param, self.name)
+
+
+def _arm(pl: Plasticity) -> None:
+    if pl.guard is not None and not torch.compiler.is_compiling():
+        pl.guard.arm()
+
+
+def _ids(*tensors: Tensor | None) -> tuple[int | None, ...]:
+    """``id()`` of each parameter as the forward received it (before any autocast copy), ``None`` for ``None``."""
+    return tuple(None if t is None else id(t) for t in tensors)
+
+
+def _deliver(pl: Plasticity, ids: tuple[int | None, ...], *given: bool) -> None:
+    """Record that the backward returned a gradient for ``ids[i]`` where ``given[i]``."""
+    if pl.guard is not None and not torch.compiler.is_compiling():
+        pl.guard.deliver(*(i for i, ok in zip(ids, given, strict=False) if ok))
+
+
 @dataclass(eq=False)
 class Plasticity:
     """What a plastic layer needs at t': its rule, synapse type and per-layer state (never in ``state_dict``).
@@ -48,11 +138,12 @@ class Plasticity:
         exact: probes only: transport with ``W`` and return the true gradient (a bp pass).
         norm_feedback: normalisation layers only: ``"exact"`` (the derivative of the normalisation, through its
             batch / sample statistics) or ``"local"`` (``γ/σ`` per channel, the statistics held fixed); see
-            :data:`NORM_FEEDBACK`. Probes' true-gradient pass always uses ``"exact"``.
+            `NORM_FEEDBACK`. Probes' true-gradient pass always uses ``"exact"``.
         record: probes only: when a dict, the backward stores ``u``, ``h``, ``p`` and the returned ``W`` grad.
-        device: hardware hook (set by :func:`heterograd.hardware.attach`), ``None`` by default (no cost): the
+        device: hardware hook (set by `heterograd.hardware.attach`), ``None`` by default (no cost): the
             forward multiplies with ``device.read_forward(W, b)`` and the feedback transports with
             ``device.read_feedback(M)``, reads of the layer's device arrays.
+        guard: the model's `GradientGuard` (set by `heterograd.nn.convert`), or ``None``.
     """
 
     rule: Rule
@@ -64,6 +155,7 @@ class Plasticity:
     norm_feedback: str = "exact"
     record: dict[str, Tensor] | None = field(default=None, repr=False)
     device: Any = field(default=None, repr=False)
+    guard: GradientGuard | None = field(default=None, repr=False)
     keep_potential: bool = field(init=False)
     plastic_feedback: bool = field(init=False)
 
@@ -136,6 +228,7 @@ class PlasticFunction(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
         syn = pl.synapse
         assert syn is not None
+        ctx.ids = _ids(W, b, B)
         dev = W.device.type
         if syn.has_transport and torch.is_autocast_enabled(dev):  # AMP: compute and keep in its dtype
             dt = torch.get_autocast_dtype(dev)
@@ -146,6 +239,7 @@ class PlasticFunction(torch.autograd.Function):
             p = syn.forward(x, W, b) if pl.device is None else syn.forward(x, *pl.device.read_forward(W, b))
         ctx.pl = pl
         ctx.save_for_backward(x, W, b, B, p if (pl.keep_potential or pl.record is not None) else None)
+        _arm(pl)
         return p
 
     @staticmethod
@@ -163,6 +257,7 @@ class PlasticFunction(torch.autograd.Function):
             if pl.record is not None:
                 pl.record.update(u=g, h=x, p=p, dW=-C)
             gb = syn.bias_correlation(g, 1.0) if (need_b and b is not None) else None
+            _deliver(pl, ctx.ids, need_W, gb is not None)
             return v, (C if need_W else None), gb, None, None
         need_b = need_b and b is not None
         # transport: to the presynaptic side only where it needs feedback (never into the model's input)
@@ -180,6 +275,7 @@ class PlasticFunction(torch.autograd.Function):
         elif M is not None:
             v = syn.transport(g, M, x)
         if not (need_W or need_b or need_B):
+            _deliver(pl, ctx.ids, False, False, need_B)
             return v, None, None, None, None
         plastic_B = pl.plastic_feedback and B is not None and need_B
         fsig = ForwardSignals(x, p, p, g, syn, 1.0, C, Cb)
@@ -192,11 +288,12 @@ class PlasticFunction(torch.autograd.Function):
         gW, gb, gB = grads
         if pl.record is not None and gW is not None:
             pl.record.update(u=g, h=x, p=p, dW=-gW)
+        _deliver(pl, ctx.ids, need_W, need_b, need_B)
         return v, (gW if need_W else None), (gb if need_b else None), (gB if plastic_B else None), None
 
 
 def plastic_forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, pl: Plasticity) -> Tensor:
-    """Run a plastic connection: through :class:`PlasticFunction` when anything needs feedback, else plainly."""
+    """Run a plastic connection: through `PlasticFunction` when anything needs feedback, else plainly."""
     if torch.is_grad_enabled() and (
         W.requires_grad or x.requires_grad or (b is not None and b.requires_grad) or (B is not None and B.requires_grad)
     ):
@@ -219,8 +316,9 @@ class AffineFunction(torch.autograd.Function):
         y = xhat * gamma.view(view)
         if beta is not None:
             y = y + beta.view(view)
-        ctx.view, ctx.pl = view, pl
+        ctx.view, ctx.pl, ctx.ids = view, pl, _ids(gamma, beta)
         ctx.save_for_backward(xhat, gamma, beta)
+        _arm(pl)
         return y
 
     @staticmethod
@@ -242,6 +340,7 @@ class AffineFunction(torch.autograd.Function):
             gb = g.sum(dims).reshape(beta.shape)
             if lam:
                 gb.add_(beta, alpha=lam)
+        _deliver(ctx.pl, ctx.ids, gg is not None, gb is not None)
         return v, gg, gb, None, None
 
 
@@ -276,8 +375,9 @@ class BatchNormFunction(torch.autograd.Function):
         pl: Plasticity,
     ) -> Tensor:
         out, mean, invstd = torch.ops.aten.native_batch_norm(x, gamma, beta, rm, rv, training, momentum, eps)
-        ctx.training, ctx.eps, ctx.pl = training, eps, pl
+        ctx.training, ctx.eps, ctx.pl, ctx.ids = training, eps, pl, _ids(gamma, beta)
         ctx.save_for_backward(x, gamma, beta, rm, rv, mean, invstd)
+        _arm(pl)
         return out
 
     @staticmethod
@@ -300,13 +400,14 @@ class BatchNormFunction(torch.autograd.Function):
             gg.add_(gamma, alpha=lam)
         if lam and gb is not None:
             gb.add_(beta, alpha=lam)
+        _deliver(ctx.pl, ctx.ids, gg is not None, gb is not None)
         return gx, gg, gb, None, None, None, None, None, None
 
 
 class LayerNormFunction(torch.autograd.Function):
     """Fused LayerNorm with a plastic affine map (``γ``, ``β`` shaped ``normalized_shape``; ``β`` may be ``None``).
 
-    As :class:`BatchNormFunction`: one native kernel each way, the local rule for ``γ``, ``β``.
+    As `BatchNormFunction`: one native kernel each way, the local rule for ``γ``, ``β``.
     """
 
     @staticmethod
@@ -314,8 +415,9 @@ class LayerNormFunction(torch.autograd.Function):
         ctx: Any, x: Tensor, gamma: Tensor, beta: Tensor | None, shape: list[int], eps: float, pl: Plasticity
     ) -> Tensor:
         out, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, gamma, beta, eps)
-        ctx.shape, ctx.pl = shape, pl
+        ctx.shape, ctx.pl, ctx.ids = shape, pl, _ids(gamma, beta)
         ctx.save_for_backward(x, gamma, beta, mean, rstd)
+        _arm(pl)
         return out
 
     @staticmethod
@@ -336,6 +438,7 @@ class LayerNormFunction(torch.autograd.Function):
             gg.add_(gamma, alpha=lam)
         if lam and gb is not None:
             gb.add_(beta, alpha=lam)
+        _deliver(ctx.pl, ctx.ids, gg is not None, gb is not None)
         return gx, gg, gb, None, None, None
 
 
@@ -407,7 +510,7 @@ class PlasticEmbedding(nn.Embedding, PlasticModule):
 
 
 class _PlasticBatchNorm(PlasticModule):
-    """BatchNorm whose affine parameters learn by the local rule (:class:`BatchNormFunction`)."""
+    """BatchNorm whose affine parameters learn by the local rule (`BatchNormFunction`)."""
 
     def forward(self, x: Tensor) -> Tensor:
         bn: Any = self
@@ -472,6 +575,8 @@ __all__ = [
     "AffineFunction",
     "BatchNormFunction",
     "DirectContext",
+    "GradientGuard",
+    "GuardHook",
     "LayerNormFunction",
     "PlasticBatchNorm1d",
     "PlasticBatchNorm2d",

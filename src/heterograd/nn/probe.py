@@ -112,12 +112,12 @@ def probe(model: nn.Module, x: Any, y: Any, loss: Callable[[Any, Any], Tensor], 
     """Measure every plastic synapse layer of a converted model on one batch (nothing is changed).
 
     Args:
-        model: a model converted by :func:`heterograd.nn.convert`.
+        model: a model converted by `heterograd.nn.convert`.
         x, y: a batch and its targets; ``loss(model(x), y)`` must give the scalar training loss.
         seed: seeds both passes identically (dropout and other random modules see the same draws).
 
     Returns:
-        A :class:`ProbeReport`.
+        A `ProbeReport`.
     """
     from .convert import plastic_layers
 

@@ -1,8 +1,8 @@
-"""BatchNorm over a batch held in shards (:class:`ReducedBatchNormFunction`), with the plastic affine rule.
+"""BatchNorm over a batch held in shards (`ReducedBatchNormFunction`), with the plastic affine rule.
 
 The statistics are sums that a caller-supplied ``reduce`` combines over the shards (in place, returning the
 tensor); with the identity it is ordinary BatchNorm. This module knows nothing about processes or ranks:
-:mod:`heterograd.distributed.batchnorm` passes an all-reduce over the process group (``--sync-batchnorm``).
+`heterograd.distributed.batchnorm` passes an all-reduce over the process group (``--sync-batchnorm``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .layers import Plasticity
+from .layers import Plasticity, _arm, _deliver, _ids
 
 
 def _decay(pl: Plasticity) -> float:
@@ -64,7 +64,9 @@ class ReducedBatchNormFunction(torch.autograd.Function):
                 unbiased = var * (count / max(count - 1.0, 1.0))
                 rv.mul_(1 - momentum).add_(unbiased.to(rv.dtype), alpha=momentum)
         ctx.pl, ctx.count, ctx.view, ctx.dims, ctx.reduce = pl, count, view, dims, reduce
+        ctx.ids = _ids(gamma, beta)
         ctx.save_for_backward(x, gamma, beta, mean, invstd)
+        _arm(pl)  # the GradientGuard: γ, β get their gradient from this layer
         return out
 
     @staticmethod
@@ -90,6 +92,7 @@ class ReducedBatchNormFunction(torch.autograd.Function):
             gb = sg.to(beta.dtype)
             if lam:
                 gb.add_(beta, alpha=lam)
+        _deliver(ctx.pl, ctx.ids, gg is not None, gb is not None)
         return gx, gg, gb, None, None, None, None, None, None
 
 

@@ -3,8 +3,8 @@
 A motif is a pair ``init(tensors) -> state`` and
 ``update(deltas, state, tensors) -> (steps, state)``; the training step adds
 each step to its tensor. The state lives with the synapse (one entry per
-plastic tensor) and is saved with checkpoints (:func:`state_dict`,
-:meth:`Motif.load_state_dict`). Motifs never call autograd.
+plastic tensor) and is saved with checkpoints (`state_dict`,
+`Motif.load_state_dict`). Motifs never call autograd.
 
 With ``δ`` the rule's delta (``δ = -g``), ``η`` the learning rate and ``s`` the step:
 

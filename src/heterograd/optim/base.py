@@ -3,13 +3,13 @@
 A motif is a pair of pure functions ``init(tensors) -> state`` and
 ``update(deltas, state, tensors) -> (steps, state)``. ``deltas`` are the rule's
 per-unit-learning-rate changes ``δ`` in the circuit's canonical order
-(:meth:`heterograd.Circuit.plastic_tensors`); ``δ = -g`` where ``g`` is what
+(`heterograd.Circuit.plastic_tensors`); ``δ = -g`` where ``g`` is what
 ``torch.optim`` would call the gradient (the rule's L2 decay already included).
 
 The state is a plain ``dict`` that ``torch.save`` / ``torch.load(weights_only=True)``
 round-trip: ``{"motif": name, "step": int, <buffer>: [Tensor | None, ...], "count": [int, ...]}``
 with one entry per plastic tensor (``None`` for a tensor that never had a delta: frozen
-tensors keep no state). :meth:`Motif.state_dict` / :meth:`Motif.load_state_dict` copy and
+tensors keep no state). `Motif.state_dict` / `Motif.load_state_dict` copy and
 check it for checkpoints.
 """
 
@@ -35,7 +35,7 @@ class ScaledSteps(list):  # type: ignore[type-arg]
 
     Lets a stateless motif (plain SGD) skip a separate ``s = η δ`` pass over every matrix, like
     ``torch.optim.SGD``'s ``param.add_(grad, alpha=-lr)``. Behaves as a plain list of steps otherwise;
-    :meth:`materialize` returns the scaled tensors for code that wants the steps themselves.
+    `materialize` returns the scaled tensors for code that wants the steps themselves.
     """
 
     def __init__(self, steps: Sequence[Tensor | None], alpha: float) -> None:
@@ -51,7 +51,7 @@ class Motif(ABC):
     """Synapse-local optimiser motif.
 
     Subclasses are frozen dataclasses of hyperparameters (``lr`` first) and list the
-    names of their per-synapse buffers in :attr:`buffers`. ``deltas`` and ``tensors`` are
+    names of their per-synapse buffers in `buffers`. ``deltas`` and ``tensors`` are
     in the circuit's canonical order; a ``None`` delta means the tensor is frozen this step
     and gets a ``None`` step and no state. ``update`` may reuse the storage of the delta
     tensors it is given (they belong to the step); it never changes the old state.
@@ -149,7 +149,7 @@ def state_dict(state: State) -> dict[str, Any]:
 
 
 def load_state_dict(motif: Motif, saved: Mapping[str, Any], tensors: Sequence[Tensor]) -> State:
-    """Function form of :meth:`Motif.load_state_dict`."""
+    """Function form of `Motif.load_state_dict`."""
     return motif.load_state_dict(saved, tensors)
 
 

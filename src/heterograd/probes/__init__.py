@@ -1,7 +1,7 @@
 """Probes: measurements of how close local learning is to gradient descent.
 
 Probes are separate from learning: they read signals and weights and never
-change them. They may use autograd (through :mod:`heterograd.autodiff`) to get
+change them. They may use autograd (through `heterograd.autodiff`) to get
 the true gradient for comparison. Definitions follow docs/theory.md section 3:
 
 * ``phi = <u, g> / <g, g>``  least-squares consistency score of a patch,

@@ -162,7 +162,7 @@ def preconditioner(
     """Estimate ``φH`` for hidden layers of ``circuit`` on the batch ``x`` ``(n, n_0)``, ``y``.
 
     ``u`` comes from the rule's own teaching path (the ``B`` pathway, or autograd for ``bp``),
-    ``g`` from :func:`heterograd.autodiff.true_gradients`. Nothing is changed.
+    ``g`` from `heterograd.autodiff.true_gradients`. Nothing is changed.
 
     Returns:
         ``{layer: PreconditionerEstimate}`` for each ``layer`` in ``layers`` (default: all hidden).

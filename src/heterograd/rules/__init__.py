@@ -2,7 +2,7 @@
 
 Registered rules (by name): ``bp``, ``fa``, ``hsp``, ``kp``, ``poly``, ``dfa``, ``usf``, ``brsf``, ``frsf``
 (and the ``freeze`` combinator). Add your own with
-:func:`register_rule`; the training loop needs no change.
+`register_rule`; the training loop needs no change.
 """
 
 from .base import Deltas, FeedbackSignals, ForwardSignals, Params, Rule, Signals
@@ -12,7 +12,15 @@ from .baselines import BRSF, DFA, FRSF, USF
 from .classic import BP, FA, HSP, KP
 from .combinators import Freeze
 from .poly import B_FEATURES, N_FEATURES, W_FEATURES, Poly, bilinear_theta, format_poly, poly_delta
-from .registry import RULES, check_rule_hyperparameters, make_rule, register_rule, rule_hyperparameters
+from .registry import (
+    RULES,
+    RUN_DEFAULTS,
+    check_rule_hyperparameters,
+    make_rule,
+    register_rule,
+    rule_hyperparameters,
+    run_defaults,
+)
 
 __all__ = [
     "BP",
@@ -25,6 +33,7 @@ __all__ = [
     "KP",
     "N_FEATURES",
     "RULES",
+    "RUN_DEFAULTS",
     "USF",
     "W_FEATURES",
     "Deltas",
@@ -42,4 +51,5 @@ __all__ = [
     "poly_delta",
     "register_rule",
     "rule_hyperparameters",
+    "run_defaults",
 ]

@@ -1,10 +1,10 @@
 """The rule contract: pure functions of local signals that return deltas.
 
 A rule sees, for every forward layer, the presynaptic activity at time t and
-the postsynaptic feedback potential at time t' (:class:`ForwardSignals`), and
+the postsynaptic feedback potential at time t' (`ForwardSignals`), and
 for every feedback edge the postsynaptic activity at t and the presynaptic
-feedback potential at t' (:class:`FeedbackSignals`). It returns
-:class:`Deltas`: the change per unit learning rate, so plain SGD applies
+feedback potential at t' (`FeedbackSignals`). It returns
+`Deltas`: the change per unit learning rate, so plain SGD applies
 ``W ← W + η ΔW``. Rules never mutate their inputs and never call autograd
 (the ``bp`` baseline is the one documented exception; it sets
 ``uses_autograd = True``).
@@ -38,7 +38,7 @@ class ForwardSignals:
         p: ``(n, n_l)`` postsynaptic forward potential at time t.
         h: ``(n, n_l)`` postsynaptic activity at time t.
         u: ``(n, n_l)`` postsynaptic feedback potential at time t'.
-        synapse: the connection type (:mod:`heterograd.synapses`); the Circuit engine's is dense. For a
+        synapse: the connection type (`heterograd.synapses`); the Circuit engine's is dense. For a
             conv synapse the tensors are ``(n, C, *S)`` and ``W`` is ``(C_out, C_in/g, *k)``.
         scale: the correlation's batch factor, ``C(u, h) = scale · Σ u ⊗ h``. ``None`` (the Circuit
             engine): ``u`` is per sample and ``scale = 1/n``. A converted ``torch.nn`` layer passes the
@@ -48,7 +48,7 @@ class ForwardSignals:
         Cb: likewise the bias correlation ``C(u, 1)`` ``(n_l,)``, or ``None``.
 
     ``p`` and ``h`` may be ``None`` for a converted layer (it sees its potential, not the activity after the
-    next nonlinearity); rules that need them say so (:meth:`Rule.needs_potential`).
+    next nonlinearity); rules that need them say so (`Rule.needs_potential`).
     """
 
     h_pre: Tensor
@@ -77,7 +77,7 @@ class FeedbackSignals:
             ``h_post`` is the very tensor ``h_pre`` of forward layer ``src`` and
             ``u_pre`` its ``u``, so a rule may reuse that layer's outer product.
         src, dst: layer indices of the edge.
-        synapse, scale: as in :class:`ForwardSignals` (an adjacent edge's synapse type is ``W_src``'s).
+        synapse, scale: as in `ForwardSignals` (an adjacent edge's synapse type is ``W_src``'s).
             A converted layer has no presynaptic potential: there ``p_post`` is ``None``.
     """
 
@@ -118,8 +118,8 @@ class Signals:
     """Everything local that a rule may use in one step.
 
     Attributes:
-        forward: one :class:`ForwardSignals` per forward layer ``1..L`` (index ``l-1``).
-        feedback: one :class:`FeedbackSignals` per feedback edge (same order as ``circuit.B``).
+        forward: one `ForwardSignals` per forward layer ``1..L`` (index ``l-1``).
+        feedback: one `FeedbackSignals` per feedback edge (same order as ``circuit.B``).
     """
 
     forward: tuple[ForwardSignals, ...]
@@ -156,7 +156,7 @@ class Deltas:
     B: list[Tensor | None]
 
     def flat(self) -> list[Tensor | None]:
-        """Deltas in the canonical order of :meth:`Circuit.plastic_tensors`."""
+        """Deltas in the canonical order of `Circuit.plastic_tensors`."""
         return [*self.W, *self.b, *self.B]
 
 
@@ -164,7 +164,7 @@ class Rule(ABC):
     """A plasticity rule.
 
     Subclasses are dataclasses holding hyperparameters; register them with
-    :func:`heterograd.rules.register_rule` to make them available by name in the
+    `heterograd.rules.register_rule` to make them available by name in the
     CLI and the training loop (which never needs to change for a new rule).
     """
 
@@ -173,16 +173,16 @@ class Rule(ABC):
     plastic_feedback: ClassVar[bool] = False
     feedback: ClassVar[str] = "frozen"
     """What ``B`` is in a converted model: ``plastic`` (a parameter the rule updates), ``frozen`` (a fixed
-    buffer), ``none`` (no ``B``: transport is derived from ``W``, see :meth:`transport_weights`),
+    buffer), ``none`` (no ``B``: transport is derived from ``W``, see `transport_weights`),
     ``direct`` (a fixed buffer ``D`` from the output error, direct feedback alignment)."""
     heterosynaptic: ClassVar[bool] = False
     """True when the feedback pathway learns by its own local rule (never by reading ``W``)."""
     circuit_engine: ClassVar[bool] = True
-    """Whether the rule applies to the :class:`~heterograd.circuits.Circuit` engine."""
+    """Whether the rule applies to the `Circuit` engine."""
     uses_correlation: ClassVar[bool] = False
-    """Whether :meth:`deltas` reads the bilinear correlation ``C(u, h)`` (an engine may then precompute it)."""
+    """Whether `deltas` reads the bilinear correlation ``C(u, h)`` (an engine may then precompute it)."""
     nn_engine: ClassVar[bool] = True
-    """Whether the rule applies to converted ``torch.nn`` models (:func:`heterograd.nn.convert`)."""
+    """Whether the rule applies to converted ``torch.nn`` models (`heterograd.nn.convert`)."""
 
     def transport_weights(self, W: Tensor, B: Tensor | None, synapse: Synapse, generator: Any = None) -> Tensor:
         """The matrix that carries the feedback through a converted layer, laid out like ``B``.
@@ -198,33 +198,33 @@ class Rule(ABC):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None] | None:
         """Optional fast path for one converted layer: ``(-ΔW, -Δb, -ΔB)`` directly, the ``.grad`` to write.
 
-        ``B`` is passed only when it is plastic. Must equal the negated :meth:`deltas` of the same one-layer
+        ``B`` is passed only when it is plastic. Must equal the negated `deltas` of the same one-layer
         signals (a test checks every rule that implements it). ``None`` (the default): the engine calls
-        :meth:`deltas`.
+        `deltas`.
         """
         return None
 
     def layer_deltas(
         self, signals: Signals, params: Params, state: Any
     ) -> Iterator[tuple[str, int, Tensor | None]] | None:
-        """Optional: :meth:`deltas` one piece at a time, so a plain-SGD step can apply and free each as it comes.
+        """Optional: `deltas` one piece at a time, so a plain-SGD step can apply and free each as it comes.
 
         Yields ``(kind, index, delta)`` with ``kind`` in ``"W"``, ``"b"``, ``"B"`` (``index`` into ``params.W``,
-        ``params.b``, ``params.B``), every delta exactly (bit for bit) the one :meth:`deltas` returns, and
+        ``params.b``, ``params.B``), every delta exactly (bit for bit) the one `deltas` returns, and
         each final when yielded: the caller may add it to its tensor at once, which later pieces never read.
         Only for rules whose state is unchanged by a step. ``None`` (the default): not supported.
         """
         return None
 
     def needs_potential(self) -> bool:
-        """Whether :meth:`deltas` reads ``p`` (a converted layer then keeps its output for the backward)."""
+        """Whether `deltas` reads ``p`` (a converted layer then keeps its output for the backward)."""
         return False
 
     @classmethod
     def unused_hyperparameters(cls, given: dict[str, Any]) -> dict[str, str]:
         """Hyperparameters (among the fields) that ``given`` makes meaningless, each with the reason.
 
-        ``given`` holds the hyperparameters set for :func:`~heterograd.rules.make_rule` (no ``None``).
+        ``given`` holds the hyperparameters set for `make_rule` (no ``None``).
         The default: every field always matters. A rule whose fields override each other says so
         here, and setting an overridden one is an error rather than silently ignored.
         """

@@ -11,7 +11,7 @@
 
 All of them update ``W`` by the bilinear rule ``ΔW = -(C(u, h) + λW)`` and never change ``B``. The
 sign-symmetry rules need ``W`` at the feedback synapse, which the Circuit engine's local signals do not
-offer: they apply to converted models (:func:`heterograd.nn.convert`) only.
+offer: they apply to converted models (`heterograd.nn.convert`) only.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class DFA(ForwardOnly):
 
     In a converted model ``D_l`` is Xavier uniform; a conv layer's is a kernel ``(K, C_in, *k)`` shaped like
     its own, from the ``K`` outputs to its input channels, applied by the convolution transpose to the output
-    error spread over the layer's ``P`` output positions (see :func:`heterograd.nn.convert`).
+    error spread over the layer's ``P`` output positions (see `heterograd.nn.convert`).
 
     Args:
         weight_decay: ``λ``.

@@ -1,6 +1,6 @@
 """The bilinear (Kolen–Pollack motif) forward and feedback updates, shared by several rules.
 
-Written over the synapse operations (:mod:`heterograd.synapses`): ``ΔW = -(C(u, h) + λW)`` with the
+Written over the synapse operations (`heterograd.synapses`): ``ΔW = -(C(u, h) + λW)`` with the
 correlation ``C`` of the layer's synapse type, so one code path serves the dense Circuit engine and the
 dense / conv / embedding layers of converted models. The dense correlation is the Circuit's hot path.
 
@@ -37,7 +37,7 @@ def neg_outer_mean(post: Tensor, pre: Tensor) -> Tensor:
 def neg_correlation(sig: ForwardSignals) -> Tensor:
     """``-C(u, h_pre)`` laid out like ``W``, a fresh tensor.
 
-    Dense Circuit signals (``scale = None``) give ``mm(uᵀ · (-1/n), h)``, i.e. :func:`neg_outer_mean` bit for bit.
+    Dense Circuit signals (``scale = None``) give ``mm(uᵀ · (-1/n), h)``, i.e. `neg_outer_mean` bit for bit.
     """
     if sig.C is not None:
         return sig.C.neg()
@@ -92,7 +92,7 @@ def feedback_delta(
 
     ``'`` is the synapse's feedback layout (dense: ``h_post u_preᵀ / n``, the transpose). For an adjacent
     edge ``G_forward`` may pass layer ``src``'s ``C(u, h)`` (or its negation with ``negated=True``, as
-    from :func:`neg_correlation`); laid out like ``B`` it is exactly ``C(u_pre, h_post)'`` (no extra
+    from `neg_correlation`); laid out like ``B`` it is exactly ``C(u_pre, h_post)'`` (no extra
     product). ``G_forward`` is not changed.
     """
     syn = sig.synapse

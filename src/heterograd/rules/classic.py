@@ -25,7 +25,7 @@ def _check_decay(weight_decay: float) -> None:
 
 
 def _forward_only(signals: Signals, params: Params, weight_decay: float) -> Deltas:
-    """Bilinear forward deltas for every layer, feedback frozen (the rules of :class:`ForwardOnly`)."""
+    """Bilinear forward deltas for every layer, feedback frozen (the rules of `ForwardOnly`)."""
     dW, db = [], []
     for sig, W, b in zip(signals.forward, params.W, params.b, strict=True):
         w, bb = forward_delta(sig, W, b, weight_decay)
@@ -104,7 +104,8 @@ class HSP(Rule):
     ``ΔW_l = -(u_l h_{l-1}ᵀ/n + λ W_l)``,  ``ΔB = -(c · h_post u_preᵀ/n + λ B)``.
     On an adjacent edge ``ΔB_l = c ΔW_lᵀ`` up to decay, computed by transposing the
     outer product already formed for ``W`` (same matrix products as backprop).
-    ``c = 1`` is Kolen–Pollack; ``B - c Wᵀ`` decays as ``(1 - ηλ)^t``.
+    ``c = 1`` is Kolen–Pollack (rule ``kp``); the default gain is ``c = 0.5``, so that ``hsp`` by default is not
+    ``kp``. ``B - c Wᵀ`` decays as ``(1 - ηλ)^t``.
     """
 
     name: ClassVar[str] = "hsp"
@@ -113,7 +114,7 @@ class HSP(Rule):
     heterosynaptic: ClassVar[bool] = True
     uses_correlation: ClassVar[bool] = True
     weight_decay: float = 0.0
-    feedback_gain: float = 1.0
+    feedback_gain: float = 0.5
 
     def __post_init__(self) -> None:
         _check_decay(self.weight_decay)
@@ -139,7 +140,7 @@ class HSP(Rule):
         return bilinear_layer_grads(sig, W, b, B, self.weight_decay, self.feedback_gain)
 
     def layer_deltas(self, signals: Signals, params: Params, state: Any) -> Iterator[tuple[str, int, Tensor | None]]:
-        """:meth:`deltas` layer by layer (same ops on each tensor, so bit for bit equal): at most one layer's
+        """`deltas` layer by layer (same ops on each tensor, so bit for bit equal): at most one layer's
         correlation and its adjacent ``ΔB`` are alive at a time when the caller applies and drops each piece."""
         lam, c = self.weight_decay, self.feedback_gain
         adjacent: dict[int, list[int]] = {}
@@ -174,6 +175,7 @@ class KP(HSP):
     """
 
     name: ClassVar[str] = "kp"
+    feedback_gain: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

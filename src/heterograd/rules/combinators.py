@@ -2,7 +2,7 @@
 
 ``Freeze(rule, layers=(1,))`` runs ``rule`` unchanged and then returns ``None`` deltas for the
 forward weights ``W_l`` and biases ``b_l`` of the frozen layers (``None`` means "this tensor does
-not change" to every motif and to :func:`heterograd.train.apply_steps`). Optionally the feedback
+not change" to every motif and to `heterograd.train.apply_steps`). Optionally the feedback
 edges *into* frozen layers are frozen as well: a frozen layer uses no teaching signal, so plasticity
 of the feedback that would teach it is pointless.
 
@@ -41,7 +41,7 @@ class Freeze(Rule):
 
     The wrapped rule's ``init`` and ``teaching`` are used as they are; its state passes through.
     Layer indices are checked against the circuit at the first step (a layer that does not exist is
-    a :class:`HeterogradError`). Weight decay of frozen layers is frozen too: nothing touches them.
+    a `HeterogradError`). Weight decay of frozen layers is frozen too: nothing touches them.
 
     Example:
         >>> from heterograd.rules import make_rule

@@ -14,8 +14,8 @@ its potential ``p_j``, and the upper neuron's ``u_k`` at t', giving
 ``(h·u, p·u, h, u, h²·u, h·u², B, 1)``. The bilinear rule is
 ``θ_W = (1,0,0,0,0,0,λ,0)``, ``θ_B = (c,0,0,0,0,0,λ,0)``.
 
-:func:`poly_delta` works on any number of leading batch dimensions (e.g. a
-population of circuits in :mod:`heterograd.evolve`).
+`poly_delta` works on any number of leading batch dimensions (e.g. a
+population of circuits in `heterograd.evolve`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ RULES: dict[str, type[Rule]] = {}
 
 
 def register_rule(cls: R) -> R:
-    """Class decorator: make a :class:`Rule` subclass available by its ``name``."""
+    """Class decorator: make a `Rule` subclass available by its ``name``."""
     name = cls.name
     if name in RULES and RULES[name] is not cls:
         raise HeterogradError(f"a rule named {name!r} is already registered; choose another name")
@@ -34,12 +34,12 @@ def rule_hyperparameters(name: str) -> tuple[str, ...]:
 
 
 def check_rule_hyperparameters(name: str, **hyper: Any) -> None:
-    """Raise a :class:`HeterogradError` for a hyperparameter that rule ``name`` would ignore.
+    """Raise a `HeterogradError` for a hyperparameter that rule ``name`` would ignore.
 
     ``hyper`` maps hyperparameter names to values; ``None`` means "not set" and is never an error.
     A value is an error when the rule has no such field (e.g. ``feedback_gain`` with ``fa``: its
     feedback is fixed) or when the rule says the other values make it meaningless
-    (:meth:`Rule.unused_hyperparameters`, e.g. ``feedback_gain`` with ``poly`` given ``theta_b``).
+    (`Rule.unused_hyperparameters`, e.g. ``feedback_gain`` with ``poly`` given ``theta_b``).
     """
     given = {k: v for k, v in hyper.items() if v is not None}
     fields = rule_hyperparameters(name)
@@ -59,8 +59,8 @@ def make_rule(name: str, **hyper: Any) -> Rule:
     """Build a registered rule by name.
 
     ``None`` values mean "not set" (the rule's default). A value the rule would ignore, because it
-    has no such hyperparameter or the other values override it, is a :class:`HeterogradError`
-    (see :func:`check_rule_hyperparameters`): an option is never dropped in silence.
+    has no such hyperparameter or the other values override it, is a `HeterogradError`
+    (see `check_rule_hyperparameters`): an option is never dropped in silence.
 
     >>> make_rule("hsp", weight_decay=1e-4, feedback_gain=0.5).feedback_gain
     0.5
@@ -71,6 +71,36 @@ def make_rule(name: str, **hyper: Any) -> Rule:
 
 # the rule options TrainConfig and the command line pass to make_rule (named in error messages)
 _CONFIG_HYPER = ("weight_decay", "feedback_gain", "theta_w", "theta_b")
+
+#: The defaults of a *run*: ``TrainConfig`` / ``heterograd train`` and ``convert(model, "name")`` fill them in
+#: where the rule takes the option and it was not set. ``λ = 1e-4``: the decay term is what lets ``B`` forget
+#: its random start (``B - cWᵀ`` shrinks as ``(1 - ηλ)^t``, docs/theory.md); ``c = 1`` except ``hsp``, whose
+#: default gain is ``0.5`` (at ``c = 1`` it would be ``kp``). A rule built directly (``make_rule``, the rule
+#: classes) is the bare equation: ``λ = 0`` unless given.
+RUN_DEFAULTS: dict[str, float] = {"weight_decay": 1e-4, "feedback_gain": 1.0}
+#: per-rule exceptions to `RUN_DEFAULTS`.
+RULE_RUN_DEFAULTS: dict[str, dict[str, float]] = {"hsp": {"feedback_gain": 0.5}}
+
+
+def run_defaults(name: str, given: dict[str, Any]) -> dict[str, float]:
+    """The run defaults (`RUN_DEFAULTS`) of rule ``name`` for the options not in ``given`` (``None``: unset).
+
+    Only options the rule takes and that the given ones leave meaningful (``poly`` given ``theta_b`` has no
+    ``feedback_gain``).
+
+    >>> run_defaults("hsp", {})
+    {'weight_decay': 0.0001, 'feedback_gain': 0.5}
+    >>> run_defaults("fa", {"weight_decay": 0.0})
+    {}
+    """
+    takes = rule_hyperparameters(name)
+    set_ = {k: v for k, v in given.items() if v is not None}
+    unused = RULES[name].unused_hyperparameters(set_)
+    out: dict[str, float] = {}
+    for k, v in {**RUN_DEFAULTS, **RULE_RUN_DEFAULTS.get(name, {})}.items():
+        if k in takes and k not in unused and k not in set_:
+            out[k] = v
+    return out
 
 
 def _flag(name: str) -> str:

@@ -40,7 +40,7 @@ class Synapse(ABC):
 
     @abstractmethod
     def as_forward(self, B: Tensor) -> Tensor:
-        """The inverse of :meth:`as_feedback`: ``B`` seen in ``W``'s shape (a view)."""
+        """The inverse of `as_feedback`: ``B`` seen in ``W``'s shape (a view)."""
 
     def transport_and_correlation(
         self, u: Tensor, B: Tensor | None, pre: Tensor, scale: float, need_transport: bool

@@ -99,7 +99,7 @@ class Conv(Synapse):
     def transport_correlation_bias(
         self, u: Tensor, B: Tensor | None, pre: Tensor, scale: float, need_transport: bool, need_bias: bool
     ) -> tuple[Tensor | None, Tensor, Tensor | None]:
-        """As :meth:`transport_and_correlation`, plus :meth:`bias_correlation` from the same call when asked."""
+        """As `transport_and_correlation`, plus `bias_correlation` from the same call when asked."""
         w = B if B is not None else u.new_empty(()).expand(self.weight_shape)
         args = list(self._args())
         if need_bias:

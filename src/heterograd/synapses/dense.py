@@ -2,7 +2,7 @@
 
 Presynaptic tensors may carry extra position dimensions between batch and features (``(n, T, n_pre)``,
 as in a transformer); the correlation sums over them. The 2-D correlation is the hot path of the
-:class:`~heterograd.circuits.Circuit` engine: ``mm(post.t() · scale, pre)`` scales the small ``(n, I)``
+`Circuit` engine: ``mm(post.t() · scale, pre)`` scales the small ``(n, I)``
 operand, not the ``(I, J)`` result (for ``scale = -1/n`` with ``n`` a power of two it equals
 ``-postᵀ pre / n`` bit for bit).
 """
