@@ -107,6 +107,7 @@ def circuit_accuracy(digits, topology: str, mode: str = "full") -> float:
         epochs=5,
         probes=False,
         rule="fa" if mode == "broken" else "hsp",
+        feedback_gain=None if mode == "broken" else 1.0,  # c = 1, the gain the margin was set at (hsp's default is 0.5)
     )
     tr = Trainer(cfg, digits)
     if mode == "readout":
