@@ -36,6 +36,7 @@ def test_planted_zero_transport_stops_all_feedback_to_hidden_layers(rule):
         assert torch.count_nonzero(layers[name].weight.grad) == 0, name
 
 
+@pytest.mark.needs_data("fashion-mnist")  # its LeNet-5 check reads Fashion-MNIST
 def test_a_planted_broken_transport_fails_every_learning_check(digits):
     """The closing check of issue 20 item 3: the same checks that pass for working feedback fail here."""
     readout = _train_digits("bp", digits, mode="readout")[1]
