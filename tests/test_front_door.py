@@ -104,6 +104,9 @@ def small_argv(line: str) -> list[str]:
     for a in it:
         if a == "--epochs":
             out += [a, str(max(1, int(next(it)) // 20))]
+        elif a == "--n-trials":
+            next(it)
+            out += [a, "2"]
         elif a in ("--population", "--generations"):
             next(it)
             out += [a, "4" if a == "--population" else "1"]
@@ -111,6 +114,8 @@ def small_argv(line: str) -> list[str]:
             out.append(a)
     if out[:1] in (["train"], ["demo"], ["evolve"], ["repro"]):
         out.append("--no-progress")
+    if out[:1] == ["tune"]:
+        out += ["--n-train", "512", "--val-size", "128", "--no-progress"]
     if out[:1] == ["train"] and "--resume" not in out:
         out += ["--n-train", "256", "--n-test", "64"]
     if out[:1] == ["evolve"]:
