@@ -41,7 +41,7 @@ from ..circuits import Circuit
 from ..data import Dataset, load_dataset
 from ..errors import HeterogradError
 from ..runtime import environment
-from .runner import _loadavg, autograd_mlp
+from .runner import _loadavg, autograd_mlp, torch_threads
 
 CLI_EPOCH_TARGET = 1.03
 """The ``cli`` epoch may take at most this many times the hand-written loop's (issue 23)."""
@@ -183,10 +183,7 @@ def run_cli_epoch(cfg: EpochBenchConfig, progress: Callable[[str], None] | None 
     """Time ``cfg.rounds`` interleaved rounds of both sides; the result dict (``config``, ``rounds``, ``ratio``...)."""
     cfg.validate()
     say = progress or (lambda _msg: None)
-    old_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         data = load_dataset(cfg.data, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)
         if data.n_classes is None:
             raise HeterogradError(f"cli-epoch needs a classification data set, not {cfg.data!r}; e.g. fashion-mnist")
@@ -269,8 +266,6 @@ def run_cli_epoch(cfg: EpochBenchConfig, progress: Callable[[str], None] | None 
                 "the dataset is loaded once, before the rounds, for both"
             ),
         }
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def epoch_markdown(result: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ step-peak ratio ``memory_ratio_to_bp`` shows what a plastic ``B`` and its optimi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -53,7 +54,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -575,13 +576,20 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     """
     cfg.validate()
     say = progress or (lambda _msg: None)
-    old_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, say)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` inside the block (``None``: leave it), the old count restored after."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(old_threads)
+        torch.set_num_threads(old)
 
 
 def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
