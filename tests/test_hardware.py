@@ -322,6 +322,7 @@ def test_loss_crossing_and_comparison_can_go_either_way():
 
 
 @pytest.mark.slow
+@pytest.mark.needs_data("fashion-mnist")
 def test_quick_hardware_experiment_verdict(tmp_path):
     from heterograd.experiments import run_experiment
 

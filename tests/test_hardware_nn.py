@@ -406,6 +406,7 @@ def test_docs_example_runs(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_data("fashion-mnist")
 def test_quick_hardware_lenet_experiment_verdict(tmp_path):
     from heterograd.experiments import run_experiment
     from heterograd.experiments.hardware import compare

@@ -171,6 +171,7 @@ def test_repro_help_documents_the_exit_codes():
 
 
 @pytest.mark.slow
+@pytest.mark.needs_data("fashion-mnist")
 def test_repro_all_quick_via_cli(tmp_path):
     out = tmp_path / "repro"
     proc = subprocess.run(

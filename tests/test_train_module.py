@@ -343,6 +343,7 @@ def test_convnets_targets_fail_on_nan():
 
 
 @pytest.mark.slow
+@pytest.mark.needs_data("fashion-mnist")
 def test_convnets_quick_mode_verdict(tmp_path):
     from heterograd.experiments import run_experiment
 

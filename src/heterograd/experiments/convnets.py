@@ -40,7 +40,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from ..config import TrainConfig
+from ..config import TrainConfig, from_recorded
 from ..data import load_dataset
 from ..errors import HeterogradError
 from ..results import atomic_write_text, write_json
@@ -208,7 +208,7 @@ def tune_rule(job: tuple[str, Scale, str, int]) -> dict[str, Any]:
 def final_config(best: dict[str, Any], scale: Scale, seed: int) -> TrainConfig:
     """The best configuration trained on the whole training set for ``scale.final_epochs`` epochs."""
     return dataclasses.replace(
-        TrainConfig(**{k: v for k, v in best.items()}),
+        TrainConfig(**from_recorded(best)),
         seed=seed,
         epochs=scale.final_epochs,
         n_train=scale.final_train,

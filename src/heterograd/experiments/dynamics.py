@@ -114,16 +114,19 @@ def _one_run(ds: Any, wiring: dict[str, Any], seed: int, steps: int, log: int) -
     """Train one circuit; returns the logged series (iteration 0 included) and the final test accuracy."""
     spe = ds.x_train.shape[0] // 32
     wiring = dict(wiring)
+    rule = wiring.pop("rule", "hsp")
+    if rule == "hsp":
+        wiring.setdefault("feedback_gain", 1.0)  # c = 1 unless the wiring sets it (the hsp run default is 0.5)
     cfg = TrainConfig(
         data=DATA,
-        rule=wiring.pop("rule", "hsp"),
+        rule=rule,
         hidden=HIDDEN,
         epochs=math.ceil(steps / spe),
         seed=seed,
         weight_decay=WEIGHT_DECAY,
         probe_size=256,
         log_every=log,
-        **{"feedback_gain": 1.0, **wiring},  # c = 1 unless the wiring sets it (the hsp run default is 0.5)
+        **wiring,
     )
     tr = trainer_with(cfg, ds)
     layers = tr.circuit.hidden_layers

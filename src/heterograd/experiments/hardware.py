@@ -316,9 +316,10 @@ def run(ctx: Context) -> Verdict:
     runs: list[dict[str, Any]] = []
 
     def cfg(rule: str, seed: int, model: str, options: dict[str, Any]) -> TrainConfig:
+        fields = {"feedback_gain": 1.0 if rule == "hsp" else None, **rule_options(rule)}  # hsp at c = 1, as committed
         return TrainConfig(
             data="fashion-mnist",
-            **rule_options(rule),
+            **fields,
             hidden=hidden,
             epochs=epochs,
             seed=seed,
@@ -327,7 +328,6 @@ def run(ctx: Context) -> Verdict:
             probe_size=256,
             device_model=model,
             device_model_options=options,
-            feedback_gain=1.0 if rule == "hsp" else None,  # hsp at c = 1, as committed (its run default is 0.5)
         )
 
     with torch_threads(1):

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, not_applicable
 from ..data import Dataset, load_dataset
 from ..errors import HeterogradError
 from ..progress import Progress
@@ -373,13 +373,17 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The fields in which two recorded configs (``TrainConfig.to_dict()``, JSON-normalised) differ.
 
     A field only one of them records (a newer or older heterograd) counts as the same when its value is the
-    field's default, so a study or run recorded before a field was added still matches.
+    field's default, so a study or run recorded before a field was added still matches. The circuit options
+    that do not apply to the run's model (`heterograd.config.not_applicable`: ``hidden`` of a LeNet-5, which
+    heterograd 0.3.0 records as ``None`` and earlier versions recorded as the unused default) never differ.
     """
     import json
 
     defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    model_old, model_new = old.get("model"), new.get("model")
+    ignored = set(not_applicable(model_old)) & set(not_applicable(model_new)) if model_old == model_new else set()
     out = []
-    for k in sorted(set(old) | set(new)):
+    for k in sorted((set(old) | set(new)) - ignored):
         a, b = old.get(k, defaults.get(k)), new.get(k, defaults.get(k))
         if a != b:
             out.append(k)
