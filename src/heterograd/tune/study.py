@@ -336,7 +336,11 @@ def run_study(
 
 
 def _check_same_study(study: Any, record: dict[str, Any], name: str, url: str) -> None:
-    """A continued study must tune the same base config, split and space; record them in a new one."""
+    """A continued study must tune the same base config, split and space; record them in a new one.
+
+    The base config's searched fields (the space's names) are not compared: every trial replaces them, so a
+    study started when their unused base value was another default (hsp's ``feedback_gain``) still continues.
+    """
     import json
 
     def norm(x: Any) -> Any:
@@ -348,7 +352,10 @@ def _check_same_study(study: Any, record: dict[str, Any], name: str, url: str) -
         return
     for key, what in (("base_config", "training options"), ("split", "validation split"), ("space", "search space")):
         if key == "base_config":
-            changed = config_differences(norm(old.get(key) or {}), norm(record[key]))
+            searched = set(record.get("space") or {})
+            base_old = {k: v for k, v in norm(old.get(key) or {}).items() if k not in searched}
+            base_new = {k: v for k, v in norm(record[key]).items() if k not in searched}
+            changed = config_differences(base_old, base_new)
             diff = f" ({', '.join(changed)})"
         else:
             changed = ["x"] if norm(old.get(key)) != norm(record[key]) else []
