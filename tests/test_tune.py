@@ -81,6 +81,32 @@ def test_a_rerun_with_other_options_is_refused(capsys, tmp_path):
     assert code == 2 and "other training options (batch_size)" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_rerun_whose_base_differs_only_in_a_searched_field_continues(tmp_path):
+    """A searched field's base value is replaced by every trial: a changed default there is no other study."""
+    base = TrainConfig(data="digits", rule="hsp", hidden=(16,), n_train=300, epochs=1, feedback_gain=1.0)
+    space = space_from_mapping(
+        {"lr": {"low": 1e-3, "high": 0.1, "log": True}, "feedback_gain": {"low": 0.1, "high": 2.0}}, base
+    )
+    run_study(base, space, StudyOptions(n_trials=1, startup_trials=1), tmp_path)
+    other = TrainConfig(data="digits", rule="hsp", hidden=(16,), n_train=300, epochs=1, feedback_gain=0.5)
+    res = run_study(other, space, StudyOptions(n_trials=1, startup_trials=1), tmp_path)
+    assert res.summary["trials"] == 2
+    unsearched = TrainConfig(data="digits", rule="hsp", hidden=(16,), n_train=300, epochs=1, feedback_gain=0.5,
+                             batch_size=16)  # fmt: skip
+    with pytest.raises(HeterogradError, match=r"other training options \(batch_size\)"):
+        run_study(unsearched, space, StudyOptions(n_trials=1, startup_trials=1), tmp_path)
+
+
+def test_config_differences_ignores_circuit_options_a_zoo_model_does_not_use():
+    """heterograd 0.2 recorded a LeNet-5 run's unused hidden/activation; 0.3 records None: the same run."""
+    new = json.loads(json.dumps(TrainConfig(data="digits", model="lenet5", rule="fa").to_dict()))
+    old = {**new, "hidden": [128, 128], "activation": "tanh", "topology": "layered"}
+    assert new["hidden"] is None and study_module.config_differences(old, new) == []
+    assert study_module.config_differences({**old, "lr": 0.5}, new) == ["lr"]
+    mlp = json.loads(json.dumps(TrainConfig(data="digits", model="mlp", rule="fa").to_dict()))
+    assert study_module.config_differences({**mlp, "hidden": [7]}, mlp) == ["hidden"]  # mlp uses hidden
+
+
 def test_the_study_never_sees_the_test_set(tmp_path, monkeypatch):
     ds = load_dataset("digits")
     seen = []
