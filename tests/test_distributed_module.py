@@ -245,7 +245,7 @@ def test_torchrun_model_cli_equals_single_process(tmp_path, factory):
 
 def test_every_cuda_device_becomes_this_ranks_gpu(monkeypatch):
     """A resumed config holds rank 0's `cuda:0`; rank 1 must still take `cuda:1` (one GPU per rank)."""
-    import heterograd.distributed as d
+    import heterograd.distributed.trainer as d
 
     monkeypatch.setattr(d, "resolve_device", lambda dev: dev)
     monkeypatch.setattr(d, "init_distributed", lambda dev: (1, 2))
