@@ -16,7 +16,7 @@ from torch import nn
 
 from heterograd import HeterogradError, convert
 from heterograd.models import lenet5
-from heterograd.nn.convert import xavier_bound
+from heterograd.nn.convert import fan_in_bound, xavier_bound
 
 
 def _lenet(rule: str, **kw):
@@ -193,3 +193,62 @@ def test_dfa_lenet5_learns_beyond_its_readout():
     dfa = _fashion_lenet_accuracy("dfa", readout_only=False, seed=0)
     readout = _fashion_lenet_accuracy("dfa", readout_only=True, seed=0)
     assert math.isfinite(dfa) and dfa >= readout + 0.02, (dfa, readout)
+
+
+# --------------------------------------------------------------------------- feedback_scale: the 0.2 draws, to measure
+def test_fan_in_bound_is_the_0_2_bound():
+    assert fan_in_bound((120, 400)) == pytest.approx(1 / math.sqrt(400))
+    assert fan_in_bound((16, 6, 5, 5)) == pytest.approx(1 / math.sqrt(150))  # W[0].numel(), as 0.2 took it
+
+
+@pytest.mark.parametrize("rule", ["fa", "frsf", "hsp"])
+def test_feedback_scale_fan_in_draws_the_same_numbers_on_the_0_2_bound(rule):
+    new, _ = _lenet(rule)
+    same, _ = _lenet(rule, feedback_scale="xavier")
+    old, _ = _lenet(rule, feedback_scale="fan_in")
+    for name in ("conv2", "fc1", "fc2", "fc3"):
+        shape = tuple(getattr(new, name).weight.shape)
+        B_new, B_old = getattr(new, name).feedback.detach(), getattr(old, name).feedback.detach()
+        assert torch.equal(getattr(same, name).feedback, B_new)  # the default is xavier, unchanged
+        bound = 1 / math.sqrt(math.prod(shape[1:]))
+        assert float(B_old.abs().max()) <= bound and float(B_old.abs().max()) > 0.95 * bound
+        ratio = fan_in_bound(shape) / xavier_bound(shape)
+        assert torch.allclose(B_old.double(), B_new.double() * ratio, rtol=1e-6, atol=0)
+
+
+def test_brsf_feedback_scale_fan_in_redraws_on_the_0_2_bound():
+    old, _ = _lenet("brsf", feedback_scale="fan_in")
+    new, _ = _lenet("brsf")
+    for name in ("conv2", "fc1"):
+        W = getattr(old, name).weight.detach()
+        M_old, M_new = _transport(old, name), _transport(new, name)  # the first draw of the same generator
+        bound = 1 / math.sqrt(W[0].numel())
+        assert float(M_old.abs().max()) <= bound and float(M_old.abs().max()) > 0.95 * bound
+        ratio = fan_in_bound(tuple(W.shape)) / xavier_bound(tuple(W.shape))
+        assert torch.allclose(M_old.double(), M_new.double() * ratio, rtol=1e-5, atol=0)
+        assert torch.equal(torch.sign(M_old), torch.sign(W) if W.dim() > 2 else torch.sign(W).t())
+    assert old.fc1.plasticity.rule.feedback_scale == "fan_in"
+
+
+@pytest.mark.parametrize(
+    ("rule", "kw", "match"),
+    [
+        ("fa", {"feedback_scale": "he"}, "unknown feedback scale 'he'"),
+        ("usf", {"feedback_scale": "fan_in"}, "follow_weights=True"),
+        ("bp", {"feedback_scale": "fan_in"}, "draws none"),
+        ("dfa", {"feedback_scale": "fan_in"}, "draws none"),
+        ("fa", {"feedback_scale": "fan_in", "feedback_init": "transpose"}, "feedback_init='random'"),
+    ],
+)
+def test_feedback_scale_that_does_not_apply_is_an_error(rule, kw, match):
+    with pytest.raises(HeterogradError, match=match):
+        _lenet(rule, **kw)
+
+
+def test_feedback_scale_with_a_brsf_object_is_an_error():
+    from heterograd.rules import make_rule
+
+    with pytest.raises(HeterogradError, match=r"BRSF\(feedback_scale"):
+        convert(lenet5(seed=0), make_rule("brsf"), feedback_scale="fan_in")
+    with pytest.raises(HeterogradError, match="brsf feedback_scale"):
+        make_rule("brsf", feedback_scale="big")
