@@ -21,7 +21,7 @@ from torch import nn
 import heterograd
 from heterograd import HeterogradError, TrainConfig, Trainer, TrainingInterrupted
 from heterograd.cli import main
-from heterograd.data import Dataset
+from heterograd.data import Dataset, load_dataset
 from heterograd.nn import convert, plastic_layers
 from heterograd.rules import make_rule
 from heterograd.train_module import ModuleTrainer
@@ -183,6 +183,31 @@ def test_a_run_that_learns_nothing_is_flagged_with_its_criterion(digits: Dataset
     assert learned["no_learning"] is None and learned["test_accuracy"] > 0.5
 
 
+def test_the_untrained_loss_is_measured_on_an_evenly_spaced_subset_of_the_test_set() -> None:
+    """At most 1024 test examples, every k-th: an unbiased estimate at a fraction of a full pass."""
+    from heterograd.train import INITIAL_LOSS_EXAMPLES, evaluate
+
+    ds = load_dataset("teacher", n_train=64, n_test=3000)
+    tr = Trainer(TrainConfig(data="teacher", epochs=1, probes=False), ds)
+    every = 3  # ceil(3000 / 1024)
+    sub = ds.x_test[::every]
+    assert INITIAL_LOSS_EXAMPLES == 1024 and sub.shape[0] == 1000
+    assert tr.untrained_test_loss() == evaluate(tr.circuit, tr.loss, sub, ds.y_test[::every])[0]
+    assert tr.untrained_test_loss() != tr.evaluate_test()[0]  # not the full pass
+    small = Trainer(
+        TrainConfig(data="teacher", epochs=1, probes=False), load_dataset("teacher", n_train=64, n_test=500)
+    )
+    assert small.untrained_test_loss() == small.evaluate_test()[0]  # fewer than 1024: all of them
+    tr.fit(None, progress=False)
+    assert (
+        tr.initial_test_loss is not None
+        and tr.initial_test_loss
+        == evaluate(
+            Trainer(TrainConfig(data="teacher", epochs=1, probes=False), ds).circuit, tr.loss, sub, ds.y_test[::every]
+        )[0]
+    )  # the run recorded the same subset's loss before its first step
+
+
 def test_cli_says_that_a_run_learned_nothing(capsys, tmp_path: Path) -> None:
     code, out, _ = run_cli(
         capsys,
@@ -285,7 +310,7 @@ def test_running_as_cli_detection() -> None:
 def test_ctrl_c_after_the_folder_is_created(capsys, tmp_path: Path, monkeypatch) -> None:
     """The signal arrives after config.json was written, before the first step: one line, 130, no folder."""
 
-    def interrupted(self: Trainer) -> tuple[float, float]:
+    def interrupted(self: Trainer, *args: object, **kwargs: object) -> tuple[float, float]:
         assert (tmp_path / "r" / "config.json").is_file()
         raise KeyboardInterrupt
 

@@ -632,9 +632,9 @@ class ModuleTrainer(Trainer):
         return {"val_loss": loss, "val_bpc": bits_per_char(loss), "val_perplexity": math.exp(loss),
                 "val_accuracy": acc}  # fmt: skip
 
-    def evaluate_test(self, chunk: int | None = None) -> tuple[float, float | None]:
-        """Mean test loss and accuracy (eval mode: BatchNorm uses its running statistics)."""
-        return self.evaluate(self.data.x_test, self.data.y_test, chunk)
+    def evaluate_test(self, chunk: int | None = None, every: int = 1) -> tuple[float, float | None]:
+        """Mean test loss and accuracy (eval mode: BatchNorm uses running statistics), every ``every``-th example."""
+        return self.evaluate(self.data.x_test[::every], self.data.y_test[::every], chunk)
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor, chunk: int | None = None) -> tuple[float, float | None]:

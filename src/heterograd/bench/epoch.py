@@ -130,10 +130,10 @@ def _sides(cfg: EpochBenchConfig, data: Dataset, tmp: Path, inner: list[float]) 
             finally:
                 TimedTrainer.inner += time.process_time() - c0
 
-        def evaluate_test(self) -> tuple[float, float | None]:
+        def evaluate_test(self, every: int = 1) -> tuple[float, float | None]:
             c0 = time.process_time()
             try:
-                return super().evaluate_test()
+                return super().evaluate_test(every=every)
             finally:
                 TimedTrainer.inner += time.process_time() - c0
 

@@ -33,8 +33,8 @@ from torch import Tensor
 from ..config import TrainConfig
 from ..data import Dataset
 from ..train_module import ModuleTrainer
-from . import RankMixin, _dist, shard_bounds
 from .batchnorm import convert_sync_batchnorm
+from .trainer import RankMixin, _dist, shard_bounds
 
 
 class DistributedModuleTrainer(RankMixin, ModuleTrainer):
@@ -78,7 +78,7 @@ class DistributedModuleTrainer(RankMixin, ModuleTrainer):
 
 def make_distributed_trainer(config: TrainConfig, dataset: Dataset | None = None) -> Any:
     """This rank's trainer: `DistributedModuleTrainer` with ``config.model``, else the circuit one."""
-    from . import DistributedTrainer
+    from .trainer import DistributedTrainer
 
     if config.model is not None:
         return DistributedModuleTrainer(config, dataset)
@@ -93,7 +93,7 @@ def resume_distributed(run_dir: str | Path, dataset: Dataset | None = None, **ov
     one without ``--sync-batchnorm`` also in a single process, and the other way round.
     """
     from ..checkpoint import load_checkpoint
-    from . import DistributedTrainer
+    from .trainer import DistributedTrainer
 
     ck = load_checkpoint(run_dir)
     cls = DistributedModuleTrainer if ck.get("config", {}).get("model") is not None else DistributedTrainer

@@ -106,10 +106,13 @@ def feedback_delta(
         H, scale = syn.as_feedback(G_forward), (gain if negated else -gain)
     if scale == 1.0 and weight_decay and H.stride() == B.stride():  # adjacent dense B is laid out like Wᵀ
         return torch.sub(H, B, alpha=weight_decay)  # one pass; same strides in, same strides out
-    dB = torch.empty_like(B)  # B's layout: the later B += η ΔB is one contiguous pass
-    dB.copy_(H)  # a blocked transpose when the layouts differ (far faster than an elementwise op on it)
-    if scale != 1.0:
-        dB.mul_(scale)
+    if scale != 1.0 and H.stride() == B.stride():  # c·H in one pass, laid out like B (= copy then mul_, bit for bit)
+        dB = torch.mul(H, scale)
+    else:
+        dB = torch.empty_like(B)  # B's layout: the later B += η ΔB is one contiguous pass
+        dB.copy_(H)  # a blocked transpose when the layouts differ (far faster than an elementwise op on it)
+        if scale != 1.0:
+            dB.mul_(scale)
     if weight_decay:
         dB.sub_(B, alpha=weight_decay)
     return dB
