@@ -298,8 +298,12 @@ def _transformer(c: TrainConfig, opts: dict[str, Any], in_shape: tuple[int, ...]
         raise HeterogradError(f"--model {c.model}: {exc}; fix --model-options") from None
 
 
-def convert_for(c: TrainConfig, model: nn.Module, example: Tensor) -> nn.Module:
-    """Convert ``model`` in place for the rule of ``c`` (``example``: a batch of inputs, which ``dfa`` needs)."""
+def convert_for(c: TrainConfig, model: nn.Module, example: Tensor, **options: Any) -> nn.Module:
+    """Convert ``model`` in place for the rule of ``c`` (``example``: a batch of inputs, which ``dfa`` needs).
+
+    ``options``: more `heterograd.convert` keywords and rule options than the config carries (e.g.
+    ``feedback_scale``, ``spread``), passed as they are.
+    """
     return convert(
         model,
         c.rule,
@@ -310,6 +314,7 @@ def convert_for(c: TrainConfig, model: nn.Module, example: Tensor) -> nn.Module:
         example_input=example if RULES[c.rule].feedback == "direct" else None,
         norm_feedback=c.norm_feedback,
         **rule_options(c),
+        **options,
     )
 
 
@@ -460,12 +465,12 @@ class ModuleTrainer(Trainer):
         self.sequence = isinstance(self.data, SequenceData | TextData)
         self.text = isinstance(self.data, TextData)
         in_shape = tuple(self.data.x_train.shape[1:])
-        model = build_model(c, in_shape, int(self.data.n_classes))
+        model = self.build_model(in_shape, int(self.data.n_classes))
         model = model.to(device=self.device, dtype=self.dtype)
         example = self.data.x_train[: min(8, self.data.x_train.shape[0])]
         if self.text:
             check_vocab_width(model, example[:1], int(self.data.n_classes), c.model)
-        convert_for(c, model, example)
+        self.convert_model(model, example)
         self.model = self.circuit = model  # type: ignore[assignment]
         self.model_generator = torch.Generator().manual_seed(c.seed + 104729)  # the model's own draws (dropout)
         self._preflight(example)
@@ -491,6 +496,16 @@ class ModuleTrainer(Trainer):
             self.log_every = c.log_every or max(1, self.steps_per_epoch // 4)
             k = min(c.probe_size, TEXT_PROBE_WINDOWS)
             self.probe_x, self.probe_y = self.data.x_train[:k], self.data.y_train[:k]
+
+    # ..................................................................... model (hooks for experiments)
+    def build_model(self, in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """The unconverted model of the config (`build_model`); a subclass may change it, e.g. its init."""
+        return build_model(self.config, in_shape, num_classes)
+
+    def convert_model(self, model: nn.Module, example: Tensor) -> nn.Module:
+        """Convert ``model`` in place for the config's rule (`convert_for`; ``example`` ``(n, *in_shape)``); a
+        subclass may pass `heterograd.convert` options the config does not carry."""
+        return convert_for(self.config, model, example)
 
     # ..................................................................... steps
     def loss_of(self, out: Tensor, y: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ EXPERIMENT_NAMES: tuple[str, ...] = (
     "dynamics",
     "plasticity",
     "convnets",
+    "definitions",
     "language",
     "rewire-ablation",
 )

@@ -245,6 +245,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "dynamics",
     "plasticity_curve",
     "convnets",
+    "definitions",
     "language",
 )
 """Modules (relative to ``heterograd.experiments``) that register experiments, in report order."""

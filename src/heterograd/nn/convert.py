@@ -43,6 +43,12 @@ FEEDBACK_INITS: tuple[str, ...] = ("random", "transpose", "anti")
 the published implementation's draw (biotorch, Sanfiz & Akrout 2021); ``transpose``: ``B = W`` as transport
 (backprop's start); ``anti``: ``B = -W`` as transport."""
 
+FEEDBACK_SCALES: tuple[str, ...] = ("xavier", "fan_in")
+"""The bound of a random feedback draw (``convert(..., feedback_scale=...)``): ``xavier`` (default),
+`xavier_bound` ``√(6/(fan_in + fan_out))`` of ``W``'s shape, the published implementation's; ``fan_in``,
+`fan_in_bound` ``1/√fan_in``, this library's draw before 0.3.0 (kept to measure the difference,
+docs/convnets.md)."""
+
 _SYNAPSE_TYPES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: PlasticLinear,
     nn.Conv1d: PlasticConv1d,
@@ -123,13 +129,20 @@ def xavier_bound(shape: tuple[int, ...] | torch.Size) -> float:
     return math.sqrt(6.0 / max(1, fan_in + fan_out))
 
 
-def _initial_feedback(W: Tensor, syn: Synapse, init: str, gen: torch.Generator) -> Tensor:
+def fan_in_bound(shape: tuple[int, ...] | torch.Size) -> float:
+    """``1/√fan_in`` with ``fan_in = ∏ shape[1:]`` (``in`` dense, ``in·∏k`` conv): the bound of every random
+    feedback draw before 0.3.0 (``feedback_scale="fan_in"``), the scale of torch's default ``W`` init."""
+    return 1.0 / math.sqrt(max(1, math.prod(shape[1:])))
+
+
+def _initial_feedback(W: Tensor, syn: Synapse, init: str, gen: torch.Generator, scale: str = "xavier") -> Tensor:
     """``B`` laid out like the synapse wants (dense: ``(in, out)`` stored in ``W``'s memory order).
 
-    ``random``: Xavier uniform on ``±`` `xavier_bound` of ``W``'s shape ``(out, in[, *k])``.
+    ``random``: uniform on ``±`` `xavier_bound` (``scale="xavier"``) or ``±`` `fan_in_bound` (``"fan_in"``)
+    of ``W``'s shape ``(out, in[, *k])``; the same draws from ``gen`` either way, only the bound differs.
     """
     if init == "random":
-        bound = xavier_bound(W.shape)
+        bound = xavier_bound(W.shape) if scale == "xavier" else fan_in_bound(W.shape)
         R = (torch.rand(W.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
         M = R.to(dtype=W.dtype, device=W.device)
     else:
@@ -154,6 +167,7 @@ def convert(
     seed: int = 0,
     example_input: Tensor | None = None,
     norm_feedback: str = "exact",
+    feedback_scale: str | None = None,
     **rule_options: Any,
 ) -> nn.Module:
     """Make every plastic connection of ``model`` learn by ``rule``, in place; returns ``model``.
@@ -174,6 +188,12 @@ def convert(
             (``u ⊙ γ/σ`` per channel, statistics held fixed: BatchNorm's batch ``σ`` in training mode, its
             running ``σ`` in eval mode; LayerNorm's and GroupNorm's per-sample ``σ``). ``"local"`` on a model
             without a normalisation layer to convert is an error.
+        feedback_scale: the bound of the random feedback draws (`FEEDBACK_SCALES`): ``"xavier"`` (default,
+            Xavier uniform ``±√(6/(fan_in + fan_out))`` of ``W``'s shape) or ``"fan_in"`` (uniform ``±1/√fan_in``,
+            this library's draw before 0.3.0: ``fa``'s and the start of ``hsp``/``kp``'s ``B``, ``frsf``'s fixed
+            and ``brsf``'s redrawn magnitudes). Only for rules that draw random feedback from ``W``'s shape
+            (``fa``, ``frsf``, ``brsf``, ``hsp``, ``kp``, ``poly``) with ``feedback_init="random"``; ``usf``'s
+            old scale is ``follow_weights=True``.
         **rule_options: the rule's hyperparameters, e.g. ``weight_decay=0.0``, ``feedback_gain=1.0``. A rule given
             by name gets the same defaults as ``heterograd train`` where it takes them: ``weight_decay=1e-4``,
             ``feedback_gain=0.5`` for ``hsp`` (``1.0`` for ``poly``); a `heterograd.rules.Rule` object
@@ -185,14 +205,36 @@ def convert(
     (``None``) when the rule derives the transport from ``W`` (``bp``, ``usf``, ``brsf``).
 
     Raises:
-        HeterogradError: an unknown rule or option (``norm_feedback`` included, or ``"local"`` without a norm
-        layer), a rule that does not apply to converted models, a module with trainable parameters no synapse
-        type covers (all named), a model converted twice.
+        HeterogradError: an unknown rule or option (``norm_feedback`` and ``feedback_scale`` included, or
+        ``"local"`` without a norm layer; ``feedback_scale`` for a rule that draws no random feedback), a rule
+        that does not apply to converted models, a module with trainable parameters no synapse type covers (all
+        named), a model converted twice.
     """
     if not isinstance(model, nn.Module):
         raise HeterogradError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    if feedback_scale is not None and feedback_scale not in FEEDBACK_SCALES:
+        raise unknown_choice("feedback scale", feedback_scale, FEEDBACK_SCALES)
+    if feedback_scale is not None and isinstance(rule, str) and rule == "brsf":  # redrawn each step, by the rule
+        rule_options = {**rule_options, "feedback_scale": feedback_scale}
     r = _build_rule(rule, rule_options)
     has_B = r.feedback in ("plastic", "frozen")
+    if feedback_scale is not None and not isinstance(rule, str) and r.name == "brsf":
+        raise HeterogradError(
+            "a brsf rule object draws its own magnitudes: set BRSF(feedback_scale=...) and drop convert's "
+            "feedback_scale"
+        )
+    if feedback_scale is not None and r.name != "brsf":
+        if not has_B:
+            why = "its old scale, rms(W), is follow_weights=True" if r.name == "usf" else f"feedback: {r.feedback}"
+            raise HeterogradError(
+                f"feedback_scale sets the bound of a random feedback draw, and rule {r.name!r} draws none ({why}); "
+                "drop feedback_scale"
+            )
+        if feedback_init not in (None, "random"):
+            raise HeterogradError(
+                f"feedback_scale sets the bound of a random feedback draw, and feedback_init={feedback_init!r} draws "
+                "none; drop feedback_scale or use feedback_init='random'"
+            )
     if feedback_init is not None:
         if not has_B:
             raise HeterogradError(
@@ -296,7 +338,7 @@ def convert(
                 continue
             m.register_buffer("feedback", _direct_feedback(W, syn, shape, out_size, gen))
         else:
-            B = _initial_feedback(W.detach(), syn, init, gen)
+            B = _initial_feedback(W.detach(), syn, init, gen, feedback_scale or "xavier")
             if r.feedback == "plastic":
                 m.register_parameter("feedback", nn.Parameter(B, requires_grad=W.requires_grad))
             else:
@@ -355,4 +397,4 @@ def plastic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PlasticModule)]
 
 
-__all__ = ["FEEDBACK_INITS", "NORM_FEEDBACK", "convert", "plastic_layers"]
+__all__ = ["FEEDBACK_INITS", "FEEDBACK_SCALES", "NORM_FEEDBACK", "convert", "plastic_layers"]

@@ -123,16 +123,28 @@ class BRSF(_SignSymmetry):
 
     ``|R|`` is uniform on ``[0, √(6/(fan_in + fan_out)))`` of ``W``'s shape (the absolute value of a Xavier
     uniform draw, as in the published implementation), drawn from the layer's own seeded generator. It does
-    not follow ``W``'s scale over training.
+    not follow ``W``'s scale over training. ``feedback_scale="fan_in"`` draws ``|R|`` on ``[0, 1/√fan_in)``
+    instead (``fan_in = ∏ W.shape[1:]``), this library's definition before 0.3.0 (set it with
+    ``convert(model, "brsf", feedback_scale="fan_in")``).
     """
 
     name: ClassVar[str] = "brsf"
     feedback: ClassVar[str] = "none"
     weight_decay: float = 0.0
+    feedback_scale: str = "xavier"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.feedback_scale not in ("xavier", "fan_in"):
+            raise HeterogradError(f"brsf feedback_scale must be 'xavier' or 'fan_in', got {self.feedback_scale!r}")
 
     def transport_weights(self, W: Tensor, B: Tensor | None, synapse: Synapse, generator: Any = None) -> Tensor:
         R = torch.rand(W.shape, generator=generator, dtype=W.dtype, device="cpu").to(W.device)
-        return synapse.as_feedback(R.mul_(math.sqrt(3.0) * _xavier_std(W)).mul_(torch.sign(W)))
+        if self.feedback_scale == "xavier":
+            bound = math.sqrt(3.0) * _xavier_std(W)
+        else:
+            bound = 1.0 / math.sqrt(max(1, math.prod(W.shape[1:])))
+        return synapse.as_feedback(R.mul_(bound).mul_(torch.sign(W)))
 
     def describe(self) -> str:
         return f"B = sign(W) ⊙ |R_t| (redrawn),  ΔW = -η(u·h + {self.weight_decay:g} W)"
