@@ -202,6 +202,27 @@ def convnets_block(ctx: DocContext, args: list[str]) -> str:
     return "".join(out)
 
 
+@generator("definitions-table")
+def definitions_block(ctx: DocContext, args: list[str]) -> str:
+    """Per factor of the committed ``repro definitions`` run: old and new arm (test error %), difference, verdict."""
+    _no_args("definitions-table", args)
+    m = ctx.load("reproduction/definitions/summary.json")["measured"]
+    rows = []
+    for name, f in m.items():
+        if not (isinstance(f, dict) and "old" in f and "new" in f):
+            continue
+
+        def arm(a: dict[str, Any]) -> str:
+            if a.get("diverged"):
+                return f"diverged ({a['diverged']}/{a['runs']})"
+            return f"{_num(a.get('test_error_pct'), '.2f')} ± {_num(a.get('std'), '.2f')}"
+
+        rows.append([f"`{name}`", f["old"]["label"], arm(f["old"]), f["new"]["label"], arm(f["new"]),
+                     _num(f.get("difference"), "+.2f"), "yes" if f.get("holds") else "**no**"])  # fmt: skip
+    header = ["factor", "old", "old: test error %", "new", "new: test error %", "new − old", "holds"]
+    return _table(header, rows)
+
+
 @generator("convert-norm")
 def convert_norm_block(ctx: DocContext, args: list[str]) -> str:
     """ResNet-20 ``kp`` under each ``norm_feedback`` mode (``docs/convert/resnet20_norm_feedback.json``)."""
