@@ -283,3 +283,20 @@ def test_quick_config_is_the_full_recipe_at_a_smaller_size():
     same = {k for k, v in dataclasses.asdict(full).items() if dataclasses.asdict(quick)[k] == v}
     assert {"optimizer", "schedule", "feedback_gain", "model", "rule"} <= same
     assert full.feedback_gain == 0.5 and full.epochs * FULL.steps_per_eval == FULL.final_steps
+
+
+def test_a_finished_run_folder_is_read_back_not_retrained(tmp_path, corpus_file, monkeypatch):
+    """`repro language` reruns read finished runs back: the recorded config (loss 'ce' filled in) matches."""
+    from heterograd.experiments.language import _run_one
+
+    cfg = text_config(corpus_file, epochs=1, probes=False)
+    first = _run_one((cfg, str(tmp_path / "run"), False))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(ModuleTrainer, "fit", refuse)
+    again = _run_one((text_config(corpus_file, epochs=1, probes=False), str(tmp_path / "run"), False))
+    assert again["summary"]["val_bpc"] == first["summary"]["val_bpc"]
+    with pytest.raises(AssertionError, match="trained again"):  # another config is trained, not read back
+        _run_one((text_config(corpus_file, epochs=1, probes=False, lr=1e-3), str(tmp_path / "run"), False))

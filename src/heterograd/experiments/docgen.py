@@ -223,6 +223,25 @@ def definitions_block(ctx: DocContext, args: list[str]) -> str:
     return _table(header, rows)
 
 
+@generator("language-table")
+def language_block(ctx: DocContext, args: list[str]) -> str:
+    """Per rule of the committed ``repro language`` run: chosen step size, validation and test bits per character,
+    the character-perplexity ratio to bp, run and diverged counts."""
+    _no_args("language-table", args)
+    m = ctx.load("reproduction/language/summary.json")["measured"]
+    ratio = m.get("char_perplexity_ratio_to_bp", {})
+    rows = []
+    for rule, r in m["rules"].items():
+        sd = r.get("val_bpc_std")
+        val = _num(r.get("val_bpc"), ".3f") + (f" ± {_num(sd, '.3f')}" if r.get("runs", 0) > 1 else "")
+        to_bp = "1" if rule == "bp" else _num(ratio.get(rule), ".3f")
+        counts = f"{r.get('runs')} ({r.get('diverged')})"
+        rows.append([f"`{rule}`", _num(r.get("lr"), "g"), val, _num(r.get("test_bpc"), ".3f"), to_bp, counts])
+    header = ["rule", "Adam step size", "validation bits/char", "test bits/char", "char. perplexity / bp's",
+              "runs (diverged)"]  # fmt: skip
+    return _table(header, rows)
+
+
 @generator("convert-norm")
 def convert_norm_block(ctx: DocContext, args: list[str]) -> str:
     """ResNet-20 ``kp`` under each ``norm_feedback`` mode (``docs/convert/resnet20_norm_feedback.json``)."""
