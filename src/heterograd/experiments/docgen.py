@@ -202,6 +202,13 @@ def convnets_block(ctx: DocContext, args: list[str]) -> str:
     return "".join(out)
 
 
+def _definition_arm(a: dict[str, Any]) -> str:
+    """One arm's cell of the definitions table: ``mean ± std`` test error %, or its diverged count."""
+    if a.get("diverged"):
+        return f"diverged ({a['diverged']}/{a['runs']})"
+    return f"{_num(a.get('test_error_pct'), '.2f')} ± {_num(a.get('std'), '.2f')}"
+
+
 @generator("definitions-table")
 def definitions_block(ctx: DocContext, args: list[str]) -> str:
     """Per factor of the committed ``repro definitions`` run: old and new arm (test error %), difference, verdict."""
@@ -211,12 +218,7 @@ def definitions_block(ctx: DocContext, args: list[str]) -> str:
     for name, f in m.items():
         if not (isinstance(f, dict) and "old" in f and "new" in f):
             continue
-
-        def arm(a: dict[str, Any]) -> str:
-            if a.get("diverged"):
-                return f"diverged ({a['diverged']}/{a['runs']})"
-            return f"{_num(a.get('test_error_pct'), '.2f')} ± {_num(a.get('std'), '.2f')}"
-
+        arm = _definition_arm
         rows.append([f"`{name}`", f["old"]["label"], arm(f["old"]), f["new"]["label"], arm(f["new"]),
                      _num(f.get("difference"), "+.2f"), "yes" if f.get("holds") else "**no**"])  # fmt: skip
     header = ["factor", "old", "old: test error %", "new", "new: test error %", "new − old", "holds"]
