@@ -34,6 +34,13 @@ def series(rows: Sequence[Mapping[str, Any]], key: str, x: str = "step") -> tupl
     return xs, ys
 
 
+class _PlainLog(LogFormatter):
+    """Log-axis labels written plainly ("0.4", "2"), where `LogFormatter` writes "4e-01" below 1."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:.4g}"
+
+
 def _save(fig: Any, path: Path, tight: bool = True) -> None:
     """Write ``fig`` to ``path`` atomically (PNG, 110 dpi); ``tight`` crops to the drawn content (a second pass)."""
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -65,16 +72,19 @@ def plot_run(rows: Sequence[Mapping[str, Any]], out_dir: Path, title: str = "") 
     if y and min(y) > 0:
         ax.set_yscale("log")
         # plain tick labels ("0.6", "2"): the default 10^x labels go through mathtext, slower than the figure
-        ax.yaxis.set_major_formatter(LogFormatter())
-        ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.5)))
+        ax.yaxis.set_major_formatter(_PlainLog())
+        ax.yaxis.set_minor_formatter(_PlainLog(minor_thresholds=(2, 0.5)))
     x, acc = series(rows, "test_accuracy")
+    handles, labels = ax.get_legend_handles_labels()
+    top = ax
     if x:
-        ax2 = ax.twinx()
-        ax2.plot(x, acc, "s--", color="C2", ms=3, label="test accuracy")
-        ax2.set_ylabel("test accuracy")
-        ax2.set_ylim(0, 1)
-        ax2.legend(loc="center right", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
+        top = ax.twinx()
+        top.plot(x, acc, "s--", color="C2", ms=3, label="test accuracy")
+        top.set_ylabel("test accuracy")
+        top.set_ylim(0, 1)
+        h2, l2 = top.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    top.legend(handles, labels, loc="center right", fontsize=8)  # one legend (on the top axes) for all curves
     ax.set_title(title or "loss")
     paths.append(out_dir / "loss.png")
     _save(fig, paths[-1], tight=False)

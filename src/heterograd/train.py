@@ -50,7 +50,7 @@ from .optim.motifs import SGD as SGDMotif
 from .probes import measure
 from .progress import Progress
 from .results import prepare_out_dir, prepare_run_dir, write_csv, write_json
-from .rules import Deltas, Params, Rule, Signals, make_rule
+from .rules import Deltas, Params, PendingDelta, Rule, Signals, make_rule
 from .runtime import DTYPES, environment
 
 
@@ -113,9 +113,11 @@ def layerwise_sgd_step(
     """`local_step` + plain-SGD ``motif.update`` + `apply_steps`, each delta applied as soon as it exists.
 
     The deltas of all layers are never alive at once (the step's peak memory is the trace plus one layer's
-    deltas, as backprop's). Bit for bit the same weights and motif state as the three calls, for a rule
-    with `layer_deltas` and the ``sgd`` motif; returns ``(batch loss, new motif
-    state)``, or ``None`` (nothing done) when the rule or the motif does not allow it.
+    deltas, as backprop's), and a `PendingDelta` is added without being formed (a ``ΔW`` accumulated into
+    ``W`` by its matrix product, a ``ΔB`` added as a view with its gain folded into the step). The same
+    weights and motif state as the three calls, to rounding (the fused additions round differently; a
+    float64 test pins the equality), for a rule with `layer_deltas` and the ``sgd`` motif; returns
+    ``(batch loss, new motif state)``, or ``None`` (nothing done) when the rule or the motif does not allow it.
     """
     if (
         not isinstance(motif, SGDMotif)
@@ -139,9 +141,15 @@ def layerwise_sgd_step(
         if d is None:
             continue
         m = circuit.mask(k) if kind == "B" else circuit.forward_mask(k + 1) if kind == "W" else None
+        i = offset[kind] + k
+        if isinstance(d, PendingDelta):
+            if m is None:  # added without being formed (to rounding the same as below)
+                d.add_to(t[i], motif.lr)
+                done[i] = t[i]
+                continue
+            d = d.materialize()
         if m is not None:  # the same masks local_step applies: feedback masks and fixed forward wiring
             d.mul_(m)
-        i = offset[kind] + k
         t[i].add_(d, alpha=motif.lr)  # = apply_steps' t += lr * d
         done[i] = t[i]
         del d

@@ -60,6 +60,10 @@ def bench(
     ] = False,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto")] = "cpu",
     repeats: Annotated[int | None, typer.Option(help="round-robin rounds (median over them); default 21")] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(help="λ of every side (default 1e-4, heterograd train's default; the rules' own decay)"),
+    ] = None,
     max_seconds: Annotated[float, typer.Option(help="time budget of the timed rounds (at least 3 rounds run)")] = 120.0,
     threads: Annotated[int | None, typer.Option(help="torch.set_num_threads for the run")] = None,
     memory: Annotated[bool, typer.Option(help="measure peak step memory")] = True,
@@ -81,7 +85,7 @@ def bench(
     from .runner import IMPLS, MODEL_IMPLS, BenchConfig, markdown, parse_sizes_arg, run_benchmark, write_results
 
     if case is not None:
-        _cli_epoch(ctx, case, out, stem, quick, repeats, threads)
+        _cli_epoch(ctx, case, out, stem, quick, repeats, threads, weight_decay)
         return
 
     kw: dict[str, Any] = {"device": device, "compile": compile_step, "threads": threads, "memory": memory}
@@ -109,6 +113,8 @@ def bench(
         kw["dtypes"] = tuple(s.strip() for s in dtypes.split(",") if s.strip())
     if repeats is not None:
         kw["repeats"] = repeats
+    if weight_decay is not None:
+        kw["weight_decay"] = weight_decay
     if config is not None:
         kw = {**_read_config(config), **{k: v for k, v in kw.items() if _given(ctx, _OPTION.get(k, k))}}
     if models is None and kw.get("models"):  # from the config file
@@ -127,7 +133,14 @@ def bench(
 
 
 def _cli_epoch(
-    ctx: typer.Context, case: str, out: Path, stem: str, quick: bool, repeats: int | None, threads: int | None
+    ctx: typer.Context,
+    case: str,
+    out: Path,
+    stem: str,
+    quick: bool,
+    repeats: int | None,
+    threads: int | None,
+    weight_decay: float | None,
 ) -> None:
     """``bench --case cli-epoch``: see `heterograd.bench.epoch`."""
     from ..errors import HeterogradError
@@ -136,14 +149,18 @@ def _cli_epoch(
 
     if case != "cli-epoch":
         raise HeterogradError(f"unknown --case {case!r}; valid choices: cli-epoch")
-    allowed = {"case", "out", "stem", "quick", "repeats", "threads"}
+    allowed = {"case", "out", "stem", "quick", "repeats", "threads", "weight_decay"}
     extra = [p.name for p in ctx.command.params if p.name not in allowed and p.name and _given(ctx, p.name)]
     if extra:
         names = ", ".join("--" + n.replace("_", "-") for n in extra)
-        raise HeterogradError(f"{names} do not apply to --case cli-epoch (it takes --repeats, --threads, --quick)")
+        raise HeterogradError(
+            f"{names} do not apply to --case cli-epoch (it takes --repeats, --threads, --weight-decay, --quick)"
+        )
     kw: dict[str, Any] = {"threads": threads if threads is not None else 1}
     if repeats is not None:
         kw["rounds"] = repeats
+    if weight_decay is not None:
+        kw["weight_decay"] = weight_decay
     cfg = EpochBenchConfig.quick(**kw) if quick else EpochBenchConfig(**kw)
     result = run_cli_epoch(cfg, progress=lambda msg: typer.echo(msg, err=True))
     stem = stem if _given(ctx, "stem") else "cli-epoch"

@@ -5,7 +5,7 @@ Registered rules (by name): ``bp``, ``fa``, ``hsp``, ``kp``, ``poly``, ``dfa``, 
 `register_rule`; the training loop needs no change.
 """
 
-from .base import Deltas, FeedbackSignals, ForwardSignals, Params, Rule, Signals
+from .base import Deltas, FeedbackSignals, ForwardSignals, Params, PendingDelta, Rule, Signals
 
 # Registration side effects: importing the modules fills RULES.
 from .baselines import BRSF, DFA, FRSF, USF
@@ -41,6 +41,7 @@ __all__ = [
     "ForwardSignals",
     "Freeze",
     "Params",
+    "PendingDelta",
     "Poly",
     "Rule",
     "Signals",

@@ -141,6 +141,24 @@ class Signals:
         return cls(tuple(fwd), tuple(fb))
 
 
+class PendingDelta(ABC):
+    """A delta of `Rule.layer_deltas` not formed yet, which a plain-SGD step adds to its tensor in fewer passes.
+
+    ``materialize()`` forms it exactly (bit for bit) as `Rule.deltas` returns it; ``add_to(t, alpha)`` does
+    ``t += alpha · delta`` without forming it (a matrix product accumulated into ``t``, or a view added with the
+    gain folded into ``alpha``), equal to ``t.add_(materialize(), alpha=alpha)`` to rounding. A pending
+    piece reads the signals and tensors it was made from: use it (either call) before asking for the next piece.
+    """
+
+    @abstractmethod
+    def materialize(self) -> Tensor:
+        """The delta as a fresh tensor, laid out like its target."""
+
+    @abstractmethod
+    def add_to(self, t: Tensor, alpha: float) -> None:
+        """``t += alpha · delta`` in place (``t`` is the tensor the delta belongs to)."""
+
+
 @dataclass
 class Deltas:
     """Per-unit-learning-rate changes; ``None`` means "this tensor does not change".
@@ -206,13 +224,14 @@ class Rule(ABC):
 
     def layer_deltas(
         self, signals: Signals, params: Params, state: Any
-    ) -> Iterator[tuple[str, int, Tensor | None]] | None:
+    ) -> Iterator[tuple[str, int, Tensor | PendingDelta | None]] | None:
         """Optional: `deltas` one piece at a time, so a plain-SGD step can apply and free each as it comes.
 
         Yields ``(kind, index, delta)`` with ``kind`` in ``"W"``, ``"b"``, ``"B"`` (``index`` into ``params.W``,
         ``params.b``, ``params.B``), every delta exactly (bit for bit) the one `deltas` returns, and
         each final when yielded: the caller may add it to its tensor at once, which later pieces never read.
-        Only for rules whose state is unchanged by a step. ``None`` (the default): not supported.
+        A delta may be a `PendingDelta` (added without being formed); the caller uses it before the next
+        piece. Only for rules whose state is unchanged by a step. ``None`` (the default): not supported.
         """
         return None
 

@@ -13,10 +13,12 @@ to rounding otherwise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from .base import FeedbackSignals, ForwardSignals
+from .base import FeedbackSignals, ForwardSignals, PendingDelta
 
 
 def outer_mean(post: Tensor, pre: Tensor) -> Tensor:
@@ -116,6 +118,102 @@ def feedback_delta(
     if weight_decay:
         dB.sub_(B, alpha=weight_decay)
     return dB
+
+
+@dataclass(frozen=True)
+class PendingForwardDelta(PendingDelta):
+    """``ΔW = -(C(u, h) + λW)`` of a dense layer whose correlation nothing else reads, not formed.
+
+    ``add_to(W, η)`` is ``W ← (1 - ηλ) W - η C(u, h)``: one matrix product accumulated into ``W`` (``addmm_``),
+    where forming ``ΔW`` first costs an allocation and a pass over ``W`` (backprop pays both: its gradient is a
+    tensor). ``materialize`` is `forward_delta`'s ``ΔW``, bit for bit.
+    """
+
+    sig: ForwardSignals
+    W: Tensor
+    weight_decay: float
+
+    @staticmethod
+    def applies(sig: ForwardSignals) -> bool:
+        """Whether the layer's correlation can be accumulated into ``W`` (dense, not precomputed)."""
+        return sig.C is None and sig.synapse.kind == "dense" and hasattr(sig.synapse, "add_correlation_")
+
+    def materialize(self) -> Tensor:
+        dW = neg_correlation(self.sig)
+        return dW.sub_(self.W, alpha=self.weight_decay) if self.weight_decay else dW
+
+    def add_to(self, t: Tensor, alpha: float) -> None:
+        sig = self.sig
+        beta = 1.0 - alpha * self.weight_decay
+        sig.synapse.add_correlation_(t, sig.u, sig.h_pre, -alpha * sig.batch_scale(), beta)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class PendingFeedbackDelta(PendingDelta):
+    """``ΔB = c · H - λB`` of an adjacent edge, with ``H`` the forward layer's ``-C(u, h)`` seen like ``B``.
+
+    ``add_to(B, η)`` adds the view ``H`` with the gain folded into the step (``B += ηc·H``, after ``B *= 1 - ηλ``
+    when ``λ > 0``): no ``c·H`` tensor is formed. ``neg_G`` is ``-C(u, h) / G_scale`` laid out like ``W`` (the
+    forward layer's correlation, which that layer's own delta may then change in place: use this piece first).
+    ``materialize`` is `feedback_delta`'s, bit for bit (from ``neg_G`` itself when ``G_scale = 1``, else from the
+    correlation formed afresh from ``forward``, the layer's signals).
+    """
+
+    sig: FeedbackSignals
+    B: Tensor
+    gain: float
+    weight_decay: float
+    neg_G: Tensor
+    G_scale: float = 1.0
+    forward: ForwardSignals | None = None
+
+    @staticmethod
+    def applies(sig: FeedbackSignals, B: Tensor, neg_G: Tensor) -> bool:
+        """Whether ``H`` is laid out like ``B`` (adding it is then one contiguous pass)."""
+        return sig.synapse.as_feedback(neg_G).stride() == B.stride()
+
+    def materialize(self) -> Tensor:
+        if self.G_scale == 1.0:
+            G = self.neg_G
+        else:
+            assert self.forward is not None, "a scaled correlation needs the forward signals to be formed again"
+            G = neg_correlation(self.forward)
+        return feedback_delta(self.sig, self.B, self.gain, self.weight_decay, G, negated=True)
+
+    def add_to(self, t: Tensor, alpha: float) -> None:
+        if self.weight_decay:
+            t.mul_(1.0 - alpha * self.weight_decay)
+        t.add_(self.sig.synapse.as_feedback(self.neg_G), alpha=alpha * self.gain * self.G_scale)
+
+
+LERP_MIN_DECAY = 1e-8
+"""`PendingDecayedForwardDelta` only for ``λ`` at least this (its correlation is scaled by ``1/λ``)."""
+
+
+@dataclass(frozen=True)
+class PendingDecayedForwardDelta(PendingDelta):
+    """``ΔW = -(C(u, h) + λW)`` with ``λ > 0``, given ``neg_G_over_lam = -C(u, h) / λ`` laid out like ``W``.
+
+    ``add_to(W, η)`` is ``W ← (1 - ηλ) W + ηλ · (-C/λ)``, one ``lerp_`` (one pass over ``W`` where subtracting
+    ``λW`` and adding takes two). The correlation is formed once, scaled by ``1/λ`` through its small operand, and
+    the adjacent ``B`` reads the same tensor (`PendingFeedbackDelta` with ``G_scale = λ``). ``materialize`` forms
+    `forward_delta`'s ``ΔW`` afresh from the signals, bit for bit.
+    """
+
+    sig: ForwardSignals
+    W: Tensor
+    weight_decay: float
+    neg_G_over_lam: Tensor
+
+    def materialize(self) -> Tensor:
+        return neg_correlation(self.sig).sub_(self.W, alpha=self.weight_decay)
+
+    def add_to(self, t: Tensor, alpha: float) -> None:
+        w = alpha * self.weight_decay
+        if 0.0 < w < 0.5:  # lerp's own formula for a small weight: t + w (E - t)
+            t.lerp_(self.neg_G_over_lam, w)
+        else:
+            t.mul_(1.0 - w).add_(self.neg_G_over_lam, alpha=w)
 
 
 def bilinear_layer_grads(

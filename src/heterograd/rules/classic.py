@@ -10,8 +10,18 @@ from torch import Tensor
 
 from ..errors import HeterogradError
 from ..synapses import Synapse
-from .base import Deltas, ForwardSignals, Params, Rule, Signals
-from .bilinear import bilinear_layer_grads, feedback_delta, forward_delta, neg_correlation, sig_bias_delta
+from .base import Deltas, ForwardSignals, Params, PendingDelta, Rule, Signals
+from .bilinear import (
+    LERP_MIN_DECAY,
+    PendingDecayedForwardDelta,
+    PendingFeedbackDelta,
+    PendingForwardDelta,
+    bilinear_layer_grads,
+    feedback_delta,
+    forward_delta,
+    neg_correlation,
+    sig_bias_delta,
+)
 from .registry import register_rule
 
 if TYPE_CHECKING:
@@ -139,9 +149,17 @@ class HSP(Rule):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         return bilinear_layer_grads(sig, W, b, B, self.weight_decay, self.feedback_gain)
 
-    def layer_deltas(self, signals: Signals, params: Params, state: Any) -> Iterator[tuple[str, int, Tensor | None]]:
+    def layer_deltas(
+        self, signals: Signals, params: Params, state: Any
+    ) -> Iterator[tuple[str, int, Tensor | PendingDelta | None]]:
         """`deltas` layer by layer (same ops on each tensor, so bit for bit equal): at most one layer's
-        correlation and its adjacent ``ΔB`` are alive at a time when the caller applies and drops each piece."""
+        correlation is alive at a time when the caller applies and drops each piece.
+
+        Two pieces come pending (`PendingDelta`), so plain SGD adds them without forming them: a dense layer's
+        ``ΔW`` when no adjacent ``B`` reads its correlation (accumulated into ``W`` by the matrix product
+        itself, `PendingForwardDelta`), and an adjacent ``ΔB`` laid out like ``B`` (the correlation's view,
+        its gain folded into the step, `PendingFeedbackDelta`). With decay ``λ`` a layer that a ``B`` reads forms
+        ``-C/λ`` once and adds it to ``W`` by one ``lerp_`` (`PendingDecayedForwardDelta`)."""
         lam, c = self.weight_decay, self.feedback_gain
         adjacent: dict[int, list[int]] = {}
         for k, sig in enumerate(signals.feedback):
@@ -150,11 +168,35 @@ class HSP(Rule):
             else:  # no forward correlation to reuse
                 yield "B", k, feedback_delta(sig, params.B[k], c, lam, None, negated=True)
         for l in reversed(range(len(signals.forward))):
-            sig = signals.forward[l]
+            sig, W = signals.forward[l], params.W[l]
+            if l + 1 not in adjacent and PendingForwardDelta.applies(sig):  # nothing else reads C(u, h)
+                yield "W", l, PendingForwardDelta(sig, W, lam)  # W += η ΔW as one product accumulated into W
+                b = params.b[l]
+                yield "b", l, (sig_bias_delta(sig, b, lam) if b is not None else None)
+                continue
+            ks = adjacent.get(l + 1, ())
+            fused = (
+                PendingForwardDelta.applies(sig)
+                and W.is_contiguous()
+                and all(PendingFeedbackDelta.applies(signals.feedback[k], params.B[k], W) for k in ks)
+            )
+            if fused and lam >= LERP_MIN_DECAY:  # -C/λ once: W by one lerp_, each B by its view (no c·H tensor)
+                nG_lam = sig.synapse.correlation(sig.u, sig.h_pre, -sig.batch_scale() / lam)
+                for k in ks:
+                    yield "B", k, PendingFeedbackDelta(signals.feedback[k], params.B[k], c, lam, nG_lam, lam, sig)
+                yield "W", l, PendingDecayedForwardDelta(sig, W, lam, nG_lam)
+                del nG_lam
+                b = params.b[l]
+                yield "b", l, (sig_bias_delta(sig, b, lam) if b is not None else None)
+                continue
             nG = neg_correlation(sig)
-            for k in adjacent.get(l + 1, ()):  # B's delta reads -C(u, h) before W's is finished in place
-                yield "B", k, feedback_delta(signals.feedback[k], params.B[k], c, lam, nG, negated=True)
-            dW = nG.sub_(params.W[l], alpha=lam) if lam else nG
+            for k in ks:  # B's delta reads -C(u, h) before W's is finished in place
+                fb, B = signals.feedback[k], params.B[k]
+                if PendingFeedbackDelta.applies(fb, B, nG):  # B += ηc·H, no c·H tensor
+                    yield "B", k, PendingFeedbackDelta(fb, B, c, lam, nG)
+                else:
+                    yield "B", k, feedback_delta(fb, B, c, lam, nG, negated=True)
+            dW = nG.sub_(W, alpha=lam) if lam else nG
             del nG
             yield "W", l, dW
             del dW

@@ -40,6 +40,12 @@ class Dense(Synapse):
         post, pre = _flat(post), _flat(pre)
         return torch.mm(post.t() if scale == 1.0 else post.t().mul(scale), pre)
 
+    def add_correlation_(self, t: Tensor, post: Tensor, pre: Tensor, scale: float, beta: float = 1.0) -> Tensor:
+        """``t ← beta · t + scale · Σ post ⊗ pre`` in place, one matrix product accumulated into ``t``
+        ``(n_post, n_pre)`` (no correlation tensor is formed); equals forming `correlation` and adding it, to
+        rounding."""
+        return t.addmm_(_flat(post).t(), _flat(pre), beta=beta, alpha=scale)
+
     def bias_correlation(self, post: Tensor, scale: float) -> Tensor:
         s = _flat(post).sum(0)
         return s if scale == 1.0 else s.mul_(scale)
