@@ -122,6 +122,19 @@ def test_the_sgd_step_forms_no_input_layer_correlation_nor_c_times_H():
     assert kinds[("W", 0)] == "PendingForwardDelta"
     assert kinds[("W", 1)] == kinds[("W", 2)] == "PendingDecayedForwardDelta"
     assert kinds[("B", 0)] == kinds[("B", 1)] == "PendingFeedbackDelta"
+    assert {kinds[("b", k)] for k in range(3)} == {"PendingBiasDelta"}
+
+
+@pytest.mark.parametrize("loss_name", ["ce", "mse"])
+def test_loss_and_error_equal_the_two_calls(loss_name):
+    """The SGD step takes the batch loss and the output error from one call (cross-entropy: one log-softmax)."""
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(9, 5, generator=g, dtype=torch.float64) * 4
+    y = torch.randint(0, 5, (9,), generator=g)
+    loss = get_loss(loss_name)
+    batch_loss, e = loss.loss_and_error(out, y)
+    torch.testing.assert_close(batch_loss, loss(out, y), rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(e, loss.error(out, y), rtol=1e-13, atol=1e-14)
 
 
 def test_layerwise_step_declines_what_it_cannot_do():

@@ -36,6 +36,11 @@ class Loss(ABC):
         """Mean loss over the batch (a 0-d tensor)."""
         return self.per_sample(out, y).mean()
 
+    def loss_and_error(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean loss, error)`` of one batch: ``(self(out, y), self.error(out, y))``, to rounding; a loss may
+        share work between the two (cross-entropy computes one log-softmax)."""
+        return self(out, y), self.error(out, y)
+
 
 def _target(out: Tensor, y: Tensor) -> Tensor:
     if y.dim() == 1:
@@ -59,6 +64,16 @@ class CrossEntropy(Loss):
         e = torch.softmax(out, dim=1)
         e[torch.arange(out.shape[0], device=out.device), y] -= 1.0
         return e
+
+    def loss_and_error(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One log-softmax ``(n, K)`` gives both: ``ℓ = -mean log p_y`` and ``e = p - onehot(y)``."""
+        if y.dim() != 1:
+            raise HeterogradError("cross-entropy needs class labels; use --loss mse for regression")
+        logp = torch.log_softmax(out, dim=1)
+        idx = y[:, None]
+        batch_loss = logp.gather(1, idx).mean().neg_()
+        e = logp.exp_().scatter_add_(1, idx, torch.full_like(idx, -1.0, dtype=out.dtype))
+        return batch_loss, e
 
 
 class MSE(Loss):

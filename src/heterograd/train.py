@@ -128,13 +128,13 @@ def layerwise_sgd_step(
         return None
     trace = circuit.run_forward(x)
     out = trace.output
-    u = circuit.run_feedback(trace, circuit.output_error(trace, loss.error(out, y)))
+    batch_loss, error = loss.loss_and_error(out, y)
+    u = circuit.run_feedback(trace, circuit.output_error(trace, error))
     t, L = circuit.plastic_tensors(), circuit.depth
     params = Params(tuple(t[:L]), tuple(t[L : 2 * L]), tuple(t[2 * L :]))
     pieces = rule.layer_deltas(Signals.collect(circuit, trace, u), params, rule_state)
     if pieces is None:
         return None
-    batch_loss = loss(out, y)
     offset = {"W": 0, "b": L, "B": 2 * L}
     done: list[Tensor | None] = [None] * len(t)
     for kind, k, d in pieces:

@@ -186,6 +186,33 @@ class PendingFeedbackDelta(PendingDelta):
         t.add_(self.sig.synapse.as_feedback(self.neg_G), alpha=alpha * self.gain * self.G_scale)
 
 
+@dataclass(frozen=True)
+class PendingBiasDelta(PendingDelta):
+    """``Δb = -(mean u + λb)`` of a Circuit layer (``u`` ``(n, n_l)``), not formed.
+
+    ``add_to(b, η)`` is ``b ← (1 - ηλ) b - (η/n) uᵀ1``, one matrix-vector product accumulated into ``b``
+    (``addmv_``) where forming ``Δb`` takes a mean, a negation, the decay and the addition. ``materialize`` is
+    `sig_bias_delta`'s, bit for bit.
+    """
+
+    sig: ForwardSignals
+    b: Tensor
+    weight_decay: float
+
+    @staticmethod
+    def applies(sig: ForwardSignals) -> bool:
+        """The Circuit engine's per-sample ``u`` ``(n, n_l)`` (a converted layer's carries its own scale)."""
+        return sig.scale is None and sig.u.dim() == 2
+
+    def materialize(self) -> Tensor:
+        return sig_bias_delta(self.sig, self.b, self.weight_decay)
+
+    def add_to(self, t: Tensor, alpha: float) -> None:
+        u = self.sig.u
+        ones = u.new_ones(u.shape[0])
+        t.addmv_(u.t(), ones, beta=1.0 - alpha * self.weight_decay, alpha=-alpha / u.shape[0])
+
+
 LERP_MIN_DECAY = 1e-8
 """`PendingDecayedForwardDelta` only for ``λ`` at least this (its correlation is scaled by ``1/λ``)."""
 

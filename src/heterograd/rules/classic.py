@@ -13,6 +13,7 @@ from ..synapses import Synapse
 from .base import Deltas, ForwardSignals, Params, PendingDelta, Rule, Signals
 from .bilinear import (
     LERP_MIN_DECAY,
+    PendingBiasDelta,
     PendingDecayedForwardDelta,
     PendingFeedbackDelta,
     PendingForwardDelta,
@@ -106,6 +107,13 @@ class FA(ForwardOnly):
         return f"ΔW = -η(u·h + {self.weight_decay:g} W),  ΔB = 0"
 
 
+def _bias_piece(sig: ForwardSignals, b: Tensor | None, lam: float) -> Tensor | PendingDelta | None:
+    """A layer's ``Δb`` for `HSP.layer_deltas`: pending (one ``addmv_``) where it can be, else formed."""
+    if b is None:
+        return None
+    return PendingBiasDelta(sig, b, lam) if PendingBiasDelta.applies(sig) else sig_bias_delta(sig, b, lam)
+
+
 @register_rule
 @dataclass(frozen=True)
 class HSP(Rule):
@@ -159,7 +167,8 @@ class HSP(Rule):
         ``ΔW`` when no adjacent ``B`` reads its correlation (accumulated into ``W`` by the matrix product
         itself, `PendingForwardDelta`), and an adjacent ``ΔB`` laid out like ``B`` (the correlation's view,
         its gain folded into the step, `PendingFeedbackDelta`). With decay ``λ`` a layer that a ``B`` reads forms
-        ``-C/λ`` once and adds it to ``W`` by one ``lerp_`` (`PendingDecayedForwardDelta`)."""
+        ``-C/λ`` once and adds it to ``W`` by one ``lerp_`` (`PendingDecayedForwardDelta`); each ``Δb`` is one
+        ``addmv_`` (`PendingBiasDelta`)."""
         lam, c = self.weight_decay, self.feedback_gain
         adjacent: dict[int, list[int]] = {}
         for k, sig in enumerate(signals.feedback):
@@ -171,8 +180,7 @@ class HSP(Rule):
             sig, W = signals.forward[l], params.W[l]
             if l + 1 not in adjacent and PendingForwardDelta.applies(sig):  # nothing else reads C(u, h)
                 yield "W", l, PendingForwardDelta(sig, W, lam)  # W += η ΔW as one product accumulated into W
-                b = params.b[l]
-                yield "b", l, (sig_bias_delta(sig, b, lam) if b is not None else None)
+                yield "b", l, _bias_piece(sig, params.b[l], lam)
                 continue
             ks = adjacent.get(l + 1, ())
             fused = (
@@ -186,8 +194,7 @@ class HSP(Rule):
                     yield "B", k, PendingFeedbackDelta(signals.feedback[k], params.B[k], c, lam, nG_lam, lam, sig)
                 yield "W", l, PendingDecayedForwardDelta(sig, W, lam, nG_lam)
                 del nG_lam
-                b = params.b[l]
-                yield "b", l, (sig_bias_delta(sig, b, lam) if b is not None else None)
+                yield "b", l, _bias_piece(sig, params.b[l], lam)
                 continue
             nG = neg_correlation(sig)
             for k in ks:  # B's delta reads -C(u, h) before W's is finished in place
@@ -200,8 +207,7 @@ class HSP(Rule):
             del nG
             yield "W", l, dW
             del dW
-            b = params.b[l]
-            yield "b", l, (sig_bias_delta(sig, b, lam) if b is not None else None)
+            yield "b", l, _bias_piece(sig, params.b[l], lam)
 
     def describe(self) -> str:
         lam, c = self.weight_decay, self.feedback_gain
