@@ -472,8 +472,9 @@ def rerun_spread_markdown(step_runs: list[dict[str, Any]], epoch_runs: list[dict
                 )
     for i, run in enumerate(epoch_runs, 1):
         load = run["environment"].get("loadavg_start")
+        kind = " (CPU, separate epochs)" if "lockstep_ratio" in run else " (CPU)"
         lines.append(
-            f"| CLI epoch / hand-written (CPU) | {i} ({len(run['ratios'])} rounds) | {load[0] if load else '-'} "
+            f"| CLI epoch / hand-written{kind} | {i} ({len(run['ratios'])} rounds) | {load[0] if load else '-'} "
             f"| {run['ratio']:.3f} ({run['ratio_min']:.3f} to {run['ratio_max']:.3f}) |"
         )
         if "lockstep_ratio" in run:

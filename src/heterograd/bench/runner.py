@@ -854,8 +854,9 @@ def markdown(result: dict[str, Any]) -> str:
             "Total: that peak plus the memory resident between steps (parameters and buffers, `B` included, and "
             "the optimiser's state, e.g. momentum of `W` and `B`). "
             if any(r.get("total_bytes") is not None for r in result["results"])
-            else "Total memory (parameters + optimiser state + peak) was not measured by this run (it predates the "
-            "column). "
+            else "Total memory (parameters + optimiser state + peak) was not measured by this run ("
+            + ("--no-memory" if result.get("config", {}).get("memory") is False else "it predates the column")
+            + "). "
         )
         + "Ratios compare with bp-autograd at the same size and dtype "
         "(compiled rows with compiled bp-autograd, autocast rows with autocast bp-autograd). Page faults: the "
