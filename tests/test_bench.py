@@ -275,3 +275,36 @@ def test_markdown_shows_total_memory_and_says_when_a_run_predates_it():
     old = {k: v for k, v in row.items() if not k.startswith("total")}
     text = markdown({**result, "results": [old]})
     assert "| 1.00 | 1.03 | - | - |" in text and "predates the column" in text
+
+
+def test_cli_epoch_quick_writes_the_lock_step_ratio_and_decays_every_side(tmp_path, capsys):
+    """`bench --case cli-epoch`: every side at the same λ, a lock-step epoch per round, the target on its ratio."""
+    main(
+        ["bench", "--case", "cli-epoch", "--quick", "--weight-decay", "0.001", "--repeats", "2", "--out", str(tmp_path)]
+    )
+    result = json.loads((tmp_path / "cli-epoch.json").read_text())
+    md = (tmp_path / "cli-epoch.md").read_text()
+    assert result["config"]["weight_decay"] == 0.001 and "weight decay 0.001 on both sides" in md
+    assert len(result["lockstep_ratios"]) == 2 and all(r > 0 for r in result["lockstep_ratios"])
+    assert all(h > 0 for h in result["lockstep_hand_cpu_seconds"])
+    assert result["target"]["measured"] == round(result["lockstep_ratio"], 3)
+    assert "Median lock-step ratio" in md and "Separate epochs" in md
+    assert result["test_accuracy"]["lockstep"] == result["test_accuracy"]["cli"]  # the same training, interleaved
+
+
+def test_cli_epoch_target_can_fail():
+    from heterograd.bench.epoch import CLI_EPOCH_TARGET, epoch_target
+
+    assert epoch_target(CLI_EPOCH_TARGET - 0.001)["holds"]
+    assert not epoch_target(CLI_EPOCH_TARGET + 0.001)["holds"]
+    assert not epoch_target(float("nan"))["holds"]
+
+
+def test_cli_epoch_rejects_what_does_not_apply_and_a_negative_decay(tmp_path, capsys):
+    for extra, message in (
+        (["--sizes", "8,4@2"], "--sizes do not apply to --case cli-epoch"),
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "--case", "cli-epoch", "--quick", *extra, "--out", str(tmp_path)])
+        assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -278,6 +278,16 @@ def _sides(
     return {"cli": cli, "hand": hand, "steps": steps, "lockstep": lockstep}
 
 
+def epoch_target(lock_ratio: float) -> dict[str, Any]:
+    """The verdict on the lock-step ratio: holds when it is finite and at most `CLI_EPOCH_TARGET`."""
+    return {
+        "claim": f"cli epoch / hand-written autograd epoch <= {CLI_EPOCH_TARGET} (lock-step epochs)",
+        "measured": round(lock_ratio, 3),
+        "threshold": CLI_EPOCH_TARGET,
+        "holds": bool(math.isfinite(lock_ratio) and lock_ratio <= CLI_EPOCH_TARGET),
+    }
+
+
 def run_cli_epoch(cfg: EpochBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time ``cfg.rounds`` interleaved rounds of both sides; the result dict (``config``, ``rounds``, ``ratio``...)."""
     cfg.validate()
@@ -362,12 +372,7 @@ def run_cli_epoch(cfg: EpochBenchConfig, progress: Callable[[str], None] | None 
             "test_accuracy": {k: statistics.median(v) for k, v in acc.items()},
             "matplotlib_import_seconds": round(import_seconds, 3),
             "wall_seconds": round(time.perf_counter() - t_start, 1),
-            "target": {
-                "claim": f"cli epoch / hand-written autograd epoch <= {CLI_EPOCH_TARGET} (lock-step epochs)",
-                "measured": round(lock_ratio, 3),
-                "threshold": CLI_EPOCH_TARGET,
-                "holds": bool(math.isfinite(lock_ratio) and lock_ratio <= CLI_EPOCH_TARGET),
-            },
+            "target": epoch_target(lock_ratio),
             "method": (
                 "one process, one torch thread; each round runs one epoch of each side, cli and hand adjacent in "
                 "alternating order (cli, hand, steps, lockstep; then the reverse); "
