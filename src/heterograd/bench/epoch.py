@@ -107,7 +107,7 @@ class EpochBenchConfig:
 
 
 class HandLoop:
-    """The plain autograd loop a PyTorch user writes, one step at a time (`hand_written_epoch` runs it whole).
+    """The plain autograd loop a PyTorch user writes, one step at a time (`run` does the whole epoch).
 
     ``nn.Sequential`` model ``model`` trained by ``torch.optim.SGD`` with ``F.cross_entropy`` on ``data`` ``(N, D)``,
     over one ``torch.randperm`` shuffle drawn from ``generator``; `step` does the next minibatch, `finish` the
@@ -133,6 +133,12 @@ class HandLoop:
         self.running += loss.detach()
         self.i += 1
 
+    def run(self) -> float:
+        """The whole epoch, then the test evaluation; the test accuracy."""
+        while self.i < self.steps:
+            self.step()
+        return self.finish()
+
     def finish(self) -> float:
         data, correct, total = self.data, 0, 0.0
         with torch.no_grad():
@@ -141,16 +147,6 @@ class HandLoop:
                 total += float(F.cross_entropy(out, yt, reduction="sum"))
                 correct += int((out.argmax(1) == yt).sum())
         return correct / max(1, data.x_test.shape[0])
-
-
-def hand_written_epoch(
-    model: nn.Module, data: Dataset, batch: int, lr: float, generator: torch.Generator, weight_decay: float = 0.0
-) -> float:
-    """One epoch of the plain autograd loop on ``data`` ``(N, D)``, then the test accuracy (returned)."""
-    loop = HandLoop(model, data, batch, lr, generator, weight_decay)
-    for _ in range(loop.steps):
-        loop.step()
-    return loop.finish()
 
 
 def _sides(
@@ -180,9 +176,8 @@ def _sides(
             finally:
                 TimedTrainer.inner += time.process_time() - c0
 
-    def cli(r: int) -> float:
-        TimedTrainer.inner = 0.0
-        tc = TrainConfig(
+    def cli_config() -> TrainConfig:  # what `heterograd train ... --epochs 1 --no-probes` builds (fresh each run)
+        return TrainConfig(
             data=cfg.data,
             rule=cfg.rule,
             hidden=cfg.hidden,
@@ -193,15 +188,20 @@ def _sides(
             seed=cfg.seed,
             probes=False,
         )
-        res = TimedTrainer(tc, data).fit(tmp / f"cli-{r}", progress=False, handle_signals=False)
+
+    def cli(r: int) -> float:
+        TimedTrainer.inner = 0.0
+        res = TimedTrainer(cli_config(), data).fit(tmp / f"cli-{r}", progress=False, handle_signals=False)
         inner.append(TimedTrainer.inner)
         return float(res.summary["test_accuracy"])
 
-    def hand(r: int) -> float:
+    def make_hand() -> HandLoop:  # the same initial weights as the cli side's circuit
         circuit = Circuit([data.input_dim, *cfg.hidden, data.output_dim], "tanh", seed=cfg.seed)
-        model = autograd_mlp(circuit)
         generator = torch.Generator().manual_seed(cfg.seed)
-        return hand_written_epoch(model, data, cfg.batch, cfg.lr, generator, cfg.weight_decay)
+        return HandLoop(autograd_mlp(circuit), data, cfg.batch, cfg.lr, generator, cfg.weight_decay)
+
+    def hand(r: int) -> float:
+        return make_hand().run()
 
     def steps(r: int) -> float:  # the same local steps as `cli`, in a bare loop: isolates the loop's own cost
         from ..losses import get_loss
@@ -222,11 +222,6 @@ def _sides(
             assert done is not None, f"{cfg.rule} has no layer-wise step"
             motif_state = done[1]
         return float(evaluate(circuit, loss, data.x_test, data.y_test)[1] or 0.0)
-
-    def make_hand() -> HandLoop:
-        circuit = Circuit([data.input_dim, *cfg.hidden, data.output_dim], "tanh", seed=cfg.seed)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        return HandLoop(autograd_mlp(circuit), data, cfg.batch, cfg.lr, generator, cfg.weight_decay)
 
     def lockstep(r: int) -> float:  # cli and hand in one epoch, taking turns of cfg.lockstep_block steps
         TimedTrainer.inner = 0.0
@@ -252,17 +247,7 @@ def _sides(
                     run_hand(self.step_count)
                 return out
 
-        tc = TrainConfig(
-            data=cfg.data,
-            rule=cfg.rule,
-            hidden=cfg.hidden,
-            batch_size=cfg.batch,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            epochs=1,
-            seed=cfg.seed,
-            probes=False,
-        )
+        tc = cli_config()
         c1 = time.process_time()
         res = LockstepTrainer(tc, data).fit(tmp / f"lockstep-{r}", progress=False, handle_signals=False)
         run_hand(hand_loop.steps)  # the last block when the epoch is not a whole number of blocks (after the cli's)

@@ -183,6 +183,7 @@ class HSP(Rule):
                 yield "b", l, _bias_piece(sig, params.b[l], lam)
                 continue
             ks = adjacent.get(l + 1, ())
+            # the correlation will be a fresh W-shaped tensor laid out like a contiguous W: W stands in for it
             fused = (
                 PendingForwardDelta.applies(sig)
                 and W.is_contiguous()
